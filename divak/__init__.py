@@ -1,0 +1,52 @@
+"""divak: observable, reliable Tornado services by mixing in a few classes.
+
+Handler side: :class:`RequestTracker`, :class:`Logger`,
+:class:`HttpClientMixin`.  Application side: :class:`Recorder`,
+:class:`ProbabilisticSampler`, :class:`Application`.  Reporters:
+:class:`ZipkinReporter`, :class:`LoggingReporter`.  Propagators:
+:class:`TraceContextPropagation`, :class:`ZipkinPropagation`,
+:class:`RequestIdPropagation`.  And :func:`run`.
+
+Importing divak installs its log record factory, so every log record has
+``otelTraceID``, ``otelSpanID``, ``otelTraceSampled``, ``otelServiceName``
+and ``divak_request_id`` (see :mod:`divak.logging`).
+"""
+
+from divak.logging import install_record_factory
+
+install_record_factory()
+
+from divak.app import Application, CallbackManager, StatusHandler  # noqa: E402
+from divak.client import HttpClientMixin  # noqa: E402
+from divak.handlers import Logger  # noqa: E402
+from divak.propagation import (  # noqa: E402
+    RequestIdPropagation,
+    TraceContextPropagation,
+    ZipkinPropagation,
+)
+from divak.reporters import LoggingReporter, ZipkinReporter  # noqa: E402
+from divak.runner import Runner, run  # noqa: E402
+from divak.sampling import ProbabilisticSampler  # noqa: E402
+from divak.tracing import Recorder, RequestContext, RequestTracker  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Application",
+    "CallbackManager",
+    "HttpClientMixin",
+    "Logger",
+    "LoggingReporter",
+    "ProbabilisticSampler",
+    "Recorder",
+    "RequestContext",
+    "RequestIdPropagation",
+    "RequestTracker",
+    "Runner",
+    "StatusHandler",
+    "TraceContextPropagation",
+    "ZipkinPropagation",
+    "ZipkinReporter",
+    "__version__",
+    "run",
+]

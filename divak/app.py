@@ -1,0 +1,241 @@
+"""The application and its life-cycle callbacks.
+
+:class:`Application` is a :class:`tornado.web.Application` with the
+callback lists of sprockets.http (same names, same signatures) that
+:func:`divak.run` and :class:`divak.testing.DivakTestCase` call at the
+right moments, plus a readiness flag that :class:`StatusHandler` reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import typing
+
+from tornado import httputil, ioloop, web
+
+__all__ = ["Application", "CallbackManager", "StatusHandler"]
+
+logger = logging.getLogger(__name__)
+
+BeforeRunCallback = typing.Callable[[web.Application, ioloop.IOLoop], typing.Any]
+OnStartCallback = typing.Callable[[web.Application, ioloop.IOLoop], typing.Any]
+ShutdownCallback = typing.Callable[[web.Application], typing.Any]
+
+
+class CallbackManager:
+    """Life-cycle callbacks and readiness, mixed into :class:`Application`.
+
+    .. attribute:: before_run_callbacks
+
+       :class:`list` of ``callback(application, io_loop)``, called in
+       order, synchronously, before the server accepts connections.  An
+       exception aborts the start: it is logged and the process exits
+       with a non-zero status.
+
+    .. attribute:: on_start_callbacks
+
+       :class:`list` of ``callback(application, io_loop)``, spawned on the
+       IOLoop once it runs.  A coroutine function is fine; its exception
+       is logged.
+
+    .. attribute:: on_shutdown_callbacks
+
+       :class:`list` of ``callback(application)``, called after the
+       server stopped accepting connections and in-flight requests
+       finished.  A callback may return an awaitable; all of them are
+       awaited together, bounded by ``shutdown_limit`` seconds, and
+       exceptions are logged, never fatal.
+
+    .. attribute:: ready_to_serve
+
+       An :class:`asyncio.Event`, set once the server accepts requests and
+       cleared as soon as the drain starts.
+    """
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        self.runner_callbacks: dict[str, list[typing.Callable[..., typing.Any]]] = (
+            kwargs.pop("runner_callbacks", None) or {}
+        )
+        for key in ("before_run", "on_start", "shutdown"):
+            self.runner_callbacks.setdefault(key, [])
+        self.ready_to_serve = asyncio.Event()
+        self.draining = False
+        super().__init__(*args, **kwargs)
+
+    @property
+    def before_run_callbacks(self) -> list[BeforeRunCallback]:
+        """Synchronous ``callback(application, io_loop)`` run before serving."""
+        return self.runner_callbacks["before_run"]
+
+    @property
+    def on_start_callbacks(self) -> list[OnStartCallback]:
+        """``callback(application, io_loop)`` spawned once the IOLoop runs."""
+        return self.runner_callbacks["on_start"]
+
+    @property
+    def on_shutdown_callbacks(self) -> list[ShutdownCallback]:
+        """``callback(application)`` run on shutdown; may return an awaitable."""
+        return self.runner_callbacks["shutdown"]
+
+    @property
+    def tornado_application(self) -> web.Application:
+        """The :class:`tornado.web.Application` (this object), as sprockets.http."""
+        return typing.cast(web.Application, self)
+
+    def start(self, io_loop: ioloop.IOLoop) -> None:
+        """Run the ``before_run`` callbacks, then spawn the ``on_start`` ones.
+
+        :param io_loop: the loop the application will run on
+        :raises Exception: whatever a ``before_run`` callback raised, after
+            logging it
+        """
+        for callback in self.before_run_callbacks:
+            try:
+                callback(self.tornado_application, io_loop)
+            except Exception:
+                logger.exception("before_run callback %r cancelled start", callback)
+                raise
+        for callback in self.on_start_callbacks:
+            io_loop.spawn_callback(_logged, callback, self.tornado_application, io_loop)
+
+    async def run_shutdown_callbacks(self, timeout: float) -> None:
+        """Run every ``on_shutdown`` callback, bounded by *timeout* seconds.
+
+        Awaitables that have not finished after *timeout* seconds are
+        cancelled and logged; exceptions are logged and ignored.
+
+        :param timeout: seconds to wait for all callbacks together
+        """
+        pending: list[asyncio.Future[typing.Any]] = []
+        for callback in self.on_shutdown_callbacks:
+            try:
+                result = callback(self.tornado_application)
+            except Exception:
+                logger.exception("shutdown callback %r failed", callback)
+                continue
+            if inspect.isawaitable(result):
+                pending.append(asyncio.ensure_future(result))
+        if not pending:
+            return
+        done, not_done = await asyncio.wait(pending, timeout=timeout)
+        for future in done:
+            if not future.cancelled() and future.exception() is not None:
+                logger.error(
+                    "shutdown callback failed", exc_info=future.exception()
+                )
+        for future in not_done:
+            logger.warning(
+                "shutdown callback %r did not finish within %.1fs, cancelled",
+                future,
+                timeout,
+            )
+            future.cancel()
+
+    def stop(
+        self,
+        io_loop: ioloop.IOLoop,
+        shutdown_limit: float = 5.0,
+        wait_timeout: float = 1.0,
+    ) -> None:
+        """Run the shutdown callbacks, then stop *io_loop* (sprockets.http's API).
+
+        :param io_loop: the loop to stop once the callbacks finished
+        :param shutdown_limit: seconds to wait for the callbacks at most
+        :param wait_timeout: unused; kept for compatibility
+        """
+        self.ready_to_serve.clear()
+        self.draining = True
+
+        async def stop() -> None:
+            try:
+                await self.run_shutdown_callbacks(shutdown_limit)
+            finally:
+                io_loop.stop()
+
+        io_loop.spawn_callback(stop)
+
+
+async def _logged(callback: typing.Callable[..., typing.Any], *args: typing.Any) -> None:
+    try:
+        result = callback(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("on_start callback %r failed", callback)
+
+
+class _ServerHeader(web.OutputTransform):
+    def __init__(self, request: httputil.HTTPServerRequest, value: str | None) -> None:
+        self.value = value
+
+    def transform_first_chunk(
+        self,
+        status_code: int,
+        headers: httputil.HTTPHeaders,
+        chunk: bytes,
+        finishing: bool,
+    ) -> tuple[int, httputil.HTTPHeaders, bytes]:
+        if self.value is None:
+            headers.pop("Server", None)
+        else:
+            headers["Server"] = self.value
+        return status_code, headers, chunk
+
+
+class Application(CallbackManager, web.Application):
+    """A :class:`tornado.web.Application` with life-cycle callbacks.
+
+    Accepts every argument :class:`tornado.web.Application` accepts.
+
+    .. rubric:: settings['server_header']
+
+    The ``Server`` response header.  Defaults to ``service/version`` from
+    ``settings['service']`` and ``settings['version']`` (or ``service``
+    alone), as sprockets.http does; :data:`None` (the default without a
+    service) removes the header.
+
+    .. rubric:: settings['shutdown_limit']
+
+    Seconds :func:`divak.run` waits for in-flight requests, and then for
+    shutdown callbacks, when the process is asked to stop.  Default 5.
+    """
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "server_header" not in self.settings:
+            service = self.settings.get("service")
+            version = self.settings.get("version")
+            self.settings["server_header"] = (
+                f"{service}/{version}" if service and version else service or None
+            )
+        self.add_transform(self._server_header_transform)  # type: ignore[arg-type]
+
+    def _server_header_transform(
+        self, request: httputil.HTTPServerRequest
+    ) -> web.OutputTransform:
+        return _ServerHeader(request, self.settings.get("server_header"))
+
+
+class StatusHandler(web.RequestHandler):
+    """A ready-made readiness endpoint: route it, e.g. ``(r"/status", StatusHandler)``.
+
+    ``GET`` answers ``200 {"status": "ok"}`` while the application's
+    :attr:`~CallbackManager.ready_to_serve` event is set, and
+    ``503 {"status": "starting"}`` or ``503 {"status": "draining"}`` with
+    ``Retry-After`` otherwise, so a load balancer stops sending traffic as
+    soon as the drain starts.  Works with any application: one without
+    ``ready_to_serve`` is always ready.
+    """
+
+    def get(self) -> None:
+        """Report readiness as a JSON document."""
+        ready = getattr(self.application, "ready_to_serve", None)
+        if ready is None or ready.is_set():
+            self.write({"status": "ok"})
+            return
+        self.set_status(503)
+        self.set_header("Retry-After", "5")
+        draining = getattr(self.application, "draining", False)
+        self.write({"status": "draining" if draining else "starting"})
