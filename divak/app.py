@@ -122,9 +122,7 @@ class CallbackManager:
         done, not_done = await asyncio.wait(pending, timeout=timeout)
         for future in done:
             if not future.cancelled() and future.exception() is not None:
-                logger.error(
-                    "shutdown callback failed", exc_info=future.exception()
-                )
+                logger.error("shutdown callback failed", exc_info=future.exception())
         for future in not_done:
             logger.warning(
                 "shutdown callback %r did not finish within %.1fs, cancelled",
@@ -157,7 +155,9 @@ class CallbackManager:
         io_loop.spawn_callback(stop)
 
 
-async def _logged(callback: typing.Callable[..., typing.Any], *args: typing.Any) -> None:
+async def _logged(
+    callback: typing.Callable[..., typing.Any], *args: typing.Any
+) -> None:
     try:
         result = callback(*args)
         if inspect.isawaitable(result):

@@ -6,7 +6,6 @@ import typing
 import urllib.parse
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httpclient, httputil
 
@@ -73,13 +72,10 @@ class HttpClientMixin:
             "server.address": parts.hostname or "",
             "server.port": parts.port or _DEFAULT_PORTS.get(parts.scheme, 80),
         }
-        context = otel_context.get_current()
         if isinstance(self, RequestTracker):
-            request_context = self.divak_context
-            if trace.get_current_span(context).get_span_context().trace_id != (
-                request_context.span.get_span_context().trace_id  # type: ignore[union-attr]
-            ):
-                context = request_context.context  # type: ignore[assignment]
+            context = self.divak_context.current_context()
+        else:
+            context = otel_context.get_current()
         headers = httputil.HTTPHeaders(kwargs.pop("headers", None) or {})
         with application.divak_tracer.start_as_current_span(
             method.upper(),

@@ -57,7 +57,7 @@ class TraceContextPropagation(tracecontext.TraceContextTextMapPropagator):
     """W3C Trace Context: the ``traceparent`` and ``tracestate`` headers.
 
     Follows the W3C Trace Context recommendation through OpenTelemetry's
-    own :class:`~opentelemetry.trace.propagation.tracecontext.TraceContextTextMapPropagator`.
+    own ``TraceContextTextMapPropagator``.
     This is the propagator an application uses when none was added.
     """
 
@@ -92,9 +92,10 @@ class ZipkinPropagation(textmap.TextMapPropagator):
     ) -> Context:
         """Return *context* with the B3 parent added when the headers are valid."""
         extracted = self._format.extract(carrier, context, getter)
-        if extracted is context or not trace.get_current_span(
-            extracted
-        ).get_span_context().is_valid:
+        if (
+            extracted is context
+            or not trace.get_current_span(extracted).get_span_context().is_valid
+        ):
             return context if context is not None else Context()
         if _is_debug(carrier, getter):
             from opentelemetry.context import set_value
@@ -124,10 +125,14 @@ class ZipkinPropagation(textmap.TextMapPropagator):
             setter.set(carrier, self.SINGLE_HEADER, "-".join(fields))
             return
         setter.set(
-            carrier, B3MultiFormat.TRACE_ID_KEY, trace.format_trace_id(span_context.trace_id)
+            carrier,
+            B3MultiFormat.TRACE_ID_KEY,
+            trace.format_trace_id(span_context.trace_id),
         )
         setter.set(
-            carrier, B3MultiFormat.SPAN_ID_KEY, trace.format_span_id(span_context.span_id)
+            carrier,
+            B3MultiFormat.SPAN_ID_KEY,
+            trace.format_span_id(span_context.span_id),
         )
         if debug:
             # Debug implies an accept decision: the spec sends X-B3-Flags: 1

@@ -244,7 +244,7 @@ class Runner:
         self.server.start_draining()
         try:
             await asyncio.wait_for(self.server.drained.wait(), self.shutdown_limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.warning(
                 "%d request(s) still in flight after %.1fs, closing",
                 len(self.server.busy),
@@ -255,7 +255,7 @@ class Runner:
             await run_callbacks(self.shutdown_limit)
         try:
             await asyncio.wait_for(self.server.close_all_connections(), 1.0)
-        except asyncio.TimeoutError:  # pragma: no cover - defensive
+        except TimeoutError:  # pragma: no cover - defensive
             logger.warning("connections did not close in time")
         await self.flush_spans()
         logger.info("stopped")
@@ -278,14 +278,12 @@ class Runner:
             except Exception:  # pragma: no cover - defensive
                 logger.exception("flushing spans failed")
             finally:
-                loop.call_soon_threadsafe(
-                    lambda: done.done() or done.set_result(None)
-                )
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
 
         threading.Thread(target=work, name="divak-flush", daemon=True).start()
         try:
             await asyncio.wait_for(done, self.shutdown_limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.warning(
                 "spans not flushed within %.1fs, dropping them", self.shutdown_limit
             )

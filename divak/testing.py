@@ -135,7 +135,9 @@ class ZipkinCollector:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             self._loop = loop
-            app = web.Application([(r"/api/v2/spans", _SpansHandler, {"collector": self})])
+            app = web.Application(
+                [(r"/api/v2/spans", _SpansHandler, {"collector": self})]
+            )
             server = httpserver.HTTPServer(app)
             server.add_sockets(sockets)
             loop.call_soon(ready.set)
@@ -143,7 +145,9 @@ class ZipkinCollector:
             server.stop()
             loop.close()
 
-        self._thread = threading.Thread(target=serve, name="zipkin-collector", daemon=True)
+        self._thread = threading.Thread(
+            target=serve, name="zipkin-collector", daemon=True
+        )
         self._thread.start()
         ready.wait(10)
         return self

@@ -18,10 +18,10 @@ import typing
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httputil, log, routing, web
 
@@ -88,6 +88,20 @@ class RequestContext:
         self.sampled = False
         self.exception_type: str | None = None
 
+    def current_context(self) -> otel_context.Context:
+        """The current OpenTelemetry context if it belongs to this request.
+
+        Otherwise (code running outside the handler's task) the request's
+        own :attr:`context`, so child spans always join the request's trace.
+        """
+        current = otel_context.get_current()
+        span_context = trace.get_current_span(current).get_span_context()
+        if self.span is not None and (
+            span_context.trace_id == self.span.get_span_context().trace_id
+        ):
+            return current
+        return self.context if self.context is not None else current
+
     def set_span(self, span: trace.Span) -> None:
         """Make *span* the request's server span and build :attr:`context`."""
         self.span = span
@@ -133,7 +147,7 @@ def route_template(pattern: str) -> str:
                 elif pattern.startswith("(?", position):
                     out.append("{...}")
                 else:
-                    out.append("{%d}" % index)
+                    out.append(f"{{{index}}}")
                     index += 1
             depth += 1
         elif char == ")":
@@ -273,8 +287,7 @@ class Recorder(web.Application):
         if self._divak_propagation is None:
             propagators = list(self._divak_propagators)
             if not any(
-                not isinstance(p, propagation.RequestIdPropagation)
-                for p in propagators
+                not isinstance(p, propagation.RequestIdPropagation) for p in propagators
             ):
                 propagators.insert(0, propagation.TraceContextPropagation())
             self._divak_propagation = propagation.Propagation(propagators)
@@ -346,9 +359,7 @@ class Recorder(web.Application):
         the correlation id as ``request.divak_request_id``, as
         divak-tornado did).
         """
-        request_context: RequestContext | None = getattr(
-            request, "divak_context", None
-        )
+        request_context: RequestContext | None = getattr(request, "divak_context", None)
         if request_context is None:
             parent = self.divak_propagation.extract(request.headers)
             request_context = RequestContext(parent, self.divak_service_name)
@@ -356,7 +367,9 @@ class Recorder(web.Application):
             request.divak_request_id = request_context.request_id  # type: ignore[attr-defined]
         return request_context
 
-    def _divak_transform(self, request: httputil.HTTPServerRequest) -> web.OutputTransform:
+    def _divak_transform(
+        self, request: httputil.HTTPServerRequest
+    ) -> web.OutputTransform:
         # Called by Tornado for every request, whatever handler serves it.
         self.divak_request_context(request)
         return _IDENTITY
@@ -395,8 +408,10 @@ class Recorder(web.Application):
         method = request.method or "GET"
         known = method if method in _KNOWN_METHODS else "_OTHER"
         if name is None:
-            name = f"{known if known != '_OTHER' else 'HTTP'} {route}" if route else (
-                known if known != "_OTHER" else "HTTP"
+            name = (
+                f"{known if known != '_OTHER' else 'HTTP'} {route}"
+                if route
+                else (known if known != "_OTHER" else "HTTP")
             )
         start = time.time_ns() - int(request.request_time() * 1e9)
         span = self.divak_tracer.start_span(
@@ -425,11 +440,13 @@ class Recorder(web.Application):
     def log_request(self, handler: web.RequestHandler) -> None:
         """Write the access log line for *handler*'s request.
 
-        One line on the ``tornado.access`` logger: client address, method,
-        URI, status, duration in milliseconds, trace id and request id.
-        INFO below 400, WARNING for 4xx, ERROR for 5xx.  The record is
-        emitted with the request's context current, so it carries
-        ``otelTraceID`` and ``divak_request_id`` too.  For a handler that
+        One line on the ``tornado.access`` logger: client address (the
+        real one when ``xheaders`` is on), method, URI, status and duration
+        in milliseconds.  INFO below 400, WARNING for 4xx, ERROR for 5xx.
+        The record is emitted with the request's context current, so it
+        carries the request's ``otelTraceID``, ``otelSpanID`` and
+        ``divak_request_id`` attributes, which divak's default log format
+        prints on every line.  For a handler that
         does not mix in :class:`RequestTracker`, the request's SERVER span
         is started and ended here.
         """
@@ -457,14 +474,12 @@ class Recorder(web.Application):
                 with activated(request_context):
                     log.access_log.log(
                         level,
-                        '%s "%s %s" %d %.2fms trace_id=%s request_id=%s',
+                        '%s "%s %s" %d %.2fms',
                         request.remote_ip,
                         request.method,
                         request.uri,
                         status,
                         1000.0 * request.request_time(),
-                        request_context.trace_id_hex,
-                        request_context.request_id or "-",
                     )
         if own_span:
             self.divak_end_span(request_context, status)
@@ -581,7 +596,8 @@ class RequestTracker:
         request_context = self._divak_request_context
         if request_context is None:
             request_context = self.application.divak_start_span(
-                self.request, self.application.divak_route(self)  # type: ignore[arg-type]
+                self.request,
+                self.application.divak_route(self),  # type: ignore[arg-type]
             )
             self._divak_request_context = request_context
         return request_context
@@ -630,7 +646,10 @@ class RequestTracker:
         finally:
             self.application.divak_end_span(request_context, self.get_status())
             token, self._divak_token = self._divak_token, None
-            if token is not None and otel_context.get_current() is request_context.context:
+            if (
+                token is not None
+                and otel_context.get_current() is request_context.context
+            ):
                 otel_context.detach(token)  # type: ignore[arg-type]
 
     def set_divak_name(self, name: str) -> None:
@@ -657,14 +676,8 @@ class RequestTracker:
         :param attributes: initial span attributes
         :returns: the child span
         """
-        request_context = self.divak_context
-        context = otel_context.get_current()
-        if trace.get_current_span(context).get_span_context().trace_id != (
-            request_context.span.get_span_context().trace_id  # type: ignore[union-attr]
-        ):
-            context = request_context.context
         with self.application.divak_tracer.start_as_current_span(
-            name, context=context, attributes=attributes
+            name, context=self.divak_context.current_context(), attributes=attributes
         ) as span:
             yield span
 
@@ -678,6 +691,9 @@ class RequestTracker:
         """
         request_context = self.divak_context
         span = trace.get_current_span()
-        if span.get_span_context().trace_id != request_context.span.get_span_context().trace_id:  # type: ignore[union-attr]
+        if (
+            span.get_span_context().trace_id
+            != request_context.span.get_span_context().trace_id
+        ):  # type: ignore[union-attr]
             span = request_context.span  # type: ignore[assignment]
         span.set_attribute(name, value)
