@@ -27,26 +27,9 @@ ShutdownCallback = typing.Callable[[web.Application], typing.Any]
 class CallbackManager:
     """Life-cycle callbacks and readiness, mixed into :class:`Application`.
 
-    .. attribute:: before_run_callbacks
-
-       :class:`list` of ``callback(application, io_loop)``, called in
-       order, synchronously, before the server accepts connections.  An
-       exception aborts the start: it is logged and the process exits
-       with a non-zero status.
-
-    .. attribute:: on_start_callbacks
-
-       :class:`list` of ``callback(application, io_loop)``, spawned on the
-       IOLoop once it runs.  A coroutine function is fine; its exception
-       is logged.
-
-    .. attribute:: on_shutdown_callbacks
-
-       :class:`list` of ``callback(application)``, called after the
-       server stopped accepting connections and in-flight requests
-       finished.  A callback may return an awaitable; all of them are
-       awaited together, bounded by ``shutdown_limit`` seconds, and
-       exceptions are logged, never fatal.
+    The three callback lists (:attr:`before_run_callbacks`,
+    :attr:`on_start_callbacks`, :attr:`on_shutdown_callbacks`) have
+    sprockets.http's names and signatures.
 
     .. attribute:: ready_to_serve
 
@@ -66,17 +49,30 @@ class CallbackManager:
 
     @property
     def before_run_callbacks(self) -> list[BeforeRunCallback]:
-        """Synchronous ``callback(application, io_loop)`` run before serving."""
+        """Synchronous ``callback(application, io_loop)`` run before serving.
+
+        Called in order before the server accepts connections.  An
+        exception aborts the start: it is logged and the process exits
+        with a non-zero status.
+        """
         return self.runner_callbacks["before_run"]
 
     @property
     def on_start_callbacks(self) -> list[OnStartCallback]:
-        """``callback(application, io_loop)`` spawned once the IOLoop runs."""
+        """``callback(application, io_loop)`` spawned once the IOLoop runs.
+
+        A coroutine function is fine; an exception is logged.
+        """
         return self.runner_callbacks["on_start"]
 
     @property
     def on_shutdown_callbacks(self) -> list[ShutdownCallback]:
-        """``callback(application)`` run on shutdown; may return an awaitable."""
+        """``callback(application)`` run on shutdown; may return an awaitable.
+
+        Called after the server stopped accepting connections and in-flight
+        requests finished.  Awaitables run together, bounded by
+        ``shutdown_limit`` seconds; exceptions are logged, never fatal.
+        """
         return self.runner_callbacks["shutdown"]
 
     @property
