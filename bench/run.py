@@ -1,0 +1,387 @@
+"""Benchmark divak against plain Tornado and OpenTelemetry's instrumentation.
+
+Run from the project root::
+
+    python3 bench/run.py                 # the comparison table, 3 rounds
+    python3 bench/run.py --rounds 8      # more rounds, steadier medians
+    python3 bench/run.py --exporter      # collector up / down / slow
+
+Each variant runs as its own server process (``bench/server.py``) on
+127.0.0.1, pinned to the first CPU when the machine has two or more; the
+load comes from ``wrk`` on another CPU when it is installed, else from a
+bounded Python client (``bench/client.py``) in its own process.  Variants
+are interleaved round by round and the table shows medians over rounds,
+with throughput as a ratio to plain Tornado measured in the same run.
+Spans go to a counting Zipkin endpoint in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import typing
+import urllib.request
+
+from tornado import httpserver, netutil, web
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_VARIANTS = ["plain", "divak", "divak-0.1%", "otel", "otel-0.1%"]
+
+
+# -- a Zipkin endpoint that only counts -----------------------------------
+class _Spans(web.RequestHandler):
+    def initialize(self, collector: Collector) -> None:
+        self.collector = collector
+
+    async def post(self) -> None:
+        if self.collector.delay:
+            await asyncio.sleep(self.collector.delay)
+        self.collector.received += len(json.loads(self.request.body))
+        self.set_status(202)
+
+
+class Collector:
+    """Counts the spans POSTed to ``/api/v2/spans``; optionally answers late."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.delay = 0.0
+        sockets = netutil.bind_sockets(0, "127.0.0.1")
+        self.port = sockets[0].getsockname()[1]
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            app = web.Application([(r"/api/v2/spans", _Spans, {"collector": self})])
+            httpserver.HTTPServer(app).add_sockets(sockets)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        threading.Thread(target=serve, daemon=True).start()
+        ready.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v2/spans"
+
+
+# -- processes ------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pin(cpu: int) -> list[str]:
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu)]
+    return []
+
+
+def wait_ready(port: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read()}")  # type: ignore[union-attr]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+def load(port: int, duration: float, connections: int) -> dict[str, float]:
+    """Drive the server for *duration* seconds; return throughput and latency."""
+    url = f"http://127.0.0.1:{port}/"
+    if shutil.which("wrk"):
+        command = [
+            *pin(1),
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{int(duration)}s",
+            "--latency",
+            url,
+        ]
+        output = subprocess.run(
+            command, capture_output=True, text=True, check=True
+        ).stdout
+        return parse_wrk(output)
+    command = [
+        *pin(1),
+        sys.executable,
+        str(HERE / "client.py"),
+        url,
+        str(duration),
+        str(connections),
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(output.stdout)
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def parse_wrk(output: str) -> dict[str, float]:
+    result: dict[str, float] = {"errors": 0}
+    result["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    result["requests"] = float(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    for label, key in (("50%", "p50_ms"), ("99%", "p99_ms")):
+        result[key] = _ms(re.search(rf"{label}\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    for match in re.finditer(r"(connect|read|write|timeout) (\d+)", output):
+        result["errors"] += int(match.group(2))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non_2xx:
+        result["errors"] += int(non_2xx.group(1))
+    return result
+
+
+def run_variant(
+    variant: str,
+    zipkin: str,
+    collector: Collector,
+    duration: float,
+    connections: int,
+    log_dir: pathlib.Path,
+) -> dict[str, typing.Any]:
+    """Start *variant*, warm it up, measure, stop it; return the figures."""
+    port = free_port()
+    log_file = log_dir / f"{variant}.log"
+    before = collector.received
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen(
+        [*pin(0), sys.executable, str(HERE / "server.py"), variant, str(port), zipkin,
+         str(log_file)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_ready(port, server)
+        load(port, 1, connections)  # warm-up
+        result = load(port, duration, connections)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            stdout, stderr = server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            stdout, stderr = server.communicate()
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{variant} printed no figures: {stderr[-2000:]}")
+    result.update(json.loads(lines[-1]))
+    time.sleep(0.3)  # the last upload may still be being read
+    result["spans"] = collector.received - before
+    text = log_file.read_text(errors="replace")
+    result["warnings"] = sum(
+        1
+        for line in text.splitlines()
+        if (" WARNING " in line or " ERROR " in line) and "tornado.access" not in line
+    )
+    result["log_lines"] = text.count("\n")
+    return result
+
+
+# -- reports --------------------------------------------------------------
+def versions() -> str:
+    from importlib import metadata
+
+    names = [
+        "tornado",
+        "opentelemetry-sdk",
+        "opentelemetry-exporter-zipkin-json",
+        "opentelemetry-instrumentation-tornado",
+    ]
+    parts = [f"Python {platform.python_version()}"]
+    for name in names:
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name} (not installed)")
+    return ", ".join(parts)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs, {cpu}, {platform.system()} {platform.release()}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """An reStructuredText simple table."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    rule = "  ".join("=" * w for w in widths)
+    lines = [rule, "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append(rule)
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+def median(results: list[dict[str, typing.Any]], key: str) -> float:
+    return statistics.median(r.get(key, 0) for r in results)
+
+
+def compare(args: argparse.Namespace) -> None:
+    collector = Collector()
+    variants = args.variants
+    results: dict[str, list[dict[str, typing.Any]]] = {v: [] for v in variants}
+    ratios: dict[str, list[float]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for number in range(args.rounds):
+            for variant in variants:
+                figures = run_variant(
+                    variant, collector.url, collector, args.duration,
+                    args.connections, pathlib.Path(tmp),
+                )
+                results[variant].append(figures)
+                print(
+                    f"round {number + 1} {variant:<11} {figures['rps']:8.0f} req/s"
+                    f"  p99 {figures['p99_ms']:.2f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if "plain" in variants:
+                plain = results["plain"][-1]["rps"]
+                for variant in variants:
+                    ratios[variant].append(results[variant][-1]["rps"] / plain)
+    rows = []
+    for variant in variants:
+        runs = results[variant]
+        served = sum(r["served"] for r in runs)
+        spans = sum(r["spans"] for r in runs)
+        rows.append([
+            variant,
+            f"{median(runs, 'rps'):.0f}",
+            f"{statistics.median(ratios[variant]):.2f}" if ratios[variant] else "-",
+            f"{median(runs, 'p50_ms'):.2f}",
+            f"{median(runs, 'p99_ms'):.2f}",
+            f"{median(runs, 'maxrss_kib') / 1024:.0f}",
+            f"{spans}/{served}",
+            f"{sum(r['errors'] for r in runs)}",
+        ])
+    print()
+    print(f"{args.rounds} interleaved rounds of {args.duration:.0f} s, "
+          f"{args.connections} connections, load from "
+          f"{'wrk' if shutil.which('wrk') else 'bench/client.py'}")
+    print(f"Machine: {machine()}")
+    print(f"Versions: {versions()}")
+    print()
+    print(table(
+        ["variant", "req/s", "ratio", "p50 ms", "p99 ms", "RSS MiB",
+         "spans/served", "errors"],
+        rows,
+    ))
+
+
+def exporter(args: argparse.Namespace) -> None:
+    """divak at 100 %: collector up, down (nothing listening), slow."""
+    collector = Collector()
+    down = f"http://127.0.0.1:{free_port()}/api/v2/spans"
+    scenarios = ["up", "down", "slow"]
+    results: dict[str, list[dict[str, typing.Any]]] = {s: [] for s in scenarios}
+    with tempfile.TemporaryDirectory() as tmp:
+        for number in range(args.rounds):
+            for scenario in scenarios:
+                collector.delay = args.slow if scenario == "slow" else 0.0
+                figures = run_variant(
+                    "divak", down if scenario == "down" else collector.url,
+                    collector, args.duration, args.connections, pathlib.Path(tmp),
+                )
+                results[scenario].append(figures)
+                print(
+                    f"round {number + 1} collector {scenario:<5}"
+                    f" {figures['rps']:8.0f} req/s {figures}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    collector.delay = 0.0
+    up_rps = median(results["up"], "rps")
+    up_rss = median(results["up"], "maxrss_kib")
+    rows = []
+    for scenario in scenarios:
+        runs = results[scenario]
+        dropped = median(runs, "dropped_spans") + median(runs, "failed_spans")
+        rss = median(runs, "maxrss_kib")
+        growth = (
+            f"{(rss - up_rss) / 1024 / dropped * 100_000:.1f}"
+            if dropped and scenario != "up"
+            else "-"
+        )
+        rows.append([
+            scenario,
+            f"{median(runs, 'rps'):.0f}",
+            f"{median(runs, 'rps') / up_rps:.3f}",
+            f"{median(runs, 'p99_ms'):.2f}",
+            f"{rss / 1024:.0f}",
+            f"{median(runs, 'served'):.0f}",
+            f"{median(runs, 'spans'):.0f}",
+            f"{median(runs, 'dropped_spans'):.0f}",
+            f"{median(runs, 'failed_spans'):.0f}",
+            growth,
+            f"{median(runs, 'warnings'):.0f}",
+            f"{sum(r['errors'] for r in runs)}",
+        ])
+    print()
+    print(f"divak at 100 % sampling, {args.rounds} interleaved rounds of "
+          f"{args.duration:.0f} s, slow collector answers after {args.slow:.0f} s")
+    print(f"Machine: {machine()}")
+    print(f"Versions: {versions()}")
+    print()
+    print(table(
+        ["collector", "req/s", "ratio", "p99 ms", "RSS MiB", "served", "received",
+         "dropped", "failed", "MiB/100k", "warnings", "errors"],
+        rows,
+    ))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
+    parser.add_argument(
+        "--exporter", action="store_true", help="collector up/down/slow instead"
+    )
+    parser.add_argument("--slow", type=float, default=5.0, help="seconds")
+    args = parser.parse_args()
+    if args.exporter:
+        exporter(args)
+    else:
+        compare(args)
+
+
+if __name__ == "__main__":
+    main()
