@@ -94,10 +94,9 @@ def stats(app: typing.Any) -> dict[str, typing.Any]:
         "served": served,
         "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
-    for name in ("divak_dropped_spans", "divak_failed_spans", "divak_exported_spans"):
-        value = getattr(app, name, None)
-        if value is not None:
-            out[name.removeprefix("divak_")] = value
+    for queue in getattr(app, "divak_span_queues", ()):
+        for name in ("dropped_spans", "failed_spans", "exported_spans"):
+            out[name] = out.get(name, 0) + getattr(queue, name)
     return out
 
 

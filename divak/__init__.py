@@ -3,7 +3,7 @@
 Handler side: :class:`RequestTracker`, :class:`Logger`,
 :class:`HttpClientMixin`.  Application side: :class:`Recorder`,
 :class:`ProbabilisticSampler`, :class:`Application`.  Reporters:
-:class:`ZipkinReporter`, :class:`LoggingReporter`.  Propagators:
+:class:`ZipkinReporter`, :class:`OTLPReporter`, :class:`LoggingReporter`.  Propagators:
 :class:`TraceContextPropagation`, :class:`ZipkinPropagation`,
 :class:`RequestIdPropagation`.  And :func:`run`.
 
@@ -24,7 +24,7 @@ from divak.propagation import (  # noqa: E402
     TraceContextPropagation,
     ZipkinPropagation,
 )
-from divak.reporters import LoggingReporter, ZipkinReporter  # noqa: E402
+from divak.reporters import LoggingReporter, OTLPReporter, ZipkinReporter  # noqa: E402
 from divak.runner import Runner, run  # noqa: E402
 from divak.sampling import ProbabilisticSampler  # noqa: E402
 from divak.tracing import Recorder, RequestContext, RequestTracker  # noqa: E402
@@ -37,6 +37,7 @@ __all__ = [
     "HttpClientMixin",
     "Logger",
     "LoggingReporter",
+    "OTLPReporter",
     "ProbabilisticSampler",
     "Recorder",
     "RequestContext",

@@ -54,7 +54,12 @@ _INVALID_SPAN_ID = "0"
 def _add_ids(record: logging.LogRecord) -> None:
     current = otel_context.get_current()
     request = current.get(REQUEST_CONTEXT_KEY)
-    span_context = trace.get_current_span(current).get_span_context()
+    span = trace.get_current_span(current)
+    if request is not None and span is request.span and request.log_ids:
+        # The common case, the request's own span: ids computed once.
+        record.__dict__.update(request.log_ids)
+        return
+    span_context = span.get_span_context()
     if span_context.is_valid:
         if request is not None and span_context.span_id == request.span_id:
             record.otelTraceID = request.trace_id_hex

@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httputil, log, routing, web
 
@@ -74,6 +74,7 @@ class RequestContext:
         "span_id_hex",
         "sampled",
         "exception_type",
+        "log_ids",
     )
 
     def __init__(self, parent: otel_context.Context, service_name: str) -> None:
@@ -87,6 +88,8 @@ class RequestContext:
         self.span_id_hex: str | None = None
         self.sampled = False
         self.exception_type: str | None = None
+        #: The log record attributes of the server span, computed once.
+        self.log_ids: dict[str, typing.Any] | None = None
 
     def current_context(self) -> otel_context.Context:
         """The current OpenTelemetry context if it belongs to this request.
@@ -113,6 +116,13 @@ class RequestContext:
         self.context = otel_context.set_value(
             REQUEST_CONTEXT_KEY, self, trace.set_span_in_context(span, self.parent)
         )
+        self.log_ids = {
+            "otelTraceID": self.trace_id_hex,
+            "otelSpanID": self.span_id_hex,
+            "otelTraceSampled": self.sampled,
+            "otelServiceName": self.service_name,
+            "divak_request_id": self.request_id or "",
+        }
 
 
 def route_template(pattern: str) -> str:
@@ -213,7 +223,8 @@ class Recorder(web.Application):
     * its own OpenTelemetry SDK ``TracerProvider`` (never the global one),
       created on first use, so two applications in one process never share
       spans, and a forked child builds its own;
-    * the reporters, each behind a ``BatchSpanProcessor``;
+    * the reporters, each behind a bounded :class:`~divak.reporters.SpanQueue`
+      that counts the spans it drops (:attr:`divak_dropped_spans`);
     * the propagators (default: :class:`~divak.TraceContextPropagation`);
     * an access log line per request (:meth:`log_request`);
     * a SERVER span even for requests whose handler does not mix in
@@ -232,6 +243,7 @@ class Recorder(web.Application):
         self._divak_propagation: propagation.Propagation | None = None
         self._divak_provider: TracerProvider | None = None
         self._divak_tracer: trace.Tracer | None = None
+        self._divak_span_queues: list[reporters.SpanQueue] = []
         self._divak_service_name = ""
         self._divak_routes: dict[type, list[tuple[re.Pattern[str], str]]] = {}
         super().__init__(*args, **kwargs)
@@ -323,10 +335,30 @@ class Recorder(web.Application):
         provider.add_span_processor(_B3DebugMarker())
         span_reporters = self._divak_reporters or [_default_reporter()]
         for reporter in span_reporters:
-            provider.add_span_processor(BatchSpanProcessor(reporter))
+            queue = reporters.SpanQueue(reporter)
+            self._divak_span_queues.append(queue)
+            provider.add_span_processor(queue)
         self._divak_service_name = str(resource.attributes.get(SERVICE_NAME, ""))
         self._divak_provider = provider
         self._divak_tracer = provider.get_tracer("divak", __version__)
+
+    @property
+    def divak_span_queues(self) -> list[reporters.SpanQueue]:
+        """The :class:`~divak.reporters.SpanQueue` of each reporter.
+
+        Empty until tracing started (the first request).
+        """
+        return list(self._divak_span_queues)
+
+    @property
+    def divak_dropped_spans(self) -> int:
+        """Finished, sampled spans that never reached a collector.
+
+        The sum over the reporters of the spans dropped because a queue was
+        full and the spans a reporter failed to deliver (after its
+        retries).  0 while every collector keeps up.
+        """
+        return sum(q.dropped_spans + q.failed_spans for q in self._divak_span_queues)
 
     def divak_force_flush(self, timeout: float = 5.0) -> bool:
         """Export every finished span now.
