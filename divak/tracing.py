@@ -563,18 +563,28 @@ def _server_attributes(
     return attributes
 
 
-@contextlib.contextmanager
-def activated(request_context: RequestContext) -> typing.Iterator[None]:
-    """Make *request_context* current for the ``with`` block, if it is not."""
-    context = request_context.context
-    if context is None or otel_context.get_current() is context:
-        yield
-        return
-    token = otel_context.attach(context)
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
+class activated:  # noqa: N801 - used like the function it replaced
+    """Make *request_context* current for the ``with`` block, if it is not.
+
+    A plain class rather than a generator-based context manager: it runs
+    twice per request, and usually finds the context already current.
+    """
+
+    __slots__ = ("context", "token")
+
+    def __init__(self, request_context: RequestContext) -> None:
+        self.context = request_context.context
+        self.token: object | None = None
+
+    def __enter__(self) -> None:
+        context = self.context
+        if context is not None and otel_context.get_current() is not context:
+            self.token = otel_context.attach(context)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.token is not None:
+            otel_context.detach(self.token)  # type: ignore[arg-type]
+            self.token = None
 
 
 def _default_reporter() -> SpanExporter:
