@@ -149,7 +149,8 @@ def parse_wrk(output: str) -> dict[str, float]:
     result["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     result["requests"] = float(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     for label, key in (("50%", "p50_ms"), ("99%", "p99_ms")):
-        result[key] = _ms(re.search(rf"{label}\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+        match = re.search(rf"^\s*{label}\s+(\S+)\s*$", output, re.MULTILINE)
+        result[key] = _ms(match.group(1))  # type: ignore[union-attr]
     for match in re.finditer(r"(connect|read|write|timeout) (\d+)", output):
         result["errors"] += int(match.group(2))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
@@ -309,7 +310,7 @@ def exporter(args: argparse.Namespace) -> None:
     """divak at 100 %: collector up, down (nothing listening), slow."""
     collector = Collector()
     down = f"http://127.0.0.1:{free_port()}/api/v2/spans"
-    scenarios = ["up", "down", "slow"]
+    scenarios = args.scenarios
     results: dict[str, list[dict[str, typing.Any]]] = {s: [] for s in scenarios}
     with tempfile.TemporaryDirectory() as tmp:
         for number in range(args.rounds):
@@ -327,8 +328,8 @@ def exporter(args: argparse.Namespace) -> None:
                     flush=True,
                 )
     collector.delay = 0.0
-    up_rps = median(results["up"], "rps")
-    up_rss = median(results["up"], "maxrss_kib")
+    up_rps = median(results["up"], "rps") if "up" in results else float("nan")
+    up_rss = median(results["up"], "maxrss_kib") if "up" in results else 0
     rows = []
     for scenario in scenarios:
         runs = results[scenario]
@@ -376,6 +377,10 @@ def main() -> None:
         "--exporter", action="store_true", help="collector up/down/slow instead"
     )
     parser.add_argument("--slow", type=float, default=5.0, help="seconds")
+    parser.add_argument(
+        "--scenarios", nargs="+", default=["up", "down", "slow"],
+        help="with --exporter: which collector states to run",
+    )
     args = parser.parse_args()
     if args.exporter:
         exporter(args)
