@@ -107,10 +107,13 @@ def wait_ready(port: int, process: subprocess.Popen[str]) -> None:
     raise RuntimeError("server did not start")
 
 
+LOAD_GENERATOR = "wrk" if shutil.which("wrk") else "python"
+
+
 def load(port: int, duration: float, connections: int) -> dict[str, float]:
     """Drive the server for *duration* seconds; return throughput and latency."""
     url = f"http://127.0.0.1:{port}/"
-    if shutil.which("wrk"):
+    if LOAD_GENERATOR == "wrk":
         command = [
             *pin(1),
             "wrk",
@@ -169,7 +172,9 @@ def run_variant(
 ) -> dict[str, typing.Any]:
     """Start *variant*, warm it up, measure, stop it; return the figures."""
     port = free_port()
-    log_file = log_dir / f"{variant}.log"
+    handle, name = tempfile.mkstemp(prefix=f"{variant}-", suffix=".log", dir=log_dir)
+    os.close(handle)
+    log_file = pathlib.Path(name)
     before = collector.received
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen(
@@ -195,7 +200,7 @@ def run_variant(
     if not lines:
         raise RuntimeError(f"{variant} printed no figures: {stderr[-2000:]}")
     result.update(json.loads(lines[-1]))
-    time.sleep(0.3)  # the last upload may still be being read
+    time.sleep(0.3 + collector.delay)  # the last upload may still be on its way
     result["spans"] = collector.received - before
     text = log_file.read_text(errors="replace")
     result["warnings"] = sum(
@@ -295,7 +300,7 @@ def compare(args: argparse.Namespace) -> None:
     print()
     print(f"{args.rounds} interleaved rounds of {args.duration:.0f} s, "
           f"{args.connections} connections, load from "
-          f"{'wrk' if shutil.which('wrk') else 'bench/client.py'}")
+          f"{'wrk' if LOAD_GENERATOR == 'wrk' else 'bench/client.py'}")
     print(f"Machine: {machine()}")
     print(f"Versions: {versions()}")
     print()
@@ -368,6 +373,7 @@ def exporter(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    global LOAD_GENERATOR
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds")
@@ -381,7 +387,12 @@ def main() -> None:
         "--scenarios", nargs="+", default=["up", "down", "slow"],
         help="with --exporter: which collector states to run",
     )
+    parser.add_argument(
+        "--client", choices=["wrk", "python"], default=LOAD_GENERATOR,
+        help="load generator (default: wrk when installed)",
+    )
     args = parser.parse_args()
+    LOAD_GENERATOR = args.client
     if args.exporter:
         exporter(args)
     else:
