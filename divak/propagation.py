@@ -326,7 +326,7 @@ class ZipkinPropagation(textmap.TextMapPropagator):
     Injection writes the multi-header form (``X-B3-TraceId``,
     ``X-B3-SpanId``, ``X-B3-ParentSpanId``, and ``X-B3-Sampled`` or
     ``X-B3-Flags``), or the single ``b3`` header when *single_header* is
-    true.
+    true.  The parent span id is known, and written, for recorded spans.
 
     OpenTelemetry's ``opentelemetry-propagator-b3`` is not used for
     extraction because it turns *defer* into *deny* (multi headers) or
@@ -480,12 +480,13 @@ class PropagatedSampler(sampling.Sampler):
     ) -> sampling.SamplingResult:
         """Decide for a new span; see the class documentation."""
         if parent_context is not None:
+            if get_value(B3_DEBUG_KEY, parent_context):
+                # Debug forces sampling of every span of the trace.
+                return sampling.SamplingResult(
+                    sampling.Decision.RECORD_AND_SAMPLE, attributes, trace_state
+                )
             parent = trace.get_current_span(parent_context).get_span_context()
             if parent.is_remote or not parent.is_valid:
-                if get_value(B3_DEBUG_KEY, parent_context):
-                    return sampling.SamplingResult(
-                        sampling.Decision.RECORD_AND_SAMPLE, attributes, trace_state
-                    )
                 decision = get_value(B3_DECISION_KEY, parent_context)
                 if not parent.is_valid and decision is not None:
                     return sampling.SamplingResult(
