@@ -569,7 +569,10 @@ def test_correlation_id_echoed_on_errors_and_sent_downstream(collector):
     async def scenario():
         app, port, seen = _serve(
             collector,
-            [divak.TraceContextPropagation(), divak.RequestIdPropagation("Correlation-ID")],
+            [
+                divak.TraceContextPropagation(),
+                divak.RequestIdPropagation("Correlation-ID"),
+            ],
         )
         client = httpclient.AsyncHTTPClient()
         ok = await client.fetch(
