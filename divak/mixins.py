@@ -31,20 +31,30 @@ __all__ = ["ErrorLogger", "ErrorWriter", "LoggingHandler"]
 #: replaces with its own.
 _TORNADO_ERROR_LOGGERS = ("tornado.application", "tornado.general")
 
-_replacing: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "divak_replacing_tornado_error_log", default=False
+#: While set: ``_ALL`` drops every record of Tornado's error loggers (the
+#: ``super()`` call of ``log_exception``), ``_HEADERS_WRITTEN`` only
+#: Tornado's "Cannot send error response" line (``super().send_error``).
+_replacing: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "divak_replacing_tornado_error_log", default=None
 )
+_ALL = "all"
+_HEADERS_WRITTEN = "headers-written"
 
 
 class _ReplacedRecords(logging.Filter):
     """Drop Tornado's records for an error :class:`ErrorLogger` logged itself.
 
-    Active only while :meth:`ErrorLogger.log_exception` chains to
-    ``super()``; every other record passes.
+    Active only while :class:`ErrorLogger` chains to ``super()``; every
+    other record passes.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not _replacing.get()
+        mode = _replacing.get()
+        if mode is None:
+            return True
+        if mode == _ALL:
+            return False
+        return not str(record.msg).startswith("Cannot send error response")
 
 
 _FILTER = _ReplacedRecords()
@@ -180,7 +190,7 @@ class ErrorLogger:
                 status_code, message or _standard_reason(status_code), exc_info
             )
         _install_filter()
-        token = _replacing.set(True)
+        token = _replacing.set(_ALL)
         try:
             super().log_exception(typ, value, tb)  # type: ignore[misc]
         finally:
@@ -188,6 +198,10 @@ class ErrorLogger:
 
     def send_error(self, status_code: int = 500, **kwargs: typing.Any) -> None:
         """Log the error unless :meth:`log_exception` did; chain to ``super()``.
+
+        When the response's headers were already sent, Tornado cannot send
+        the error and says so on ``tornado.general``; that line is dropped,
+        the error itself is logged here (or by :meth:`log_exception`).
 
         :param status_code: the response's HTTP status code
         :param kwargs: as for :meth:`tornado.web.RequestHandler.send_error`:
@@ -207,7 +221,12 @@ class ErrorLogger:
             self._divak_log_error(
                 status_code, message or _standard_reason(status_code), exc_info
             )
-        super().send_error(status_code, **kwargs)  # type: ignore[misc]
+        _install_filter()
+        token = _replacing.set(_HEADERS_WRITTEN)
+        try:
+            super().send_error(status_code, **kwargs)  # type: ignore[misc]
+        finally:
+            _replacing.reset(token)
 
     def _divak_log_error(
         self, status_code: int, message: str, exc_info: typing.Any

@@ -43,6 +43,10 @@ class Failing:
         if what == "send":
             self.send_error(status, reason=reason)
             return
+        if what == "flushed":
+            self.write("partial ")
+            await self.flush()
+            raise ValueError("too late")
         self.write({"ok": True})
 
     def post(self, what: str) -> None:
@@ -579,3 +583,14 @@ def test_client_disconnect_ends_the_span(
     assert "http.response.status_code" not in span["tags"]
     # The handler finishing later does not end the span a second time.
     assert not [r for r in log_records if "ended span" in r.getMessage()]
+
+
+def test_error_after_the_headers_were_sent_is_logged_once(
+    log_records: list[logging.LogRecord],
+) -> None:
+    response = serve("/flushed")
+    assert response.code == 200
+    assert response.body == b"partial "
+    record = only_error_record(log_records)
+    assert record.getMessage() == "GET /flushed failed with 500: Internal Server Error"
+    assert record.exc_info is not None and record.exc_info[0] is ValueError
