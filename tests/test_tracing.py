@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 
 import pytest
 from opentelemetry import trace
@@ -549,3 +550,72 @@ def test_logging_reporter_is_the_default(
         line.startswith("plain SERVER GET /items/{item_id} trace_id=") for line in lines
     )
     assert any(line.startswith("plain INTERNAL query-db ") for line in lines)
+
+
+def test_first_valid_trace_context_wins_and_all_headers_go_downstream() -> None:
+    recorder = SpanRecorder()
+    headers = {
+        # invalid W3C header first in precedence, then a valid B3 one
+        "traceparent": "00-zzzz-00f067aa0ba902b7-01",
+        "X-B3-TraceId": "1" * 32,
+        "X-B3-SpanId": "2" * 16,
+        "X-B3-Sampled": "1",
+    }
+    both = dict(headers, traceparent=f"00-{'3' * 32}-{'4' * 16}-01")
+
+    async def scenario():
+        backend = App("backend", SpanRecorder())
+        app = App(
+            "front",
+            recorder,
+            [divak.TraceContextPropagation(), divak.ZipkinPropagation()],
+            backend=f"http://127.0.0.1:{listen(backend)}",
+        )
+        port = listen(app)
+        first = await _fetch(port, "/front", headers)
+        second = await _fetch(port, "/front", both)
+        await flush(app)
+        return _headers_seen_downstream(first.body), _headers_seen_downstream(
+            second.body
+        )
+
+    downstream, _ = run(scenario())
+    first, second = sorted(recorder.named("GET /front"), key=lambda s: s.start_time)
+    assert first.context.trace_id == int("1" * 32, 16)
+    assert second.context.trace_id == int("3" * 32, 16)
+    (client, _) = sorted(recorder.named("GET"), key=lambda s: s.start_time)
+    assert (
+        downstream["traceparent"] == f"00-{'1' * 32}-{client.context.span_id:016x}-01"
+    )
+    assert downstream["x-b3-traceid"] == "1" * 32
+    assert downstream["x-b3-spanid"] == f"{client.context.span_id:016x}"
+    assert downstream["x-b3-sampled"] == "1"
+
+
+def test_connection_failure_marks_the_client_span() -> None:
+    recorder = SpanRecorder()
+
+    class Unreachable(divak.RequestTracker, divak.HttpClientMixin, web.RequestHandler):
+        async def get(self) -> None:
+            try:
+                await self.send_request(f"http://127.0.0.1:{self.settings['dead']}/")
+            except OSError as error:
+                self.write(type(error).__name__)
+
+    async def scenario():
+        with socket.socket() as sock:  # a port nobody listens on
+            sock.bind(("127.0.0.1", 0))
+            dead = sock.getsockname()[1]
+        app = divak.Recorder([(r"/", Unreachable)], dead=dead)
+        app.add_divak_reporter(recorder)
+        response = await _fetch(listen(app), "/")
+        await flush(app)
+        return response
+
+    response = run(scenario())
+    assert response.code == 200 and b"ConnectionRefusedError" in response.body
+    (client,) = recorder.named("GET")
+    assert client.kind is trace.SpanKind.CLIENT
+    assert client.status.status_code is trace.StatusCode.ERROR
+    assert client.attributes["error.type"] == "ConnectionRefusedError"
+    assert "http.response.status_code" not in client.attributes
