@@ -144,7 +144,7 @@ async def fetch(
     port: int, path: str, method: str = "GET", **kwargs: typing.Any
 ) -> httpclient.HTTPResponse:
     client = httpclient.AsyncHTTPClient()
-    body = "" if method in ("POST", "DELETE") and method != "DELETE" else None
+    body = "" if method == "POST" else None
     return await client.fetch(
         f"http://127.0.0.1:{port}{path}",
         method=method,
@@ -217,9 +217,7 @@ def test_one_record_per_error_with_level_by_status(
     assert response.code == status
     record = only_error_record(log_records)
     assert record.levelno == level
-    route = path.partition("?")[0]
     assert record.getMessage() == f"GET {path} failed with {status}: {message}"
-    assert route in record.getMessage()
     assert record.name == f"{__name__}.Handler"
 
 
