@@ -436,14 +436,20 @@ class Recorder(web.Application):
         return request_context
 
     def divak_end_span(self, request_context: RequestContext, status_code: int) -> None:
-        """End the request's SERVER span with the response's *status_code*."""
+        """End the request's SERVER span with the response's *status_code*.
+
+        The status is ERROR, with ``error.type``, for a 5xx response and
+        for an unexpected exception even when the response had already
+        been sent with another status (OpenTelemetry's HTTP conventions);
+        4xx responses leave it unset.
+        """
         span = request_context.span
         if span is None or request_context.ended:
             return
         request_context.ended = True
         if span.is_recording():
             span.set_attribute("http.response.status_code", status_code)
-            if status_code >= 500:
+            if status_code >= 500 or request_context.exception_type:
                 error_type = request_context.exception_type or str(status_code)
                 span.set_attribute("error.type", error_type)
                 span.set_status(Status(StatusCode.ERROR, f"HTTP {status_code}"))
