@@ -230,7 +230,8 @@ class HttpClientMixin:
         :param deadline: seconds the whole call may take
         :param retry_non_idempotent: retry POST and PATCH too
         :param kwargs: any other :class:`tornado.httpclient.HTTPRequest`
-            argument
+            argument (``request_timeout`` is taken as *timeout*,
+            ``connect_timeout`` bounds connecting within it)
         :raises OSError: when the last attempt could not connect
         :raises tornado.httpclient.HTTPClientError: code 599 when the last
             attempt timed out or the connection closed
@@ -238,6 +239,9 @@ class HttpClientMixin:
         """
         application = self.application
         method = method.upper()
+        # Tornado's own names are accepted too.
+        timeout = float(kwargs.pop("request_timeout", None) or timeout)
+        connect_timeout = float(kwargs.pop("connect_timeout", None) or timeout)
         request_headers = httputil.HTTPHeaders()
         if headers:
             request_headers.update(headers)
@@ -289,7 +293,7 @@ class HttpClientMixin:
                 method=method,
                 headers=attempt_headers,
                 body=body,
-                connect_timeout=attempt_timeout,
+                connect_timeout=min(connect_timeout, attempt_timeout),
                 request_timeout=attempt_timeout,
                 **kwargs,
             )

@@ -354,3 +354,18 @@ def test_propagation_host_patterns(hosts, host, allowed):
     from divak.client import _host_allowed
 
     assert _host_allowed(host, hosts) is allowed
+
+
+def test_tornado_request_timeout_argument_is_the_attempt_timeout():
+    async def scenario():
+        base, log = serve()
+        started = time.monotonic()
+        with pytest.raises(httpclient.HTTPClientError):
+            await Caller(App()).send_request(
+                f"{base}/x?sleep=10", request_timeout=0.3, retries=1
+            )
+        return log, time.monotonic() - started
+
+    log, elapsed = run(scenario())
+    assert len(log["k"]) == 2  # a timeout is retried
+    assert elapsed < 5

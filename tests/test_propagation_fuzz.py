@@ -147,7 +147,15 @@ class Servers:
             answer = b""
             while chunk := sock.recv(65536):
                 answer += chunk
-        return int(answer.split(b" ", 2)[1])
+        head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            if name.lower() == "request-id":
+                # The correlation id echoed back is always a valid one.
+                value = value.strip()
+                assert 1 <= len(value) <= 128
+                assert all("!" <= ch <= "~" for ch in value)
+        return int(head[0].split(" ", 2)[1])
 
 
 @pytest.fixture(scope="module")
