@@ -187,6 +187,7 @@ counter = itertools.count()
 
 @settings(
     max_examples=150,
+    database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
