@@ -26,7 +26,7 @@ import threading
 import time
 import typing
 
-from tornado import httpserver, httputil, ioloop, netutil, process, web
+from tornado import httpserver, httputil, ioloop, iostream, netutil, process, web
 
 from divak import logging as divak_logging
 
@@ -88,7 +88,7 @@ class _ActivityDelegate(httputil.HTTPMessageDelegate):
         headers: httputil.HTTPHeaders,
     ) -> typing.Awaitable[None] | None:
         self.server.busy[self.connection] = self.request_conn
-        if self.server.draining:
+        if self.server.draining and not _has_pending_request(self.connection):
             _close_after_response(self.request_conn)
         return self.delegate.headers_received(start_line, headers)
 
@@ -102,45 +102,66 @@ class _ActivityDelegate(httputil.HTTPMessageDelegate):
         self.delegate.on_connection_close()
 
 
-def _close_after_response(request_conn: httputil.HTTPConnection) -> None:
+def _close_after_response(request_conn: httputil.HTTPConnection | None) -> None:
     # Tornado's HTTP1Connection answers with "Connection: close" and closes
     # the connection after the response when this flag is set; it is the
     # flag Tornado itself sets for clients that do not keep connections.
-    if hasattr(request_conn, "_disconnect_on_finish"):
+    if request_conn is not None and hasattr(request_conn, "_disconnect_on_finish"):
         request_conn._disconnect_on_finish = True
 
 
-def _has_buffered_request(server_conn: typing.Any) -> bool:
-    # A request pipelined behind the one that just finished was received
-    # before it could be read: it is in-flight work, not a new request.
+def _has_pending_request(server_conn: typing.Any) -> bool:
+    """Whether bytes of a next request already arrived on the connection.
+
+    Such a request was sent before the drain started (pipelined behind the
+    previous one, or not read yet): it is in-flight work, not new work.
+    """
     stream = getattr(server_conn, "stream", None)
-    return bool(getattr(stream, "_read_buffer_size", 0))
+    if stream is None or stream.closed():
+        return False
+    if getattr(stream, "_read_buffer_size", 0):
+        return True
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (OSError, ValueError):  # nothing there yet, or a TLS socket
+        return False
 
 
 class _DrainingServer(httpserver.HTTPServer):
     """An HTTPServer that knows which connections are idle and can drain.
 
     A connection is *busy* from the moment request headers arrive until the
-    response is finished; otherwise it is idle (a keep-alive connection
-    waiting for its next request).
+    response is finished, or while the bytes of a request that arrived
+    before the drain wait to be read; otherwise it is idle (a keep-alive
+    connection waiting for its next request).
     """
 
     def initialize(self, *args: typing.Any, **kwargs: typing.Any) -> None:
         super().initialize(*args, **kwargs)
         self.connections: set[typing.Any] = set()
-        self.busy: dict[typing.Any, httputil.HTTPConnection] = {}
+        self.busy: dict[typing.Any, httputil.HTTPConnection | None] = {}
+        self.listening: list[socket.socket] = []
         self.draining = False
         self.drained = asyncio.Event()
+
+    def add_sockets(self, sockets: typing.Iterable[socket.socket]) -> None:
+        sockets = list(sockets)
+        self.listening.extend(sockets)
+        super().add_sockets(sockets)
 
     def start_request(
         self, server_conn: object, request_conn: httputil.HTTPConnection
     ) -> httputil.HTTPMessageDelegate:
         self.connections.add(server_conn)
         self.busy.pop(server_conn, None)
-        if self.draining and not _has_buffered_request(server_conn):
-            self._close(server_conn)
-        else:
-            self._check_drained()
+        if self.draining:
+            if _has_pending_request(server_conn):
+                self.busy[server_conn] = None
+            else:
+                self._close(server_conn)
         delegate = super().start_request(server_conn, request_conn)
         return _ActivityDelegate(self, server_conn, request_conn, delegate)
 
@@ -152,6 +173,7 @@ class _DrainingServer(httpserver.HTTPServer):
 
     def _close(self, server_conn: typing.Any) -> None:
         self.connections.discard(server_conn)
+        self.busy.pop(server_conn, None)
         server_conn.stream.close()
         self._check_drained()
 
@@ -159,18 +181,44 @@ class _DrainingServer(httpserver.HTTPServer):
         if self.draining and not self.busy:
             self.drained.set()
 
+    def _accept_backlog(self) -> None:
+        # Connections the kernel accepted but the server did not yet: serve
+        # the requests that already arrived on them, close the others.
+        if self.ssl_options is not None:
+            return
+        for listening in self.listening:
+            while True:
+                try:
+                    connection, address = listening.accept()
+                except OSError:  # empty backlog (EAGAIN) or closed
+                    break
+                stream = iostream.IOStream(
+                    connection,
+                    max_buffer_size=self.max_buffer_size,
+                    read_chunk_size=self.read_chunk_size,
+                )
+                self.handle_stream(stream, address)
+
     def start_draining(self) -> None:
         """Stop accepting, close idle connections, signal when none is busy.
 
-        In-flight requests answer with ``Connection: close``; their
-        connections close after the response.
+        Connections waiting in the listen backlog are accepted first, so
+        requests that arrived before the drain are answered.  In-flight
+        requests answer with ``Connection: close`` and their connections
+        close after the response, unless a request pipelined behind them
+        already arrived: that one is answered too.
         """
-        self.stop()
         self.draining = True
-        for request_conn in self.busy.values():
-            _close_after_response(request_conn)
+        self._accept_backlog()
+        self.stop()
+        for connection, request_conn in self.busy.items():
+            if not _has_pending_request(connection):
+                _close_after_response(request_conn)
         for connection in list(self.connections - self.busy.keys()):
-            self._close(connection)
+            if _has_pending_request(connection):
+                self.busy[connection] = None
+            else:
+                self._close(connection)
         self._check_drained()
 
 
@@ -313,7 +361,7 @@ class Runner:
             self.forced = True
             _flush_std_streams()
             os._exit(EXIT_FORCED)
-        logger.info("%s received, draining", name)
+        logger.info("%s received, stopping", name)
         self._stopping.set()
 
     def stop(self) -> None:
@@ -341,7 +389,14 @@ class Runner:
             app.ready_to_serve.clear()
         assert self.server is not None
         server = self.server
+        idle = len(server.connections - server.busy.keys())
         server.start_draining()
+        logger.info(
+            "draining: not accepting, closed %d idle connection(s), "
+            "%d request(s) in flight",
+            idle - len(server.connections - server.busy.keys()),
+            len(server.busy),
+        )
         deadline = started + self.shutdown_limit
         while not server.drained.is_set():
             remaining = deadline - time.monotonic()

@@ -33,6 +33,7 @@ class SlowHandler(divak.RequestTracker, web.RequestHandler):
     async def get(self) -> None:
         delay = float(self.get_query_argument("delay", "1"))
         self.add_divak_tag("process.pid", os.getpid())
+        logger.info("slow request started")
         await asyncio.sleep(delay)
         self.write({"pid": os.getpid(), "slept": delay})
 
