@@ -91,7 +91,9 @@ class CallbackManager:
             try:
                 callback(self.tornado_application, io_loop)
             except Exception:
-                logger.exception("before_run callback %r cancelled start", callback)
+                logger.exception(
+                    "before_run callback %s failed, start cancelled", _name(callback)
+                )
                 raise
         for callback in self.on_start_callbacks:
             io_loop.spawn_callback(_logged, callback, self.tornado_application, io_loop)
@@ -104,25 +106,29 @@ class CallbackManager:
 
         :param timeout: seconds to wait for all callbacks together
         """
-        pending: list[asyncio.Future[typing.Any]] = []
+        pending: dict[asyncio.Future[typing.Any], typing.Any] = {}
         for callback in self.on_shutdown_callbacks:
             try:
                 result = callback(self.tornado_application)
             except Exception:
-                logger.exception("shutdown callback %r failed", callback)
+                logger.exception("shutdown callback %s failed", _name(callback))
                 continue
             if inspect.isawaitable(result):
-                pending.append(asyncio.ensure_future(result))
+                pending[asyncio.ensure_future(result)] = callback
         if not pending:
             return
         done, not_done = await asyncio.wait(pending, timeout=timeout)
         for future in done:
             if not future.cancelled() and future.exception() is not None:
-                logger.error("shutdown callback failed", exc_info=future.exception())
+                logger.error(
+                    "shutdown callback %s failed",
+                    _name(pending[future]),
+                    exc_info=future.exception(),
+                )
         for future in not_done:
             logger.warning(
-                "shutdown callback %r did not finish within %.1fs, cancelled",
-                future,
+                "shutdown callback %s did not finish within %.1fs, cancelled",
+                _name(pending[future]),
                 timeout,
             )
             future.cancel()
@@ -151,6 +157,10 @@ class CallbackManager:
         io_loop.spawn_callback(stop)
 
 
+def _name(callback: typing.Any) -> str:
+    return getattr(callback, "__qualname__", None) or repr(callback)
+
+
 async def _logged(
     callback: typing.Callable[..., typing.Any], *args: typing.Any
 ) -> None:
@@ -159,7 +169,7 @@ async def _logged(
         if inspect.isawaitable(result):
             await result
     except Exception:
-        logger.exception("on_start callback %r failed", callback)
+        logger.exception("on_start callback %s failed", _name(callback))
 
 
 class _ServerHeader(web.OutputTransform):

@@ -149,8 +149,10 @@ def load_factory(spec: str) -> typing.Callable[..., typing.Any]:
         sys.path.insert(0, cwd)
     try:
         target: typing.Any = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"cannot import module {module_name!r}: {error}") from error
+    except Exception as error:
+        raise ValueError(
+            f"cannot import module {module_name!r}: {type(error).__name__}: {error}"
+        ) from error
     for part in attribute.split("."):
         try:
             target = getattr(target, part)

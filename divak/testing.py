@@ -185,8 +185,9 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
     * adds :attr:`spans`, a :class:`SpanRecorder`, to a
       :class:`divak.Recorder` application (before its tracing starts);
     * runs the application's ``before_run`` callbacks and spawns its
-      ``on_start`` callbacks (:meth:`divak.app.CallbackManager.start`), and
-      sets ``ready_to_serve``;
+      ``on_start`` callbacks (:meth:`divak.app.CallbackManager.start`),
+      letting them run up to their first wait before the test, and sets
+      ``ready_to_serve``;
     * after the test, runs the ``on_shutdown`` callbacks bounded by
       :attr:`shutdown_limit` seconds and shuts the reporters down.
 
@@ -227,6 +228,8 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
         start = getattr(self.app, "start", None)
         if start is not None:
             start(self.io_loop)
+            # Let the spawned on_start callbacks run up to their first wait.
+            self.io_loop.run_sync(lambda: asyncio.sleep(0))
         ready = getattr(self.app, "ready_to_serve", None)
         if ready is not None:
             ready.set()
