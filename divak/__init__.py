@@ -19,6 +19,7 @@ install_record_factory()
 from divak.app import Application, CallbackManager, StatusHandler  # noqa: E402
 from divak.client import HttpClientMixin  # noqa: E402
 from divak.handlers import Logger  # noqa: E402
+from divak.mixins import ErrorLogger, ErrorWriter, LoggingHandler  # noqa: E402
 from divak.propagation import (  # noqa: E402
     RequestIdPropagation,
     TraceContextPropagation,
@@ -34,8 +35,11 @@ __version__ = "0.1.0"
 __all__ = [
     "Application",
     "CallbackManager",
+    "ErrorLogger",
+    "ErrorWriter",
     "HttpClientMixin",
     "Logger",
+    "LoggingHandler",
     "LoggingReporter",
     "ProbabilisticSampler",
     "Recorder",

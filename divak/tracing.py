@@ -32,6 +32,10 @@ __all__ = ["Recorder", "RequestContext", "RequestTracker", "route_template"]
 
 logger = logging.getLogger(__name__)
 
+#: ``error.type`` of a server span whose client closed the connection
+#: before the response was finished.
+CLIENT_DISCONNECTED = "client_disconnected"
+
 _KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
 )
@@ -61,6 +65,11 @@ class RequestContext:
 
        The OpenTelemetry context that is current while the handler runs:
        :attr:`parent` plus :attr:`span` plus this object.
+
+    .. attribute:: ended
+
+       :data:`True` once the span was ended (the response finished or the
+       client went away); it is ended only once.
     """
 
     __slots__ = (
@@ -74,6 +83,7 @@ class RequestContext:
         "span_id_hex",
         "sampled",
         "exception_type",
+        "ended",
     )
 
     def __init__(self, parent: otel_context.Context, service_name: str) -> None:
@@ -87,6 +97,7 @@ class RequestContext:
         self.span_id_hex: str | None = None
         self.sampled = False
         self.exception_type: str | None = None
+        self.ended = False
 
     def current_context(self) -> otel_context.Context:
         """The current OpenTelemetry context if it belongs to this request.
@@ -427,8 +438,9 @@ class Recorder(web.Application):
     def divak_end_span(self, request_context: RequestContext, status_code: int) -> None:
         """End the request's SERVER span with the response's *status_code*."""
         span = request_context.span
-        if span is None:
+        if span is None or request_context.ended:
             return
+        request_context.ended = True
         if span.is_recording():
             span.set_attribute("http.response.status_code", status_code)
             if status_code >= 500:
@@ -561,8 +573,8 @@ class RequestTracker:
     * mix it into a :class:`tornado.web.RequestHandler` subclass, before
       ``RequestHandler`` in the bases;
     * the application must mix in :class:`Recorder`;
-    * if the handler overrides ``prepare``, ``on_finish`` or
-      ``log_exception``, it calls ``super()``.
+    * if the handler overrides ``prepare``, ``on_finish``,
+      ``log_exception`` or ``on_connection_close``, it calls ``super()``.
 
     What it provides:
 
@@ -577,6 +589,8 @@ class RequestTracker:
     * 5xx responses set the span status to ERROR with ``error.type`` and
       record the exception; 4xx leave the status unset (the semantic
       conventions: a client error is not a server failure);
+    * a client that disconnects before the response is finished ends the
+      span at once, with ``error.type`` (:meth:`on_connection_close`);
     * :meth:`record_operation`, :meth:`add_divak_tag`,
       :meth:`set_divak_name`.
     """
@@ -651,6 +665,28 @@ class RequestTracker:
                 and otel_context.get_current() is request_context.context
             ):
                 otel_context.detach(token)  # type: ignore[arg-type]
+
+    def on_connection_close(self) -> None:
+        """End the span if the client went away first; chain to ``super()``.
+
+        Tornado calls it when the client closes the connection before the
+        response is finished.  The span ends now, without
+        ``http.response.status_code`` (no response was sent), with status
+        ERROR and ``error.type`` ``"client_disconnected"``, instead of
+        staying open until (or if ever) the handler finishes.
+        """
+        request_context = self._divak_request_context
+        if request_context is not None and request_context.span is not None:
+            span = request_context.span
+            if not request_context.ended:
+                request_context.ended = True
+                if span.is_recording():
+                    span.set_attribute("error.type", CLIENT_DISCONNECTED)
+                    span.set_status(
+                        Status(StatusCode.ERROR, "client closed the connection")
+                    )
+                span.end()
+        super().on_connection_close()  # type: ignore[misc]
 
     def set_divak_name(self, name: str) -> None:
         """Rename the request's span (default ``"{METHOD} {route}"``).
