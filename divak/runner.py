@@ -273,6 +273,7 @@ class Runner:
         self.server: _DrainingServer | None = None
         self.forced = False
         self._stopping: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _make_server(self) -> _DrainingServer:
         settings = self.application.settings
@@ -321,7 +322,43 @@ class Runner:
         :raises SystemExit: with status 70 when the application's ``start``
             (its ``before_run`` callbacks) raises
         """
-        loop = asyncio.get_running_loop()
+        self._start(sockets, asyncio.get_running_loop())
+        await self._wait_and_drain()
+
+    def start_server(self, port_number: int, number_of_procs: int = 1) -> None:
+        """Start serving on the current IOLoop, which the caller then starts.
+
+        sprockets.http's two-step API: the ``before_run`` callbacks run
+        here; on SIGTERM/SIGINT (or :meth:`stop_server`) the runner drains
+        and stops the IOLoop.
+
+        :param port_number: TCP port to listen on
+        :param number_of_procs: must be 1; use :func:`run` to fork
+        :raises ValueError: when *number_of_procs* is not 1
+        :raises SystemExit: with status 70 when a ``before_run`` callback
+            fails
+        """
+        if number_of_procs != 1:
+            raise ValueError("Runner serves one process; use divak.run to fork")
+        sockets = _bind(port_number, self.application.settings.get("address"))
+        io_loop = ioloop.IOLoop.current()
+        self._start(sockets, io_loop.asyncio_loop)  # type: ignore[attr-defined]
+
+        async def serve_then_stop() -> None:
+            try:
+                await self._wait_and_drain()
+            finally:
+                io_loop.stop()
+
+        io_loop.add_callback(serve_then_stop)
+
+    def stop_server(self) -> None:
+        """Start the drain, as SIGTERM does (sprockets.http's name)."""
+        self.stop()
+
+    def _start(
+        self, sockets: list[socket.socket], loop: asyncio.AbstractEventLoop
+    ) -> None:
         io_loop = ioloop.IOLoop.current()
         self._stopping = asyncio.Event()
         start = getattr(self.application, "start", None)
@@ -335,6 +372,7 @@ class Runner:
                 raise SystemExit(EXIT_START_FAILED) from None
         self.server = self._make_server()
         self.server.add_sockets(sockets)
+        self._loop = loop
         for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, self._on_signal, signum)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
@@ -346,12 +384,15 @@ class Runner:
             ",".join(str(s.getsockname()[1]) for s in sockets),
             os.getpid(),
         )
+
+    async def _wait_and_drain(self) -> None:
+        assert self._stopping is not None and self._loop is not None
         try:
             await self._stopping.wait()
             await self.drain()
         finally:
             for signum in _STOP_SIGNALS:
-                loop.remove_signal_handler(signum)
+                self._loop.remove_signal_handler(signum)
 
     def _on_signal(self, signum: int) -> None:
         assert self._stopping is not None

@@ -12,7 +12,7 @@ from tornado import httpclient, ioloop, netutil, web
 
 import divak
 from divak.testing import SpanRecorder
-from tests.conftest import listen, run
+from tests.conftest import free_port, listen, run
 
 
 class Traced(divak.Recorder, divak.Application):
@@ -219,3 +219,28 @@ def test_runner_serves_drains_and_flushes() -> None:
     run(scenario())
     assert events == ["before_run", "on_start", "served", "shutdown ready=False"]
     assert spans.one("GET /hello", kind=SpanKind.SERVER).status.is_ok
+
+
+def test_runner_start_server_and_stop_server() -> None:
+    """sprockets.http's two-step API: start_server, then start the IOLoop."""
+    port = free_port()
+    events: list[str] = []
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        app = make_app(shutdown_limit=1)
+        app.on_shutdown_callbacks.append(lambda a: events.append("shutdown"))
+        runner = divak.Runner(app)
+        runner.start_server(port)
+
+        async def client() -> None:
+            events.append(str((await fetch(port, "/hello")).code))
+            runner.stop_server()
+
+        io_loop = ioloop.IOLoop.current()
+        io_loop.add_callback(client)
+        io_loop.start()  # returns after the drain
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    assert events == ["200", "shutdown"]
