@@ -281,3 +281,16 @@ def test_child_start_failure_stops_the_parent() -> None:
     )
     assert result.returncode == 70, result.stdout
     assert "exited with status 70" in result.stdout
+
+
+def test_second_signal_to_the_parent_forces_the_children_out() -> None:
+    process, port, output = service({"NUMBER_OF_PROCS": "2", "SHUTDOWN_LIMIT": "60"})
+    output.wait_for("building the application in pid", count=2)
+    pending = send_request(port, "/slow?delay=60")
+    output.wait_for("slow request started")
+    process.send_signal(signal.SIGTERM)
+    output.wait_for("draining: not accepting", count=2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 1, output.text
+    assert "second SIGTERM, exiting now" in output.text
+    pending.close()
