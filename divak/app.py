@@ -132,6 +132,8 @@ class CallbackManager:
                 timeout,
             )
             future.cancel()
+        if not_done:  # let the cancellations run before the loop closes
+            await asyncio.wait(not_done, timeout=0.1)
 
     def stop(
         self,

@@ -251,6 +251,11 @@ class Runner:
     .. attribute:: forced
 
        :data:`True` once a second signal cut the drain short.
+
+    .. attribute:: flush_abandoned
+
+       :data:`True` when the span flush did not finish in time; the
+       reporter thread may still be blocked on its collector.
     """
 
     def __init__(
@@ -272,6 +277,7 @@ class Runner:
         self.wait_timeout = float(app.settings.get("wait_timeout", 1.0))
         self.server: _DrainingServer | None = None
         self.forced = False
+        self.flush_abandoned = False
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -500,6 +506,7 @@ class Runner:
         try:
             await asyncio.wait_for(done, limit)
         except TimeoutError:
+            self.flush_abandoned = True
             logger.warning("spans not flushed within %.1fs, dropping them", limit)
 
 
@@ -529,8 +536,9 @@ def _serve_here(
     create_application: typing.Callable[..., web.Application],
     app_settings: dict[str, typing.Any],
     sockets: list[socket.socket],
-) -> int:
-    """Build the application in this process and serve it; return the status."""
+) -> tuple[int, bool]:
+    """Build the application here and serve it; return the status and whether
+    the reporters stopped in time."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     runner: Runner | None = None
@@ -539,15 +547,15 @@ def _serve_here(
             app = create_application(**app_settings)
         except Exception:
             logger.critical("creating the application failed, exiting", exc_info=True)
-            return EXIT_START_FAILED
+            return EXIT_START_FAILED, True
         runner = Runner(app)
         loop.run_until_complete(runner.serve(sockets))
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
+        return (exc.code if isinstance(exc.code, int) else 1), True
     finally:
         asyncio.set_event_loop(None)
         loop.close()
-    return EXIT_FORCED if runner.forced else 0
+    return (EXIT_FORCED if runner.forced else 0), not runner.flush_abandoned
 
 
 class _Supervisor:
@@ -634,7 +642,7 @@ def _fork_and_serve(
             status = 1
             try:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-                status = _serve_here(create_application, app_settings, sockets)
+                status, _ = _serve_here(create_application, app_settings, sockets)
             except BaseException:  # pragma: no cover - last resort
                 logger.exception("child failed")
             finally:
@@ -687,6 +695,10 @@ def run(
     :raises SystemExit: with a non-zero status when the application could
         not be created or started (70), when a second signal cut the drain
         short (1), or when a child process failed
+
+    When the span flush does not finish within ``shutdown_limit``, the
+    process exits right away (:func:`os._exit`) rather than wait for a
+    collector that does not answer.
     :raises ValueError: for a malformed ``DEBUG``, ``PORT`` or setting
 
     .. rubric:: settings['port']
@@ -744,7 +756,15 @@ def run(
         procs = process.cpu_count()
     address = app_settings.get("address")
     if procs == 1:
-        status = _serve_here(create_application, app_settings, _bind(port, address))
+        sockets = _bind(port, address)
+        status, clean = _serve_here(create_application, app_settings, sockets)
+        if not clean:
+            # The reporter thread is still blocked on its collector; the
+            # tracer provider's exit hook would wait for it again.
+            logger.warning("exiting without waiting for the reporters")
+            logging.shutdown()
+            _flush_std_streams()
+            os._exit(status)
     else:
         sockets = _bind(port, address, reuse_port=True)
         status = _fork_and_serve(create_application, app_settings, sockets, procs)

@@ -294,3 +294,17 @@ def test_second_signal_to_the_parent_forces_the_children_out() -> None:
     assert process.wait(10) == 1, output.text
     assert "second SIGTERM, exiting now" in output.text
     pending.close()
+
+
+def test_a_collector_that_hangs_does_not_delay_exit() -> None:
+    # A collector that accepts connections (in the kernel) but never answers.
+    with socket.create_server(("127.0.0.1", 0)) as hanging:
+        url = f"http://127.0.0.1:{hanging.getsockname()[1]}/api/v2"
+        process, port, output = service({"COLLECTOR_URL": url, "SHUTDOWN_LIMIT": "0.5"})
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/slow?delay=0")
+        assert connection.getresponse().status == 200
+        connection.close()
+        # The reporter waits 5 s for each upload; the exit does not.
+        assert stop(process, timeout=4) == 0, output.text
+    assert "spans not flushed within 0.5s" in output.text
