@@ -35,6 +35,12 @@ class CallbackManager:
 
        An :class:`asyncio.Event`, set once the server accepts requests and
        cleared as soon as the drain starts.
+
+    .. attribute:: draining
+
+       :data:`True` from the moment the drain starts; tells
+       :class:`StatusHandler` to answer ``draining`` rather than
+       ``starting``.
     """
 
     def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:

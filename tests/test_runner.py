@@ -226,7 +226,7 @@ def test_number_of_procs_2_forks_after_binding(collector: typing.Any) -> None:
     process, port, output = service(
         {"NUMBER_OF_PROCS": "2", "COLLECTOR_URL": collector.url}
     )
-    output.wait_for("building the application in pid", count=2)
+    output.wait_for("serving on port", count=2)
 
     def blocking_request(_: int) -> int:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -285,7 +285,7 @@ def test_child_start_failure_stops_the_parent() -> None:
 
 def test_second_signal_to_the_parent_forces_the_children_out() -> None:
     process, port, output = service({"NUMBER_OF_PROCS": "2", "SHUTDOWN_LIMIT": "60"})
-    output.wait_for("building the application in pid", count=2)
+    output.wait_for("serving on port", count=2)
     pending = send_request(port, "/slow?delay=60")
     output.wait_for("slow request started")
     process.send_signal(signal.SIGTERM)
