@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httputil, log, routing, web
 
-from divak import propagation, reporters, sampling
+from divak import headers, propagation, reporters, sampling
 from divak.logging import REQUEST_CONTEXT_KEY
 
 __all__ = ["Recorder", "RequestContext", "RequestTracker", "route_template"]
@@ -330,7 +330,9 @@ class Recorder(web.Application):
         name = self._divak_service or self.settings.get("service")
         resource = Resource.create({SERVICE_NAME: name} if name else {})
         sampler = getattr(self, "_divak_sampler", None) or sampling.default_sampler()
-        provider = TracerProvider(sampler=sampler, resource=resource)
+        provider = TracerProvider(
+            sampler=propagation.PropagatedSampler(sampler), resource=resource
+        )
         provider.add_span_processor(_B3DebugMarker())
         span_reporters = self._divak_reporters or [_default_reporter()]
         for reporter in span_reporters:
@@ -382,7 +384,10 @@ class Recorder(web.Application):
         self, request: httputil.HTTPServerRequest
     ) -> web.OutputTransform:
         # Called by Tornado for every request, whatever handler serves it.
-        self.divak_request_context(request)
+        request_context = self.divak_request_context(request)
+        captured = headers.captured_headers(self)
+        if captured.response:
+            return _CaptureResponseHeaders(request_context, captured)
         return _IDENTITY
 
     def divak_route(self, handler: web.RequestHandler) -> str | None:
@@ -432,18 +437,27 @@ class Recorder(web.Application):
             span.set_attributes(_server_attributes(request, known, route))
             if request_context.request_id:
                 span.set_attribute("divak.request_id", request_context.request_id)
+            captured = headers.captured_headers(self)
+            if captured.request:
+                span.set_attributes(captured.request_attributes(request.headers))
         request_context.set_span(span)
         return request_context
 
     def divak_end_span(self, request_context: RequestContext, status_code: int) -> None:
-        """End the request's SERVER span with the response's *status_code*."""
+        """End the request's SERVER span with the response's *status_code*.
+
+        The status is ERROR, with ``error.type``, for a 5xx response and
+        for an unexpected exception even when the response had already
+        been sent with another status (OpenTelemetry's HTTP conventions);
+        4xx responses leave it unset.
+        """
         span = request_context.span
         if span is None or request_context.ended:
             return
         request_context.ended = True
         if span.is_recording():
             span.set_attribute("http.response.status_code", status_code)
-            if status_code >= 500:
+            if status_code >= 500 or request_context.exception_type:
                 error_type = request_context.exception_type or str(status_code)
                 span.set_attribute("error.type", error_type)
                 span.set_status(Status(StatusCode.ERROR, f"HTTP {status_code}"))
@@ -503,6 +517,28 @@ class _Identity(web.OutputTransform):
 
 
 _IDENTITY = _Identity()
+
+
+class _CaptureResponseHeaders(web.OutputTransform):
+    """Record the listed response headers on the request's span."""
+
+    def __init__(
+        self, request_context: RequestContext, captured: headers.CapturedHeaders
+    ) -> None:
+        self.request_context = request_context
+        self.captured = captured
+
+    def transform_first_chunk(
+        self,
+        status_code: int,
+        response_headers: httputil.HTTPHeaders,
+        chunk: bytes,
+        finishing: bool,
+    ) -> tuple[int, httputil.HTTPHeaders, bytes]:
+        span = self.request_context.span
+        if span is not None and span.is_recording():
+            span.set_attributes(self.captured.response_attributes(response_headers))
+        return status_code, response_headers, chunk
 
 
 def _route_table(

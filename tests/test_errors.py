@@ -15,6 +15,7 @@ from tornado import httpclient, web
 
 import divak
 from divak.logging import RequestLogger
+from divak.testing import ZipkinCollector
 from tests.conftest import flush, listen, run
 from tests.zipkin_schema import validate_spans
 
@@ -589,9 +590,15 @@ def test_client_disconnect_ends_the_span(
 def test_error_after_the_headers_were_sent_is_logged_once(
     log_records: list[logging.LogRecord],
 ) -> None:
-    response = serve("/flushed")
+    with ZipkinCollector() as collector:
+        response = serve("/flushed", collector=collector)
+        spans = collector.wait_for(lambda spans: len(spans) >= 1)
     assert response.code == 200
     assert response.body == b"partial "
     record = only_error_record(log_records)
     assert record.getMessage() == "GET /flushed failed with 500: Internal Server Error"
     assert record.exc_info is not None and record.exc_info[0] is ValueError
+    # The client saw a 200, but the server failed: the span says so.
+    (span,) = spans
+    assert span["tags"]["otel.status_code"] == "ERROR"
+    assert span["tags"]["error.type"] == "ValueError"

@@ -598,7 +598,9 @@ def test_connection_failure_marks_the_client_span() -> None:
     class Unreachable(divak.RequestTracker, divak.HttpClientMixin, web.RequestHandler):
         async def get(self) -> None:
             try:
-                await self.send_request(f"http://127.0.0.1:{self.settings['dead']}/")
+                await self.send_request(
+                    f"http://127.0.0.1:{self.settings['dead']}/", retries=0
+                )
             except OSError as error:
                 self.write(type(error).__name__)
 
