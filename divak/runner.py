@@ -21,14 +21,15 @@ import logging.config
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 import typing
 
-from tornado import httpserver, httputil, ioloop, iostream, netutil, process, web
+from tornado import ioloop, netutil, process, web
 
 from divak import logging as divak_logging
+from divak.process import EXIT_FORCED, STOP_SIGNALS, flush_std_streams, fork_and_serve
+from divak.server import DrainingHTTPServer
 
 __all__ = ["Runner", "run", "parse_bool"]
 
@@ -36,10 +37,6 @@ logger = logging.getLogger(__name__)
 
 #: Exit status when the application could not start (``EX_SOFTWARE``).
 EXIT_START_FAILED = 70
-#: Exit status after a second SIGTERM/SIGINT cut the drain short.
-EXIT_FORCED = 1
-
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
 _FALSE = frozenset({"0", "false", "no", "off", "n", "f", ""})
@@ -63,163 +60,6 @@ def parse_bool(value: str | bool | int | None, name: str = "value") -> bool:
     if text in _FALSE:
         return False
     raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, not {value!r}")
-
-
-class _ActivityDelegate(httputil.HTTPMessageDelegate):
-    """Marks a connection busy from request headers until its next request."""
-
-    __slots__ = ("server", "connection", "request_conn", "delegate")
-
-    def __init__(
-        self,
-        server: _DrainingServer,
-        connection: typing.Any,
-        request_conn: httputil.HTTPConnection,
-        delegate: httputil.HTTPMessageDelegate,
-    ) -> None:
-        self.server = server
-        self.connection = connection
-        self.request_conn = request_conn
-        self.delegate = delegate
-
-    def headers_received(
-        self,
-        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
-        headers: httputil.HTTPHeaders,
-    ) -> typing.Awaitable[None] | None:
-        self.server.busy[self.connection] = self.request_conn
-        if self.server.draining and not _has_pending_request(self.connection):
-            _close_after_response(self.request_conn)
-        return self.delegate.headers_received(start_line, headers)
-
-    def data_received(self, chunk: bytes) -> typing.Awaitable[None] | None:
-        return self.delegate.data_received(chunk)
-
-    def finish(self) -> None:
-        self.delegate.finish()
-
-    def on_connection_close(self) -> None:
-        self.delegate.on_connection_close()
-
-
-def _close_after_response(request_conn: httputil.HTTPConnection | None) -> None:
-    # Tornado's HTTP1Connection answers with "Connection: close" and closes
-    # the connection after the response when this flag is set; it is the
-    # flag Tornado itself sets for clients that do not keep connections.
-    if request_conn is not None and hasattr(request_conn, "_disconnect_on_finish"):
-        request_conn._disconnect_on_finish = True
-
-
-def _has_pending_request(server_conn: typing.Any) -> bool:
-    """Whether bytes of a next request already arrived on the connection.
-
-    Such a request was sent before the drain started (pipelined behind the
-    previous one, or not read yet): it is in-flight work, not new work.
-    """
-    stream = getattr(server_conn, "stream", None)
-    if stream is None or stream.closed():
-        return False
-    if getattr(stream, "_read_buffer_size", 0):
-        return True
-    sock = getattr(stream, "socket", None)
-    if sock is None:
-        return False
-    try:
-        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except (OSError, ValueError):  # nothing there yet, or a TLS socket
-        return False
-
-
-class _DrainingServer(httpserver.HTTPServer):
-    """An HTTPServer that knows which connections are idle and can drain.
-
-    A connection is *busy* from the moment request headers arrive until the
-    response is finished, or while the bytes of a request that arrived
-    before the drain wait to be read; otherwise it is idle (a keep-alive
-    connection waiting for its next request).
-    """
-
-    def initialize(self, *args: typing.Any, **kwargs: typing.Any) -> None:
-        super().initialize(*args, **kwargs)
-        self.connections: set[typing.Any] = set()
-        self.busy: dict[typing.Any, httputil.HTTPConnection | None] = {}
-        self.listening: list[socket.socket] = []
-        self.draining = False
-        self.drained = asyncio.Event()
-
-    def add_sockets(self, sockets: typing.Iterable[socket.socket]) -> None:
-        sockets = list(sockets)
-        self.listening.extend(sockets)
-        super().add_sockets(sockets)
-
-    def start_request(
-        self, server_conn: object, request_conn: httputil.HTTPConnection
-    ) -> httputil.HTTPMessageDelegate:
-        self.connections.add(server_conn)
-        self.busy.pop(server_conn, None)
-        if self.draining:
-            if _has_pending_request(server_conn):
-                self.busy[server_conn] = None
-            else:
-                self._close(server_conn)
-        delegate = super().start_request(server_conn, request_conn)
-        return _ActivityDelegate(self, server_conn, request_conn, delegate)
-
-    def on_close(self, server_conn: object) -> None:
-        self.connections.discard(server_conn)
-        self.busy.pop(server_conn, None)
-        self._check_drained()
-        super().on_close(server_conn)
-
-    def _close(self, server_conn: typing.Any) -> None:
-        self.connections.discard(server_conn)
-        self.busy.pop(server_conn, None)
-        server_conn.stream.close()
-        self._check_drained()
-
-    def _check_drained(self) -> None:
-        if self.draining and not self.busy:
-            self.drained.set()
-
-    def _accept_backlog(self) -> None:
-        # Connections the kernel accepted but the server did not yet: serve
-        # the requests that already arrived on them, close the others.
-        if self.ssl_options is not None:
-            return
-        for listening in self.listening:
-            while True:
-                try:
-                    connection, address = listening.accept()
-                except OSError:  # empty backlog (EAGAIN) or closed
-                    break
-                stream = iostream.IOStream(
-                    connection,
-                    max_buffer_size=self.max_buffer_size,
-                    read_chunk_size=self.read_chunk_size,
-                )
-                self.handle_stream(stream, address)
-
-    def start_draining(self) -> None:
-        """Stop accepting, close idle connections, signal when none is busy.
-
-        Connections waiting in the listen backlog are accepted first, so
-        requests that arrived before the drain are answered.  In-flight
-        requests answer with ``Connection: close`` and their connections
-        close after the response, unless a request pipelined behind them
-        already arrived: that one is answered too.
-        """
-        self.draining = True
-        self._accept_backlog()
-        self.stop()
-        for connection, request_conn in self.busy.items():
-            if not _has_pending_request(connection):
-                _close_after_response(request_conn)
-        for connection in list(self.connections - self.busy.keys()):
-            if _has_pending_request(connection):
-                self.busy[connection] = None
-            else:
-                self._close(connection)
-        self._check_drained()
 
 
 class Runner:
@@ -275,15 +115,15 @@ class Runner:
                 getattr(app, name).extend(extra)
         self.shutdown_limit = float(app.settings.get("shutdown_limit", 5.0))
         self.wait_timeout = float(app.settings.get("wait_timeout", 1.0))
-        self.server: _DrainingServer | None = None
+        self.server: DrainingHTTPServer | None = None
         self.forced = False
         self.flush_abandoned = False
         self._stopping: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _make_server(self) -> _DrainingServer:
+    def _make_server(self) -> DrainingHTTPServer:
         settings = self.application.settings
-        return _DrainingServer(
+        return DrainingHTTPServer(
             self.application,
             xheaders=settings.get("xheaders", True),
             max_body_size=settings.get("max_body_size"),
@@ -379,9 +219,9 @@ class Runner:
         self.server = self._make_server()
         self.server.add_sockets(sockets)
         self._loop = loop
-        for signum in _STOP_SIGNALS:
+        for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self._on_signal, signum)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         ready = getattr(self.application, "ready_to_serve", None)
         if ready is not None:
             ready.set()
@@ -397,7 +237,7 @@ class Runner:
             await self._stopping.wait()
             await self.drain()
         finally:
-            for signum in _STOP_SIGNALS:
+            for signum in STOP_SIGNALS:
                 self._loop.remove_signal_handler(signum)
 
     def _on_signal(self, signum: int) -> None:
@@ -406,7 +246,7 @@ class Runner:
         if self._stopping.is_set():
             logger.warning("second %s, exiting now", name)
             self.forced = True
-            _flush_std_streams()
+            flush_std_streams()
             os._exit(EXIT_FORCED)
         logger.info("%s received, stopping", name)
         self._stopping.set()
@@ -510,14 +350,6 @@ class Runner:
             logger.warning("spans not flushed within %.1fs, dropping them", limit)
 
 
-def _flush_std_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # pragma: no cover - closed or broken stream
-            pass
-
-
 def _bind(
     port: int, address: str | None, reuse_port: bool = False
 ) -> list[socket.socket]:
@@ -556,113 +388,6 @@ def _serve_here(
         asyncio.set_event_loop(None)
         loop.close()
     return (EXIT_FORCED if runner.forced else 0), not runner.flush_abandoned
-
-
-class _Supervisor:
-    """The parent of forked children: forwards stop signals, reaps children."""
-
-    def __init__(self, children: set[int]) -> None:
-        self.children = children
-        self.stopping = False
-        self.status = 0
-        self.signals = 0
-        self.all_gone = asyncio.Event()
-
-    def on_signal(self, signum: int) -> None:
-        self.signals += 1
-        if self.signals == 1:
-            logger.info(
-                "%s received, stopping %d children",
-                signal.Signals(signum).name,
-                len(self.children),
-            )
-        else:
-            logger.warning("second %s, children exit now", signal.Signals(signum).name)
-            self.status = EXIT_FORCED
-        self.stopping = True
-        self._forward(signum)
-
-    def _forward(self, signum: int) -> None:
-        for pid in self.children:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:  # pragma: no cover - already gone
-                pass
-
-    def on_child(self) -> None:
-        while self.children:
-            try:
-                pid, wait_status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:  # pragma: no cover - nothing to reap
-                break
-            if pid == 0:
-                break
-            if pid not in self.children:  # pragma: no cover - not ours
-                continue
-            self.children.discard(pid)
-            code = os.waitstatus_to_exitcode(wait_status)
-            if code == 0 and self.stopping:
-                logger.info("child %d exited", pid)
-                continue
-            logger.error("child %d exited with status %d", pid, code)
-            if not self.stopping:
-                # Fail fast: the platform restarts the whole service.
-                self.stopping = True
-                self.status = code if code > 0 else 1
-                self._forward(signal.SIGTERM)
-            elif self.status == 0:
-                self.status = code if code > 0 else 1
-        if not self.children:
-            self.all_gone.set()
-
-    async def wait(self) -> int:
-        loop = asyncio.get_running_loop()
-        for signum in _STOP_SIGNALS:
-            loop.add_signal_handler(signum, self.on_signal, signum)
-        loop.add_signal_handler(signal.SIGCHLD, self.on_child)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*_STOP_SIGNALS, signal.SIGCHLD})
-        self.on_child()  # children that exited before the handler existed
-        await self.all_gone.wait()
-        return self.status
-
-
-def _fork_and_serve(
-    create_application: typing.Callable[..., web.Application],
-    app_settings: dict[str, typing.Any],
-    sockets: list[socket.socket],
-    number_of_procs: int,
-) -> int:
-    """Fork the children, serve in each, supervise them; the parent's status."""
-    blocked = {*_STOP_SIGNALS, signal.SIGCHLD}
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    children: set[int] = set()
-    for _ in range(number_of_procs):
-        pid = os.fork()
-        if pid == 0:  # the child: build everything here, never return
-            status = 1
-            try:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-                status, _ = _serve_here(create_application, app_settings, sockets)
-            except BaseException:  # pragma: no cover - last resort
-                logger.exception("child failed")
-            finally:
-                logging.shutdown()
-                _flush_std_streams()
-                os._exit(status)
-        children.add(pid)
-    for sock in sockets:  # only the children listen now
-        sock.close()
-    logger.info(
-        "started %d children: %s", len(children), " ".join(map(str, sorted(children)))
-    )
-    loop = asyncio.new_event_loop()
-    try:
-        status = loop.run_until_complete(_Supervisor(children).wait())
-    finally:
-        loop.close()
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-    logger.info("all children stopped, exiting with status %d", status)
-    return status
 
 
 def _setting(
@@ -763,10 +488,12 @@ def run(
             # tracer provider's exit hook would wait for it again.
             logger.warning("exiting without waiting for the reporters")
             logging.shutdown()
-            _flush_std_streams()
+            flush_std_streams()
             os._exit(status)
     else:
         sockets = _bind(port, address, reuse_port=True)
-        status = _fork_and_serve(create_application, app_settings, sockets, procs)
+        status = fork_and_serve(
+            _serve_here, create_application, app_settings, sockets, procs
+        )
     if status:
         raise SystemExit(status)
