@@ -46,6 +46,39 @@ def test_sigterm_lets_the_in_flight_request_finish(collector: ZipkinCollector) -
     assert re.search(rf"GET /slow.*trace_id={slow['traceId']}", output), output
 
 
+def test_two_services_drain_a_call_in_flight(collector: ZipkinCollector) -> None:
+    """The frontend example calls a slow backend; both get SIGTERM meanwhile."""
+    env = {"OTEL_EXPORTER_ZIPKIN_ENDPOINT": collector.url + "/spans"}
+    backend, backend_port = start_service(
+        ["tests/services/slow_service.py"], {**env, "GREETING_DELAY": "1.5"}
+    )
+    frontend, port = start_service(
+        ["examples/frontend.py"],
+        {**env, "BACKEND_URL": f"http://127.0.0.1:{backend_port}"},
+    )
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        pending = pool.submit(_get, f"http://127.0.0.1:{port}/hello/eve")
+        time.sleep(0.7)  # the call reached the backend and waits there
+        frontend.send_signal(signal.SIGTERM)
+        backend.send_signal(signal.SIGTERM)
+        status, body = pending.result()
+    assert status == 200 and b"Hello, eve!" in body
+    assert frontend.wait(timeout=30) == 0 and backend.wait(timeout=30) == 0
+    spans = collector.wait_for(
+        lambda spans: {"GET /hello/{name}", "GET /greeting/{name}"}
+        <= {s["name"] for s in spans},
+        timeout=5,
+    )
+    validate_spans(spans)
+    front = next(s for s in spans if s["name"] == "GET /hello/{name}")
+    back = next(s for s in spans if s["name"] == "GET /greeting/{name}")
+    client = next(s for s in spans if s["id"] == back["parentId"])
+    assert client["kind"] == "CLIENT" and client["parentId"] == front["id"]
+    assert {front["traceId"], back["traceId"]} == {client["traceId"]}
+    assert back["localEndpoint"]["serviceName"] == "slow"
+    assert front["localEndpoint"]["serviceName"] == "frontend"
+
+
 def test_sigint_stops_an_idle_service() -> None:
     process, _ = start_service(["tests/services/slow_service.py"])
     process.send_signal(signal.SIGINT)
