@@ -5,7 +5,7 @@ Handler side: :class:`RequestTracker`, :class:`Logger`,
 :class:`ProbabilisticSampler`, :class:`Application`.  Reporters:
 :class:`ZipkinReporter`, :class:`OTLPReporter`, :class:`LoggingReporter`.  Propagators:
 :class:`TraceContextPropagation`, :class:`ZipkinPropagation`,
-:class:`RequestIdPropagation`.  And :func:`run`.
+:class:`RequestIdPropagation`, :class:`BaggagePropagation`.  And :func:`run`.
 
 Importing divak installs its log record factory, so every log record has
 ``otelTraceID``, ``otelSpanID``, ``otelTraceSampled``, ``otelServiceName``
@@ -19,7 +19,9 @@ install_record_factory()
 from divak.app import Application, CallbackManager, StatusHandler  # noqa: E402
 from divak.client import HttpClientMixin  # noqa: E402
 from divak.handlers import Logger  # noqa: E402
+from divak.mixins import ErrorLogger, ErrorWriter, LoggingHandler  # noqa: E402
 from divak.propagation import (  # noqa: E402
+    BaggagePropagation,
     RequestIdPropagation,
     TraceContextPropagation,
     ZipkinPropagation,
@@ -33,9 +35,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Application",
+    "BaggagePropagation",
     "CallbackManager",
+    "ErrorLogger",
+    "ErrorWriter",
     "HttpClientMixin",
     "Logger",
+    "LoggingHandler",
     "LoggingReporter",
     "OTLPReporter",
     "ProbabilisticSampler",

@@ -35,6 +35,12 @@ class CallbackManager:
 
        An :class:`asyncio.Event`, set once the server accepts requests and
        cleared as soon as the drain starts.
+
+    .. attribute:: draining
+
+       :data:`True` from the moment the drain starts; tells
+       :class:`StatusHandler` to answer ``draining`` rather than
+       ``starting``.
     """
 
     def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
@@ -91,7 +97,9 @@ class CallbackManager:
             try:
                 callback(self.tornado_application, io_loop)
             except Exception:
-                logger.exception("before_run callback %r cancelled start", callback)
+                logger.exception(
+                    "before_run callback %s failed, start cancelled", _name(callback)
+                )
                 raise
         for callback in self.on_start_callbacks:
             io_loop.spawn_callback(_logged, callback, self.tornado_application, io_loop)
@@ -104,28 +112,34 @@ class CallbackManager:
 
         :param timeout: seconds to wait for all callbacks together
         """
-        pending: list[asyncio.Future[typing.Any]] = []
+        pending: dict[asyncio.Future[typing.Any], typing.Any] = {}
         for callback in self.on_shutdown_callbacks:
             try:
                 result = callback(self.tornado_application)
             except Exception:
-                logger.exception("shutdown callback %r failed", callback)
+                logger.exception("shutdown callback %s failed", _name(callback))
                 continue
             if inspect.isawaitable(result):
-                pending.append(asyncio.ensure_future(result))
+                pending[asyncio.ensure_future(result)] = callback
         if not pending:
             return
         done, not_done = await asyncio.wait(pending, timeout=timeout)
         for future in done:
             if not future.cancelled() and future.exception() is not None:
-                logger.error("shutdown callback failed", exc_info=future.exception())
+                logger.error(
+                    "shutdown callback %s failed",
+                    _name(pending[future]),
+                    exc_info=future.exception(),
+                )
         for future in not_done:
             logger.warning(
-                "shutdown callback %r did not finish within %.1fs, cancelled",
-                future,
+                "shutdown callback %s did not finish within %.1fs, cancelled",
+                _name(pending[future]),
                 timeout,
             )
             future.cancel()
+        if not_done:  # let the cancellations run before the loop closes
+            await asyncio.wait(not_done, timeout=0.1)
 
     def stop(
         self,
@@ -151,6 +165,10 @@ class CallbackManager:
         io_loop.spawn_callback(stop)
 
 
+def _name(callback: typing.Any) -> str:
+    return getattr(callback, "__qualname__", None) or repr(callback)
+
+
 async def _logged(
     callback: typing.Callable[..., typing.Any], *args: typing.Any
 ) -> None:
@@ -159,7 +177,7 @@ async def _logged(
         if inspect.isawaitable(result):
             await result
     except Exception:
-        logger.exception("on_start callback %r failed", callback)
+        logger.exception("on_start callback %s failed", _name(callback))
 
 
 class _ServerHeader(web.OutputTransform):

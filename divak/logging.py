@@ -128,27 +128,44 @@ def default_logging_config(debug: bool = False) -> dict[str, typing.Any]:
 
     One line per record on standard output with the time, level, logger
     name, message, trace id and request id.  ``DEBUG`` level when *debug*
-    is true, ``INFO`` otherwise.  Setting the environment variable
-    ``LOG_FORMAT=json`` switches to one JSON object per line (needs the
-    ``python-json-logger`` package, else the text format is kept).
-    Existing loggers are never disabled.
+    is true, ``INFO`` otherwise.  Existing loggers are never disabled.
+
+    Setting the environment variable ``LOG_FORMAT=json`` switches to one
+    JSON object per line with the keys ``time``, ``level``, ``logger``,
+    ``message``, ``otelTraceID``, ``otelSpanID``, ``divak_request_id``
+    (and ``exc_info`` for exceptions), written by python-json-logger
+    (``pip install divak[json]``).
 
     :param debug: whether the service runs in debug mode
+    :raises RuntimeError: when ``LOG_FORMAT`` is ``json`` and
+        python-json-logger is not installed, or ``LOG_FORMAT`` is neither
+        ``text`` nor ``json``
     """
-    formatter: dict[str, typing.Any] = {"format": DEFAULT_FORMAT}
-    if os.environ.get("LOG_FORMAT", "").lower() == "json":
+    log_format = os.environ.get("LOG_FORMAT", "text").strip().lower() or "text"
+    formatter: dict[str, typing.Any]
+    if log_format == "text":
+        formatter = {"format": DEFAULT_FORMAT}
+    elif log_format == "json":
         try:
             import pythonjsonlogger.json  # noqa: F401
-        except ImportError:  # pragma: no cover - optional dependency
-            pass
-        else:
-            formatter = {
-                "()": "pythonjsonlogger.json.JsonFormatter",
-                "fmt": (
-                    "%(asctime)s %(levelname)s %(name)s %(message)s "
-                    "%(otelTraceID)s %(otelSpanID)s %(divak_request_id)s"
-                ),
-            }
+        except ImportError:
+            raise RuntimeError(
+                "LOG_FORMAT=json needs python-json-logger: pip install divak[json]"
+            ) from None
+        formatter = {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": (
+                "%(asctime)s %(levelname)s %(name)s %(message)s "
+                "%(otelTraceID)s %(otelSpanID)s %(divak_request_id)s"
+            ),
+            "rename_fields": {
+                "asctime": "time",
+                "levelname": "level",
+                "name": "logger",
+            },
+        }
+    else:
+        raise RuntimeError(f"LOG_FORMAT must be text or json, not {log_format!r}")
     level = "DEBUG" if debug else "INFO"
     return {
         "version": 1,

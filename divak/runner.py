@@ -1,10 +1,16 @@
 """Run a Tornado application as a service: :func:`run` and :class:`Runner`.
 
 The runner listens, runs the application's life-cycle callbacks, and on
-SIGTERM or SIGINT drains: it stops accepting connections, closes idle
-keep-alive connections, lets in-flight requests finish (bounded by
-``shutdown_limit`` seconds), runs the shutdown callbacks, flushes the
-application's spans and returns.
+SIGTERM or SIGINT drains: it stops accepting connections, flips readiness
+to 503, closes idle keep-alive connections, lets in-flight requests finish
+(bounded by ``shutdown_limit`` seconds), runs the shutdown callbacks
+(bounded again), flushes the application's spans (bounded again) and
+returns.  A second SIGTERM or SIGINT exits at once.
+
+With ``number_of_procs`` other than 1, :func:`run` binds the listening
+sockets, forks the children and calls the application factory in each
+child, so every child builds its own tracer provider and reporter threads.
+The parent forwards SIGTERM/SIGINT to the children and exits after them.
 """
 
 from __future__ import annotations
@@ -16,15 +22,21 @@ import os
 import signal
 import socket
 import threading
+import time
 import typing
 
-from tornado import httpserver, httputil, ioloop, netutil, web
+from tornado import ioloop, netutil, process, web
 
 from divak import logging as divak_logging
+from divak.process import EXIT_FORCED, STOP_SIGNALS, flush_std_streams, fork_and_serve
+from divak.server import DrainingHTTPServer
 
 __all__ = ["Runner", "run", "parse_bool"]
 
 logger = logging.getLogger(__name__)
+
+#: Exit status when the application could not start (``EX_SOFTWARE``).
+EXIT_START_FAILED = 70
 
 _TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
 _FALSE = frozenset({"0", "false", "no", "off", "n", "f", ""})
@@ -50,98 +62,40 @@ def parse_bool(value: str | bool | int | None, name: str = "value") -> bool:
     raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, not {value!r}")
 
 
-class _ActivityDelegate(httputil.HTTPMessageDelegate):
-    """Marks a connection busy from request headers until its next request."""
-
-    __slots__ = ("server", "connection", "delegate")
-
-    def __init__(
-        self,
-        server: _DrainingServer,
-        connection: object,
-        delegate: httputil.HTTPMessageDelegate,
-    ) -> None:
-        self.server = server
-        self.connection = connection
-        self.delegate = delegate
-
-    def headers_received(
-        self,
-        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
-        headers: httputil.HTTPHeaders,
-    ) -> typing.Awaitable[None] | None:
-        self.server.busy.add(self.connection)
-        return self.delegate.headers_received(start_line, headers)
-
-    def data_received(self, chunk: bytes) -> typing.Awaitable[None] | None:
-        return self.delegate.data_received(chunk)
-
-    def finish(self) -> None:
-        self.delegate.finish()
-
-    def on_connection_close(self) -> None:
-        self.delegate.on_connection_close()
-
-
-class _DrainingServer(httpserver.HTTPServer):
-    """An HTTPServer that knows which connections are idle and can drain."""
-
-    def initialize(self, *args: typing.Any, **kwargs: typing.Any) -> None:
-        super().initialize(*args, **kwargs)
-        self.connections: set[typing.Any] = set()
-        self.busy: set[typing.Any] = set()
-        self.draining = False
-        self.drained = asyncio.Event()
-
-    def start_request(
-        self, server_conn: object, request_conn: httputil.HTTPConnection
-    ) -> httputil.HTTPMessageDelegate:
-        self.connections.add(server_conn)
-        self.busy.discard(server_conn)
-        if self.draining:
-            self._close(server_conn)
-        delegate = super().start_request(server_conn, request_conn)
-        return _ActivityDelegate(self, server_conn, delegate)
-
-    def on_close(self, server_conn: object) -> None:
-        self.connections.discard(server_conn)
-        self.busy.discard(server_conn)
-        self._check_drained()
-        super().on_close(server_conn)
-
-    def _close(self, server_conn: typing.Any) -> None:
-        server_conn.stream.close()
-        self._check_drained()
-
-    def _check_drained(self) -> None:
-        if self.draining and not self.busy:
-            self.drained.set()
-
-    def start_draining(self) -> None:
-        """Stop accepting, close idle connections, signal when none is busy."""
-        self.stop()
-        self.draining = True
-        for connection in list(self.connections - self.busy):
-            self._close(connection)
-        self._check_drained()
-
-
 class Runner:
     """Serve one application until SIGTERM or SIGINT, then drain.
 
     :param app: the application to serve; a :class:`divak.Application`
-        gets its life-cycle callbacks run, a :class:`divak.Recorder` its
-        spans flushed, any other :class:`tornado.web.Application` is served
-        as it is
+        gets its life-cycle callbacks run and its readiness flipped, a
+        :class:`divak.Recorder` its spans flushed, any other
+        :class:`tornado.web.Application` is served as it is
     :param before_run: extra ``callback(app, io_loop)`` run before serving
     :param on_start: extra ``callback(app, io_loop)`` spawned once serving
     :param shutdown: extra ``callback(app)`` run on shutdown
+
+    The application's settings ``xheaders`` (default :data:`True`),
+    ``max_body_size``, ``max_buffer_size`` (bytes) configure the
+    :class:`tornado.httpserver.HTTPServer`.
 
     .. attribute:: shutdown_limit
 
        Seconds to wait for in-flight requests, then again for shutdown
        callbacks, then for the span flush; ``settings['shutdown_limit']``,
        default 5.
+
+    .. attribute:: wait_timeout
+
+       Seconds between progress checks while draining;
+       ``settings['wait_timeout']``, default 1.
+
+    .. attribute:: forced
+
+       :data:`True` once a second signal cut the drain short.
+
+    .. attribute:: flush_abandoned
+
+       :data:`True` when the span flush did not finish in time; the
+       reporter thread may still be blocked on its collector.
     """
 
     def __init__(
@@ -160,13 +114,16 @@ class Runner:
             if extra:
                 getattr(app, name).extend(extra)
         self.shutdown_limit = float(app.settings.get("shutdown_limit", 5.0))
-        self.wait_timeout = float(app.settings.get("wait_timeout", 0.1))
-        self.server: _DrainingServer | None = None
+        self.wait_timeout = float(app.settings.get("wait_timeout", 1.0))
+        self.server: DrainingHTTPServer | None = None
+        self.forced = False
+        self.flush_abandoned = False
         self._stopping: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _make_server(self) -> _DrainingServer:
+    def _make_server(self) -> DrainingHTTPServer:
         settings = self.application.settings
-        return _DrainingServer(
+        return DrainingHTTPServer(
             self.application,
             xheaders=settings.get("xheaders", True),
             max_body_size=settings.get("max_body_size"),
@@ -176,12 +133,19 @@ class Runner:
     def run(self, port_number: int, number_of_procs: int = 1) -> None:
         """Listen on *port_number* and serve until stopped, then drain.
 
+        sprockets.http's entry point.  Forking here would hand the already
+        built application to every child; use :func:`run` with a factory
+        for several processes.
+
         :param port_number: TCP port to listen on (all interfaces, or
             ``settings['address']``)
-        :param number_of_procs: must be 1 here; :func:`run` forks
+        :param number_of_procs: must be 1
+        :raises ValueError: when *number_of_procs* is not 1
         :raises SystemExit: with status 70 when a ``before_run`` callback
-            fails
+            fails, 1 after a second signal
         """
+        if number_of_procs != 1:
+            raise ValueError("Runner.run serves one process; use divak.run to fork")
         sockets = _bind(port_number, self.application.settings.get("address"))
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
@@ -189,10 +153,58 @@ class Runner:
             loop.run_until_complete(self.serve(sockets))
         finally:
             loop.close()
+        if self.forced:
+            raise SystemExit(EXIT_FORCED)
 
     async def serve(self, sockets: list[socket.socket]) -> None:
-        """Serve on already bound *sockets* until SIGTERM/SIGINT, then drain."""
-        loop = asyncio.get_running_loop()
+        """Serve on already bound *sockets* until SIGTERM/SIGINT, then drain.
+
+        Must run on the thread that owns the signal handlers (the main
+        thread).  Unblocks SIGTERM and SIGINT once its handlers are in
+        place, so a signal that arrived during start-up is handled then.
+
+        :param sockets: listening sockets, e.g. from
+            :func:`tornado.netutil.bind_sockets`
+        :raises SystemExit: with status 70 when the application's ``start``
+            (its ``before_run`` callbacks) raises
+        """
+        self._start(sockets, asyncio.get_running_loop())
+        await self._wait_and_drain()
+
+    def start_server(self, port_number: int, number_of_procs: int = 1) -> None:
+        """Start serving on the current IOLoop, which the caller then starts.
+
+        sprockets.http's two-step API: the ``before_run`` callbacks run
+        here; on SIGTERM/SIGINT (or :meth:`stop_server`) the runner drains
+        and stops the IOLoop.
+
+        :param port_number: TCP port to listen on
+        :param number_of_procs: must be 1; use :func:`run` to fork
+        :raises ValueError: when *number_of_procs* is not 1
+        :raises SystemExit: with status 70 when a ``before_run`` callback
+            fails
+        """
+        if number_of_procs != 1:
+            raise ValueError("Runner serves one process; use divak.run to fork")
+        sockets = _bind(port_number, self.application.settings.get("address"))
+        io_loop = ioloop.IOLoop.current()
+        self._start(sockets, io_loop.asyncio_loop)  # type: ignore[attr-defined]
+
+        async def serve_then_stop() -> None:
+            try:
+                await self._wait_and_drain()
+            finally:
+                io_loop.stop()
+
+        io_loop.add_callback(serve_then_stop)
+
+    def stop_server(self) -> None:
+        """Start the drain, as SIGTERM does (sprockets.http's name)."""
+        self.stop()
+
+    def _start(
+        self, sockets: list[socket.socket], loop: asyncio.AbstractEventLoop
+    ) -> None:
         io_loop = ioloop.IOLoop.current()
         self._stopping = asyncio.Event()
         start = getattr(self.application, "start", None)
@@ -203,11 +215,13 @@ class Runner:
                 logger.critical("application failed to start, exiting")
                 for sock in sockets:
                     sock.close()
-                raise SystemExit(70) from None
+                raise SystemExit(EXIT_START_FAILED) from None
         self.server = self._make_server()
         self.server.add_sockets(sockets)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        self._loop = loop
+        for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self._on_signal, signum)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         ready = getattr(self.application, "ready_to_serve", None)
         if ready is not None:
             ready.set()
@@ -216,82 +230,131 @@ class Runner:
             ",".join(str(s.getsockname()[1]) for s in sockets),
             os.getpid(),
         )
-        await self._stopping.wait()
-        await self.drain()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+
+    async def _wait_and_drain(self) -> None:
+        assert self._stopping is not None and self._loop is not None
+        try:
+            await self._stopping.wait()
+            await self.drain()
+        finally:
+            for signum in STOP_SIGNALS:
+                self._loop.remove_signal_handler(signum)
 
     def _on_signal(self, signum: int) -> None:
         assert self._stopping is not None
+        name = signal.Signals(signum).name
         if self._stopping.is_set():
-            logger.warning("second %s, exiting now", signal.Signals(signum).name)
-            os._exit(1)
-        logger.info("%s received, draining", signal.Signals(signum).name)
+            logger.warning("second %s, exiting now", name)
+            self.forced = True
+            flush_std_streams()
+            os._exit(EXIT_FORCED)
+        logger.info("%s received, stopping", name)
         self._stopping.set()
 
     def stop(self) -> None:
-        """Start the drain, as SIGTERM does; safe to call from the IOLoop."""
+        """Start the drain, as SIGTERM does; call it on the IOLoop's thread."""
         if self._stopping is not None:
             self._stopping.set()
 
     async def drain(self) -> None:
-        """Stop accepting, finish in-flight work, run callbacks, flush spans."""
+        """Stop accepting, finish in-flight work, run callbacks, flush spans.
+
+        1. close the listening sockets (new connections are refused) and
+           flip ``ready_to_serve`` off (``/status`` answers 503);
+        2. close idle keep-alive connections;
+        3. wait up to :attr:`shutdown_limit` seconds for in-flight requests
+           (they answer with ``Connection: close``), then close whatever
+           connection is left;
+        4. run the shutdown callbacks, bounded by :attr:`shutdown_limit`;
+        5. flush and stop the span reporters off the IOLoop, bounded by
+           :attr:`shutdown_limit`.
+        """
         app = self.application
+        started = time.monotonic()
         if hasattr(app, "ready_to_serve"):
-            app.ready_to_serve.clear()
             app.draining = True  # type: ignore[attr-defined]
+            app.ready_to_serve.clear()
         assert self.server is not None
-        self.server.start_draining()
+        server = self.server
+        idle = len(server.connections - server.busy.keys())
+        server.start_draining()
+        logger.info(
+            "draining: not accepting, closed %d idle connection(s), "
+            "%d request(s) in flight",
+            idle - len(server.connections - server.busy.keys()),
+            len(server.busy),
+        )
+        deadline = started + self.shutdown_limit
+        while not server.drained.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.warning(
+                    "%d request(s) still in flight after %.1fs, closing",
+                    len(server.busy),
+                    self.shutdown_limit,
+                )
+                break
+            logger.debug("waiting for %d request(s) in flight", len(server.busy))
+            try:
+                await asyncio.wait_for(
+                    server.drained.wait(), min(remaining, self.wait_timeout)
+                )
+            except TimeoutError:
+                pass
         try:
-            await asyncio.wait_for(self.server.drained.wait(), self.shutdown_limit)
-        except TimeoutError:
-            logger.warning(
-                "%d request(s) still in flight after %.1fs, closing",
-                len(self.server.busy),
-                self.shutdown_limit,
-            )
+            await asyncio.wait_for(server.close_all_connections(), 1.0)
+        except TimeoutError:  # pragma: no cover - defensive
+            logger.warning("connections did not close in time")
         run_callbacks = getattr(app, "run_shutdown_callbacks", None)
         if run_callbacks is not None:
             await run_callbacks(self.shutdown_limit)
-        try:
-            await asyncio.wait_for(self.server.close_all_connections(), 1.0)
-        except TimeoutError:  # pragma: no cover - defensive
-            logger.warning("connections did not close in time")
         await self.flush_spans()
-        logger.info("stopped")
+        logger.info("stopped after %.3fs", time.monotonic() - started)
 
     async def flush_spans(self) -> None:
         """Flush and shut down the application's reporters, off the IOLoop.
 
-        Bounded by :attr:`shutdown_limit` seconds; spans still queued then
-        are lost (and logged).
+        Runs :meth:`divak.Recorder.divak_force_flush` and
+        :meth:`divak.Recorder.divak_shutdown` in a separate thread, bounded
+        by :attr:`shutdown_limit` seconds; spans still queued then are lost
+        (and a warning is logged).  Does nothing for applications that are
+        not a :class:`divak.Recorder`.
         """
-        shutdown = getattr(self.application, "divak_shutdown", None)
-        if shutdown is None:
+        app = self.application
+        if getattr(app, "divak_shutdown", None) is None:
             return
-        done = asyncio.get_running_loop().create_future()
         loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        limit = self.shutdown_limit
+
+        def finish() -> None:
+            if not done.done():
+                done.set_result(None)
 
         def work() -> None:
             try:
-                shutdown()
+                if not app.divak_force_flush(limit):  # type: ignore[attr-defined]
+                    logger.warning("spans not exported within %.1fs", limit)
+                app.divak_shutdown()  # type: ignore[attr-defined]
             except Exception:  # pragma: no cover - defensive
                 logger.exception("flushing spans failed")
             finally:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(finish)
 
         threading.Thread(target=work, name="divak-flush", daemon=True).start()
         try:
-            await asyncio.wait_for(done, self.shutdown_limit)
+            await asyncio.wait_for(done, limit)
         except TimeoutError:
-            logger.warning(
-                "spans not flushed within %.1fs, dropping them", self.shutdown_limit
-            )
+            self.flush_abandoned = True
+            logger.warning("spans not flushed within %.1fs, dropping them", limit)
 
 
-def _bind(port: int, address: str | None) -> list[socket.socket]:
+def _bind(
+    port: int, address: str | None, reuse_port: bool = False
+) -> list[socket.socket]:
     # bind_sockets sets SO_REUSEADDR, so a restart never hits "address in use".
-    return netutil.bind_sockets(port, address=address)
+    return netutil.bind_sockets(port, address=address, reuse_port=reuse_port)
 
 
 def _configure_logging(log_config: dict[str, typing.Any] | None, debug: bool) -> None:
@@ -299,6 +362,42 @@ def _configure_logging(log_config: dict[str, typing.Any] | None, debug: bool) ->
         logging.config.dictConfig(log_config)
     elif not logging.getLogger().handlers:
         logging.config.dictConfig(divak_logging.default_logging_config(debug))
+
+
+def _serve_here(
+    create_application: typing.Callable[..., web.Application],
+    app_settings: dict[str, typing.Any],
+    sockets: list[socket.socket],
+) -> tuple[int, bool]:
+    """Build the application here and serve it; return the status and whether
+    the reporters stopped in time."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    runner: Runner | None = None
+    try:
+        try:
+            app = create_application(**app_settings)
+        except Exception:
+            logger.critical("creating the application failed, exiting", exc_info=True)
+            return EXIT_START_FAILED, True
+        runner = Runner(app)
+        loop.run_until_complete(runner.serve(sockets))
+    except SystemExit as exc:
+        return (exc.code if isinstance(exc.code, int) else 1), True
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    return (EXIT_FORCED if runner.forced else 0), not runner.flush_abandoned
+
+
+def _setting(
+    settings: dict[str, typing.Any], key: str, env: str | None, default: typing.Any
+) -> typing.Any:
+    if settings.get(key) is not None:
+        return settings[key]
+    if env is not None and os.environ.get(env):
+        return os.environ[env]
+    return default
 
 
 def run(
@@ -309,45 +408,92 @@ def run(
     """Build the application, serve it, drain on SIGTERM/SIGINT, return.
 
     :param create_application: called with the settings as keyword
-        arguments; an application class works as it is
+        arguments (an application class works as it is); in every child
+        process when forking, so each child builds its own tracer provider
+        and reporter threads
     :param settings: application settings; the keys below are read here
-        and every key is passed on to *create_application*
+        and every key except ``port`` and ``number_of_procs`` is passed on
+        to *create_application*
     :param log_config: a :func:`logging.config.dictConfig` dictionary.
         Without it, and only when the root logger has no handlers yet,
         divak applies :func:`divak.logging.default_logging_config`.
+    :raises SystemExit: with a non-zero status when the application could
+        not be created or started (70), when a second signal cut the drain
+        short (1), or when a child process failed
+
+    When the span flush does not finish within ``shutdown_limit``, the
+    process exits right away (:func:`os._exit`) rather than wait for a
+    collector that does not answer.
+    :raises ValueError: for a malformed ``DEBUG``, ``PORT`` or setting
 
     .. rubric:: settings['port']
 
     The TCP port; default the ``PORT`` environment variable, else 8000.
 
+    .. rubric:: settings['address']
+
+    The address to listen on; default all interfaces.
+
     .. rubric:: settings['debug']
 
-    Tornado's debug mode (autoreload, tracebacks); default the ``DEBUG``
-    environment variable, which accepts 1/0, true/false, yes/no.
+    Tornado's debug mode (autoreload, tracebacks, one process, DEBUG
+    logging); default the ``DEBUG`` environment variable, which accepts
+    1/0, true/false, yes/no, on/off.
+
+    .. rubric:: settings['number_of_procs']
+
+    Processes to serve from: 1 (the default) serves from this process;
+    another number forks that many children after binding the sockets
+    (with ``SO_REUSEPORT``); 0 forks one per CPU.  sprockets.http's default
+    is 0.
 
     .. rubric:: settings['shutdown_limit']
 
-    Seconds to wait for in-flight requests on SIGTERM (then again for the
-    shutdown callbacks and the span flush); default 5.
+    Seconds to wait for in-flight requests on SIGTERM, then again for the
+    shutdown callbacks and for the span flush; default 5.
+
+    .. rubric:: settings['wait_timeout']
+
+    Seconds between progress checks while draining; default 1.
 
     .. rubric:: settings['xheaders']
 
     Trust ``X-Real-Ip``/``X-Forwarded-For`` for the client address;
     default :data:`True` (services run behind a load balancer).
+
+    .. rubric:: settings['max_body_size'], settings['max_buffer_size']
+
+    Bytes, passed to :class:`tornado.httpserver.HTTPServer`.
     """
     app_settings = dict(settings or {})
-    if "debug" in app_settings:
-        debug = parse_bool(app_settings["debug"], "debug")
-    else:
-        debug = parse_bool(os.environ.get("DEBUG"), "DEBUG")
+    debug = parse_bool(_setting(app_settings, "debug", "DEBUG", False), "DEBUG")
     app_settings["debug"] = debug
-    port = int(app_settings.pop("port", None) or os.environ.get("PORT") or 8000)
+    port = int(_setting(app_settings, "port", "PORT", 8000))
+    app_settings.pop("port", None)
+    procs_setting = app_settings.pop("number_of_procs", None)
+    procs = 1 if procs_setting is None else int(procs_setting)
+    app_settings.setdefault("xheaders", True)
     _configure_logging(log_config, debug)
-    sockets = _bind(port, app_settings.get("address"))
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        app = create_application(**app_settings)
-        loop.run_until_complete(Runner(app).serve(sockets))
-    finally:
-        loop.close()
+    if debug and procs != 1:
+        logger.warning("debug mode serves from one process, not %d", procs)
+        procs = 1
+    if procs == 0:
+        procs = process.cpu_count()
+    address = app_settings.get("address")
+    if procs == 1:
+        sockets = _bind(port, address)
+        status, clean = _serve_here(create_application, app_settings, sockets)
+        if not clean:
+            # The reporter thread is still blocked on its collector; the
+            # tracer provider's exit hook would wait for it again.
+            logger.warning("exiting without waiting for the reporters")
+            logging.shutdown()
+            flush_std_streams()
+            os._exit(status)
+    else:
+        sockets = _bind(port, address, reuse_port=True)
+        status = fork_and_serve(
+            _serve_here, create_application, app_settings, sockets, procs
+        )
+    if status:
+        raise SystemExit(status)

@@ -3,7 +3,10 @@
 * :class:`ZipkinCollector`: a real Zipkin v2 HTTP endpoint, in a thread,
   that keeps every span it receives;
 * :class:`RecordingLogHandler`: keeps log records (as divak-tornado's);
-* :class:`SpanRecorder`: an in-memory reporter with look-up helpers.
+* :class:`SpanRecorder`: an in-memory reporter with look-up helpers;
+* :class:`DivakTestCase` (alias :class:`SprocketsHttpTestCase`): an
+  :class:`tornado.testing.AsyncHTTPTestCase` that runs the application's
+  life-cycle callbacks and records its spans in memory.
 """
 
 from __future__ import annotations
@@ -15,11 +18,22 @@ import threading
 import time
 import typing
 
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from tornado import httpserver, netutil, web
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from tornado import httpserver, netutil, testing, web
 
-__all__ = ["RecordingLogHandler", "SpanRecorder", "ZipkinCollector"]
+__all__ = [
+    "DivakTestCase",
+    "RecordingLogHandler",
+    "SpanRecorder",
+    "SprocketsHttpTestCase",
+    "ZipkinCollector",
+]
 
 
 class RecordingLogHandler(logging.Handler):
@@ -42,36 +56,223 @@ class RecordingLogHandler(logging.Handler):
 class SpanRecorder(SpanExporter):
     """A reporter that keeps finished spans in memory.
 
-    Add it with :meth:`divak.Recorder.add_divak_reporter`; spans arrive
-    after the batch processor's delay, or at once after
-    :meth:`divak.Recorder.divak_force_flush`.
+    Add it with :meth:`divak.Recorder.add_divak_reporter` (
+    :class:`DivakTestCase` does); spans arrive after the batch processor's
+    delay, or at once after :meth:`divak.Recorder.divak_force_flush`.
+    Thread-safe: the batch processor exports from its own thread.
 
     .. attribute:: spans
 
-       :class:`list` of :class:`~opentelemetry.sdk.trace.ReadableSpan`.
+       :class:`list` of :class:`~opentelemetry.sdk.trace.ReadableSpan`, in
+       the order they were exported.
     """
 
     def __init__(self) -> None:
         self.spans: list[ReadableSpan] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
 
     def export(self, spans: typing.Sequence[ReadableSpan]) -> SpanExportResult:
         """Keep *spans*."""
         with self._lock:
             self.spans.extend(spans)
+            self._lock.notify_all()
         return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing to release; the spans stay available."""
+
+    def clear(self) -> None:
+        """Forget every span recorded so far."""
+        with self._lock:
+            self.spans.clear()
+
+    def find(
+        self,
+        name: str | None = None,
+        *,
+        trace_id: int | str | None = None,
+        kind: trace.SpanKind | None = None,
+        parent: ReadableSpan | None = None,
+        attributes: typing.Mapping[str, typing.Any] | None = None,
+    ) -> list[ReadableSpan]:
+        """Return the spans matching every given criterion.
+
+        :param name: the span name, e.g. ``"GET /greeting/{name}"``
+        :param trace_id: the trace, an :class:`int` or 32 hex digits
+        :param kind: e.g. :attr:`opentelemetry.trace.SpanKind.SERVER`
+        :param parent: only the direct children of this span
+        :param attributes: attribute values the span must have
+        """
+        wanted_trace = int(trace_id, 16) if isinstance(trace_id, str) else trace_id
+        with self._lock:
+            spans = list(self.spans)
+        return [
+            span
+            for span in spans
+            if (name is None or span.name == name)
+            and (wanted_trace is None or span.context.trace_id == wanted_trace)
+            and (kind is None or span.kind == kind)
+            and (
+                parent is None
+                or (
+                    span.parent is not None
+                    and span.parent.span_id == parent.context.span_id
+                )
+            )
+            and all(
+                (span.attributes or {}).get(key) == value
+                for key, value in (attributes or {}).items()
+            )
+        ]
+
+    def one(self, name: str | None = None, **criteria: typing.Any) -> ReadableSpan:
+        """Return the only span matching :meth:`find`'s criteria.
+
+        :raises AssertionError: when none or several match
+        """
+        found = self.find(name, **criteria)
+        if len(found) != 1:
+            names = sorted(span.name for span in self.spans)
+            raise AssertionError(
+                f"expected one span matching {name!r} {criteria}, found "
+                f"{len(found)}; recorded: {names}"
+            )
+        return found[0]
 
     def named(self, name: str) -> list[ReadableSpan]:
         """Return the spans called *name*."""
-        with self._lock:
-            return [span for span in self.spans if span.name == name]
+        return self.find(name)
 
     def in_trace(self, trace_id: int | str) -> list[ReadableSpan]:
         """Return the spans of one trace (an :class:`int` or 32 hex digits)."""
-        if isinstance(trace_id, str):
-            trace_id = int(trace_id, 16)
+        return self.find(trace_id=trace_id)
+
+    def children(self, span: ReadableSpan) -> list[ReadableSpan]:
+        """Return the direct children of *span*."""
+        return self.find(parent=span)
+
+    def wait_for(
+        self,
+        predicate: typing.Callable[[list[ReadableSpan]], bool],
+        timeout: float = 10.0,
+    ) -> list[ReadableSpan]:
+        """Block until ``predicate(spans)`` is true; return the spans.
+
+        For spans exported by another thread; in a test on the IOLoop
+        thread, flush the application instead.
+
+        :param predicate: called with a copy of the recorded spans
+        :param timeout: seconds to wait at most
+        :raises TimeoutError: when the predicate is still false
+        """
+        deadline = time.monotonic() + timeout
         with self._lock:
-            return [s for s in self.spans if s.context.trace_id == trace_id]
+            while not predicate(list(self.spans)):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"{len(self.spans)} spans recorded, condition unmet"
+                    )
+                self._lock.wait(remaining)
+            return list(self.spans)
+
+
+class DivakTestCase(testing.AsyncHTTPTestCase):
+    """An :class:`~tornado.testing.AsyncHTTPTestCase` for divak applications.
+
+    Override :meth:`get_app` as usual.  Around each test the case
+
+    * adds :attr:`spans`, a :class:`SpanRecorder`, to a
+      :class:`divak.Recorder` application (before its tracing starts);
+    * runs the application's ``before_run`` callbacks and spawns its
+      ``on_start`` callbacks (:meth:`divak.app.CallbackManager.start`),
+      letting them run up to their first wait before the test, and sets
+      ``ready_to_serve``;
+    * after the test, runs the ``on_shutdown`` callbacks bounded by
+      :attr:`shutdown_limit` seconds and shuts the reporters down.
+
+    Works with any :class:`tornado.web.Application`; the steps that need
+    the divak mix-ins are skipped for applications without them.  Kept
+    under sprockets.http's name :class:`SprocketsHttpTestCase` too; as
+    there, :meth:`get_app` may set :attr:`app`, and :attr:`app` is the
+    application either way.
+
+    .. attribute:: app
+
+       The application under test.
+
+    .. attribute:: spans
+
+       The :class:`SpanRecorder` of this test.
+    """
+
+    #: Seconds the shutdown callbacks may take at most.
+    shutdown_limit: float = 0.25
+    #: Seconds between checks while stopping (kept for sprockets.http).
+    wait_timeout: float = 0.05
+
+    def setUp(self) -> None:
+        """Build and start the application, record its spans."""
+        self.app: web.Application | None = None
+        self.spans = SpanRecorder()
+        super().setUp()
+        if self.app is None:
+            self.app = self._app
+        add_reporter = getattr(self.app, "add_divak_reporter", None)
+        if add_reporter is not None:
+            try:
+                add_reporter(self.spans)
+            except RuntimeError:  # tracing already started in get_app
+                provider = self.app.divak_tracer_provider  # type: ignore[attr-defined]
+                provider.add_span_processor(BatchSpanProcessor(self.spans))
+        start = getattr(self.app, "start", None)
+        if start is not None:
+            start(self.io_loop)
+            # Let the spawned on_start callbacks run up to their first wait.
+            self.io_loop.run_sync(lambda: asyncio.sleep(0))
+        ready = getattr(self.app, "ready_to_serve", None)
+        if ready is not None:
+            ready.set()
+
+    def tearDown(self) -> None:
+        """Run the shutdown callbacks, stop the reporters, stop the server."""
+        app = self.app
+        if app is not None:
+            if hasattr(app, "ready_to_serve"):
+                app.draining = True  # type: ignore[attr-defined]
+                app.ready_to_serve.clear()
+            callbacks = getattr(app, "run_shutdown_callbacks", None)
+            if callbacks is not None:
+                self.io_loop.run_sync(
+                    lambda: callbacks(self.shutdown_limit),
+                    timeout=self.shutdown_limit + 5,
+                )
+            shutdown = getattr(app, "divak_shutdown", None)
+            if shutdown is not None:
+                shutdown()
+        super().tearDown()
+
+    def get_app(self) -> web.Application:
+        """Return the application to test; override it."""
+        raise NotImplementedError
+
+    def flush_spans(self, timeout: float = 5.0) -> list[ReadableSpan]:
+        """Export every finished span of :attr:`app` now; return :attr:`spans`.
+
+        Call it from the test method (not from a coroutine on the IOLoop):
+        it blocks until the batch processor has exported.
+
+        :param timeout: seconds to wait at most
+        :raises AssertionError: when the export did not finish in time
+        """
+        force_flush = getattr(self.app, "divak_force_flush", None)
+        if force_flush is not None:
+            assert force_flush(timeout), "spans not exported in time"
+        return list(self.spans.spans)
+
+
+#: sprockets.http's name for :class:`DivakTestCase`.
+SprocketsHttpTestCase = DivakTestCase
 
 
 class _SpansHandler(web.RequestHandler):

@@ -25,12 +25,16 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httputil, log, routing, web
 
-from divak import propagation, reporters, sampling
+from divak import headers, propagation, reporters, sampling
 from divak.logging import REQUEST_CONTEXT_KEY
 
 __all__ = ["Recorder", "RequestContext", "RequestTracker", "route_template"]
 
 logger = logging.getLogger(__name__)
+
+#: ``error.type`` of a server span whose client closed the connection
+#: before the response was finished.
+CLIENT_DISCONNECTED = "client_disconnected"
 
 _KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
@@ -61,6 +65,11 @@ class RequestContext:
 
        The OpenTelemetry context that is current while the handler runs:
        :attr:`parent` plus :attr:`span` plus this object.
+
+    .. attribute:: ended
+
+       :data:`True` once the span was ended (the response finished or the
+       client went away); it is ended only once.
     """
 
     __slots__ = (
@@ -74,6 +83,7 @@ class RequestContext:
         "span_id_hex",
         "sampled",
         "exception_type",
+        "ended",
         "log_ids",
     )
 
@@ -88,6 +98,7 @@ class RequestContext:
         self.span_id_hex: str | None = None
         self.sampled = False
         self.exception_type: str | None = None
+        self.ended = False
         #: The log record attributes of the server span, computed once.
         self.log_ids: dict[str, typing.Any] | None = None
 
@@ -331,7 +342,9 @@ class Recorder(web.Application):
         name = self._divak_service or self.settings.get("service")
         resource = Resource.create({SERVICE_NAME: name} if name else {})
         sampler = getattr(self, "_divak_sampler", None) or sampling.default_sampler()
-        provider = TracerProvider(sampler=sampler, resource=resource)
+        provider = TracerProvider(
+            sampler=propagation.PropagatedSampler(sampler), resource=resource
+        )
         provider.add_span_processor(_B3DebugMarker())
         span_reporters = self._divak_reporters or [_default_reporter()]
         for reporter in span_reporters:
@@ -403,7 +416,10 @@ class Recorder(web.Application):
         self, request: httputil.HTTPServerRequest
     ) -> web.OutputTransform:
         # Called by Tornado for every request, whatever handler serves it.
-        self.divak_request_context(request)
+        request_context = self.divak_request_context(request)
+        captured = headers.captured_headers(self)
+        if captured.response:
+            return _CaptureResponseHeaders(request_context, captured)
         return _IDENTITY
 
     def divak_route(self, handler: web.RequestHandler) -> str | None:
@@ -453,17 +469,27 @@ class Recorder(web.Application):
             span.set_attributes(_server_attributes(request, known, route))
             if request_context.request_id:
                 span.set_attribute("divak.request_id", request_context.request_id)
+            captured = headers.captured_headers(self)
+            if captured.request:
+                span.set_attributes(captured.request_attributes(request.headers))
         request_context.set_span(span)
         return request_context
 
     def divak_end_span(self, request_context: RequestContext, status_code: int) -> None:
-        """End the request's SERVER span with the response's *status_code*."""
+        """End the request's SERVER span with the response's *status_code*.
+
+        The status is ERROR, with ``error.type``, for a 5xx response and
+        for an unexpected exception even when the response had already
+        been sent with another status (OpenTelemetry's HTTP conventions);
+        4xx responses leave it unset.
+        """
         span = request_context.span
-        if span is None:
+        if span is None or request_context.ended:
             return
+        request_context.ended = True
         if span.is_recording():
             span.set_attribute("http.response.status_code", status_code)
-            if status_code >= 500:
+            if status_code >= 500 or request_context.exception_type:
                 error_type = request_context.exception_type or str(status_code)
                 span.set_attribute("error.type", error_type)
                 span.set_status(Status(StatusCode.ERROR, f"HTTP {status_code}"))
@@ -523,6 +549,28 @@ class _Identity(web.OutputTransform):
 
 
 _IDENTITY = _Identity()
+
+
+class _CaptureResponseHeaders(web.OutputTransform):
+    """Record the listed response headers on the request's span."""
+
+    def __init__(
+        self, request_context: RequestContext, captured: headers.CapturedHeaders
+    ) -> None:
+        self.request_context = request_context
+        self.captured = captured
+
+    def transform_first_chunk(
+        self,
+        status_code: int,
+        response_headers: httputil.HTTPHeaders,
+        chunk: bytes,
+        finishing: bool,
+    ) -> tuple[int, httputil.HTTPHeaders, bytes]:
+        span = self.request_context.span
+        if span is not None and span.is_recording():
+            span.set_attributes(self.captured.response_attributes(response_headers))
+        return status_code, response_headers, chunk
 
 
 def _route_table(
@@ -603,8 +651,8 @@ class RequestTracker:
     * mix it into a :class:`tornado.web.RequestHandler` subclass, before
       ``RequestHandler`` in the bases;
     * the application must mix in :class:`Recorder`;
-    * if the handler overrides ``prepare``, ``on_finish`` or
-      ``log_exception``, it calls ``super()``.
+    * if the handler overrides ``prepare``, ``on_finish``,
+      ``log_exception`` or ``on_connection_close``, it calls ``super()``.
 
     What it provides:
 
@@ -619,6 +667,8 @@ class RequestTracker:
     * 5xx responses set the span status to ERROR with ``error.type`` and
       record the exception; 4xx leave the status unset (the semantic
       conventions: a client error is not a server failure);
+    * a client that disconnects before the response is finished ends the
+      span at once, with ``error.type`` (:meth:`on_connection_close`);
     * :meth:`record_operation`, :meth:`add_divak_tag`,
       :meth:`set_divak_name`.
     """
@@ -693,6 +743,28 @@ class RequestTracker:
                 and otel_context.get_current() is request_context.context
             ):
                 otel_context.detach(token)  # type: ignore[arg-type]
+
+    def on_connection_close(self) -> None:
+        """End the span if the client went away first; chain to ``super()``.
+
+        Tornado calls it when the client closes the connection before the
+        response is finished.  The span ends now, without
+        ``http.response.status_code`` (no response was sent), with status
+        ERROR and ``error.type`` ``"client_disconnected"``, instead of
+        staying open until (or if ever) the handler finishes.
+        """
+        request_context = self._divak_request_context
+        if request_context is not None and request_context.span is not None:
+            span = request_context.span
+            if not request_context.ended:
+                request_context.ended = True
+                if span.is_recording():
+                    span.set_attribute("error.type", CLIENT_DISCONNECTED)
+                    span.set_status(
+                        Status(StatusCode.ERROR, "client closed the connection")
+                    )
+                span.end()
+        super().on_connection_close()  # type: ignore[misc]
 
     def set_divak_name(self, name: str) -> None:
         """Rename the request's span (default ``"{METHOD} {route}"``).

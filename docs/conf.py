@@ -1,6 +1,11 @@
 """Sphinx configuration for divak's documentation."""
 
-import divak
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+import divak  # noqa: E402
 
 project = "divak"
 author = "The divak developers"

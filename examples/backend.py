@@ -11,7 +11,13 @@ from tornado import web
 import divak
 
 
-class GreetingHandler(divak.RequestTracker, divak.Logger, web.RequestHandler):
+class GreetingHandler(
+    divak.RequestTracker,
+    divak.Logger,
+    divak.ErrorLogger,
+    divak.ErrorWriter,
+    web.RequestHandler,
+):
     async def get(self, name: str) -> None:
         with self.record_operation("load-greeting") as span:
             span.set_attribute("greeting.language", "en")

@@ -125,8 +125,9 @@ def main() -> int:
         # every /hello request gives 2 SERVER + 1 CLIENT + 2 INTERNAL spans
         expected = 5 * len(REQUESTS)
         spans = collector.wait_for(
-            lambda spans: sum("/status" not in s.get("name", "") for s in spans)
-            >= expected,
+            lambda spans: (
+                sum("/status" not in s.get("name", "") for s in spans) >= expected
+            ),
             timeout=15,
         )
     spans = [s for s in spans if s.get("tags", {}).get("url.path") != "/status"]
@@ -134,9 +135,8 @@ def main() -> int:
     for span in spans:
         traces[span["traceId"]].append(span)
     logs = backend_log + frontend_log
-    for (title, path, status, body), trace_id in zip(
-        answers, sorted(traces, key=lambda t: min(s["timestamp"] for s in traces[t]))
-    ):
+    ordered = sorted(traces, key=lambda t: min(s["timestamp"] for s in traces[t]))
+    for (title, path, status, body), trace_id in zip(answers, ordered, strict=True):
         print(f"== {title}: GET {path} -> {status} {body.decode()}")
         print(f"   trace {trace_id}")
         print_tree(traces[trace_id])

@@ -17,7 +17,12 @@ from backend import add_reporters  # noqa: E402
 
 
 class HelloHandler(
-    divak.RequestTracker, divak.Logger, divak.HttpClientMixin, web.RequestHandler
+    divak.RequestTracker,
+    divak.Logger,
+    divak.HttpClientMixin,
+    divak.ErrorLogger,
+    divak.ErrorWriter,
+    web.RequestHandler,
 ):
     async def get(self, name: str) -> None:
         backend = self.settings["backend_url"]

@@ -89,7 +89,9 @@ def wait_for_port(port: int, process: subprocess.Popen[str] | None = None) -> No
     deadline = time.monotonic() + 30
     while True:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"service exited with {process.returncode}: {process.stdout.read()}")
+            raise RuntimeError(
+                f"service exited with {process.returncode}: {process.stdout.read()}"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2):
                 return

@@ -34,7 +34,12 @@ SPAN = {
             "maxLength": 32,
             "pattern": "^[a-f0-9]{16,32}$",
         },
-        "id": {"type": "string", "minLength": 16, "maxLength": 16, "pattern": "^[a-f0-9]{16}$"},
+        "id": {
+            "type": "string",
+            "minLength": 16,
+            "maxLength": 16,
+            "pattern": "^[a-f0-9]{16}$",
+        },
         "parentId": {
             "type": "string",
             "minLength": 16,
@@ -42,7 +47,10 @@ SPAN = {
             "pattern": "^[a-f0-9]{16}$",
         },
         "name": {"type": "string"},
-        "kind": {"type": "string", "enum": ["CLIENT", "SERVER", "PRODUCER", "CONSUMER"]},
+        "kind": {
+            "type": "string",
+            "enum": ["CLIENT", "SERVER", "PRODUCER", "CONSUMER"],
+        },
         "timestamp": {"type": "integer"},
         "duration": {"type": "integer", "minimum": 1},
         "debug": {"type": "boolean"},
@@ -65,7 +73,12 @@ SPAN = {
     },
 }
 
-OFFICIAL = pathlib.Path(__file__).resolve().parents[2] / "shared" / "specs" / "zipkin2-api.yaml"
+OFFICIAL = (
+    pathlib.Path(__file__).resolve().parents[2]
+    / "shared"
+    / "specs"
+    / "zipkin2-api.yaml"
+)
 
 
 def _validators() -> list[jsonschema.protocols.Validator]:
@@ -84,7 +97,7 @@ VALIDATORS = _validators()
 
 
 def validate_span(span: dict[str, typing.Any]) -> None:
-    """Raise :class:`jsonschema.ValidationError` unless *span* is a valid Zipkin v2 span."""
+    """Raise :class:`jsonschema.ValidationError` unless *span* is valid Zipkin v2."""
     for validator in VALIDATORS:
         validator.validate(span)
 

@@ -1,0 +1,227 @@
+"""The ``divak`` command.
+
+``divak run MODULE:CALLABLE [--port N] [--env-file FILE] [--debug]``, also
+available as ``python -m divak``.  It replaces sprockets.http's
+``setup.py httprun``: it reads an optional environment file into the
+environment, imports ``MODULE`` (the current directory is on the import
+path, as with ``python -m``), and calls :func:`divak.run` with
+``CALLABLE`` as the application factory.
+
+Environment file syntax (:func:`read_env_file`)::
+
+    # a comment line
+    export DATABASE_URL="postgresql://db/app"   # a comment after whitespace
+    FRAGMENT=http://host/page#section            # "#" inside a value is kept
+    GREETING='hello # world'
+    OBSOLETE=                                    # removes OBSOLETE
+
+Values from the file override the inherited environment; ``--port`` and
+``--debug`` override both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import sys
+import typing
+
+__all__ = ["EnvFileError", "load_factory", "main", "parse_env_line", "read_env_file"]
+
+#: Exit status for usage errors (bad arguments, unreadable env file,
+#: a module or callable that cannot be loaded).
+EXIT_USAGE = 2
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class EnvFileError(ValueError):
+    """A malformed or unreadable environment file.
+
+    The message names the file and, for a malformed line, its number:
+    ``.env:3: expected NAME=VALUE``.
+    """
+
+
+def parse_env_line(line: str) -> tuple[str, str | None] | None:
+    """Parse one line of an environment file.
+
+    :param line: the line, with or without its line ending
+    :returns: :data:`None` for a blank or comment line, else ``(name,
+        value)`` where *value* is :data:`None` for ``NAME=`` (remove the
+        variable)
+    :raises ValueError: for a malformed line (the message says why)
+
+    Rules: an optional ``export`` prefix; ``NAME`` is a shell identifier;
+    no space before ``=``; a value in matching single or double quotes is
+    taken literally without them (``NAME=""`` sets an empty value); an
+    unquoted value ends at a ``#`` that follows whitespace (a comment), so
+    ``#`` inside a value (``COLOR=#fff``, ``URL=http://h/p#frag``) is kept;
+    surrounding whitespace is dropped.
+    """
+    text = line.rstrip("\r\n").strip()
+    if not text or text.startswith("#"):
+        return None
+    if text.startswith("export") and text[6:7] in (" ", "\t"):
+        text = text[6:].lstrip()
+    name, sep, rest = text.partition("=")
+    if not sep:
+        raise ValueError("expected NAME=VALUE")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"invalid variable name {name!r}")
+    stripped = rest.lstrip(" \t")
+    if stripped.startswith("#") and stripped != rest:
+        return name, None  # "NAME= # comment": no value
+    rest = stripped
+    if rest[:1] in ("'", '"'):
+        quote = rest[0]
+        end = rest.find(quote, 1)
+        if end < 0:
+            raise ValueError(f"missing closing {quote}")
+        value = rest[1:end]
+        after = rest[end + 1 :]
+        if after.strip() and not _is_comment(after):
+            raise ValueError(f"unexpected text after the closing {quote}")
+        return name, value
+    comment = re.search(r"[ \t]#", rest)
+    if comment is not None:
+        rest = rest[: comment.start()]
+    value = rest.strip()
+    return name, value or None
+
+
+def _is_comment(text: str) -> bool:
+    return bool(re.match(r"[ \t]+#", text))
+
+
+def read_env_file(path: str) -> dict[str, str | None]:
+    """Read an environment file (see :func:`parse_env_line` for the syntax).
+
+    :param path: the file to read (UTF-8)
+    :returns: the variables in file order; :data:`None` marks a variable
+        to remove from the environment
+    :raises EnvFileError: when the file cannot be read or a line is
+        malformed; the message names the file and line number
+    """
+    try:
+        with open(path, encoding="utf-8") as env_file:
+            lines = env_file.readlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise EnvFileError(f"{path}: cannot read environment file: {reason}") from None
+    variables: dict[str, str | None] = {}
+    for number, line in enumerate(lines, start=1):
+        try:
+            parsed = parse_env_line(line)
+        except ValueError as error:
+            raise EnvFileError(f"{path}:{number}: {error}") from None
+        if parsed is not None:
+            variables[parsed[0]] = parsed[1]
+    return variables
+
+
+def apply_env(variables: dict[str, str | None]) -> None:
+    """Set (or, for :data:`None`, remove) *variables* in :data:`os.environ`."""
+    for name, value in variables.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def load_factory(spec: str) -> typing.Callable[..., typing.Any]:
+    """Import ``MODULE:CALLABLE`` and return the callable.
+
+    The current directory is put first on :data:`sys.path`, as
+    ``python -m`` does.  ``CALLABLE`` may be a dotted attribute path.
+
+    :param spec: e.g. ``"myapp:make_app"`` or ``"myapp.web:Application"``
+    :raises ValueError: when *spec* is not ``MODULE:CALLABLE``, the module
+        cannot be imported, or the attribute is missing or not callable
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"expected MODULE:CALLABLE, not {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        target: typing.Any = importlib.import_module(module_name)
+    except Exception as error:
+        raise ValueError(
+            f"cannot import module {module_name!r}: {type(error).__name__}: {error}"
+        ) from error
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(
+                f"module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    if not callable(target):
+        raise ValueError(f"{spec} is not callable")
+    return typing.cast(typing.Callable[..., typing.Any], target)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="divak", description="Run Tornado services built with divak."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser(
+        "run",
+        help="serve an application until SIGTERM/SIGINT",
+        description=(
+            "Serve the application that MODULE:CALLABLE builds, with "
+            "divak.run.  Environment: PORT, DEBUG, LOG_FORMAT, and whatever "
+            "the application reads."
+        ),
+    )
+    run_parser.add_argument(
+        "factory", metavar="MODULE:CALLABLE", help="the application factory"
+    )
+    run_parser.add_argument(
+        "--port", type=int, help="TCP port (overrides PORT and the env file)"
+    )
+    run_parser.add_argument(
+        "--env-file",
+        metavar="FILE",
+        help="read NAME=VALUE lines into the environment first",
+    )
+    run_parser.add_argument(
+        "--debug", action="store_true", help="debug mode: autoreload, DEBUG logs"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``divak`` console script.
+
+    :param argv: the arguments without the program name; default
+        :data:`sys.argv`
+    :returns: the exit status, 0 after a graceful stop
+    :raises SystemExit: with status 2 for usage errors (message on
+        standard error), or the status :func:`divak.run` exits with
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.env_file is not None:
+        try:
+            apply_env(read_env_file(args.env_file))
+        except EnvFileError as error:
+            parser.exit(EXIT_USAGE, f"divak: error: {error}\n")
+    if args.port is not None:
+        os.environ["PORT"] = str(args.port)
+    if args.debug:
+        os.environ["DEBUG"] = "1"
+    try:
+        factory = load_factory(args.factory)
+    except ValueError as error:
+        parser.exit(EXIT_USAGE, f"divak: error: {error}\n")
+
+    from divak.runner import run
+
+    run(factory)
+    return 0

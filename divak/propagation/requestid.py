@@ -1,0 +1,93 @@
+"""A correlation id header: ``Request-Id``, ``Correlation-ID``, ..."""
+
+from __future__ import annotations
+
+import logging
+import typing
+import uuid
+
+from opentelemetry.context import Context, set_value
+from opentelemetry.propagators import textmap
+
+from divak.propagation._common import (
+    REQUEST_ID_KEY,
+    _first,
+    get_request_id,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _valid_request_id(value: str | None, max_length: int) -> bool:
+    if not value or len(value) > max_length:
+        return False
+    return all("!" <= ch <= "~" for ch in value)
+
+
+class RequestIdPropagation(textmap.TextMapPropagator):
+    """A correlation id header, taken from the request or made up.
+
+    The incoming header is accepted when it is 1 to *max_length* visible
+    ASCII characters (``!`` to ``~``: no spaces, no control characters,
+    so no CR or LF); otherwise *value_factory* makes a new one (an invalid
+    value is logged at DEBUG and never echoed).  The id is echoed on every
+    response (errors and 404s included), written into every log record as
+    ``divak_request_id``, set on the server span as the ``divak.request_id``
+    attribute, and sent on every outgoing request.
+
+    :param header_name: the header to read, echo and send; divak-tornado
+        uses ``Request-Id``, sprockets.mixins.correlation ``Correlation-ID``
+    :param value_factory: callable returning a new id; its :func:`str` is
+        used.  :data:`None` disables generation: requests without a valid
+        header then have no id.
+    :param max_length: longest accepted id, in characters
+    """
+
+    def __init__(
+        self,
+        header_name: str = "Request-Id",
+        value_factory: typing.Callable[[], typing.Any] | None = uuid.uuid4,
+        *,
+        max_length: int = 128,
+    ) -> None:
+        self.header_name = header_name
+        self.value_factory = value_factory
+        self.max_length = max_length
+
+    def extract(
+        self,
+        carrier: textmap.CarrierT,
+        context: Context | None = None,
+        getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter,
+    ) -> Context:
+        """Return *context* with the request's correlation id added."""
+        value = _first(getter.get(carrier, self.header_name))
+        if not _valid_request_id(value, self.max_length):
+            if value is not None:
+                logger.debug(
+                    "ignoring invalid %s header of %d characters",
+                    self.header_name,
+                    len(value),
+                )
+            value = None
+            if self.value_factory is not None:
+                value = str(self.value_factory())
+        if value is None:
+            return context if context is not None else Context()
+        return set_value(REQUEST_ID_KEY, value, context)
+
+    def inject(
+        self,
+        carrier: textmap.CarrierT,
+        context: Context | None = None,
+        setter: textmap.Setter[textmap.CarrierT] = textmap.default_setter,
+    ) -> None:
+        """Write the correlation id of *context* (default: current)."""
+        value = get_request_id(context)
+        if value is not None:
+            setter.set(carrier, self.header_name, value)
+
+    @property
+    def fields(self) -> set[str]:
+        """The header name this propagator writes."""
+        return {self.header_name}

@@ -1,0 +1,246 @@
+"""divak.Application: callbacks, readiness, Server header; Runner in process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import typing
+
+from opentelemetry.trace import SpanKind
+from tornado import httpclient, ioloop, netutil, web
+
+import divak
+from divak.testing import SpanRecorder
+from tests.conftest import free_port, listen, run
+
+
+class Traced(divak.Recorder, divak.Application):
+    pass
+
+
+class Hello(divak.RequestTracker, web.RequestHandler):
+    def get(self) -> None:
+        self.write("hello")
+
+
+def make_app(**settings: typing.Any) -> Traced:
+    return Traced([(r"/hello", Hello), (r"/status", divak.StatusHandler)], **settings)
+
+
+async def fetch(port: int, path: str) -> httpclient.HTTPResponse:
+    client = httpclient.AsyncHTTPClient()
+    return await client.fetch(f"http://127.0.0.1:{port}{path}", raise_error=False)
+
+
+def test_status_follows_readiness() -> None:
+    async def scenario() -> list[tuple[int, dict[str, str], str | None]]:
+        app = make_app()
+        port = listen(app)
+        seen = []
+        for step in ("starting", "ready", "draining"):
+            if step == "ready":
+                app.ready_to_serve.set()
+            if step == "draining":
+                app.draining = True
+                app.ready_to_serve.clear()
+            response = await fetch(port, "/status")
+            seen.append(
+                (
+                    response.code,
+                    json.loads(response.body),
+                    response.headers.get("Retry-After"),
+                )
+            )
+        return seen
+
+    assert run(scenario()) == [
+        (503, {"status": "starting"}, "5"),
+        (200, {"status": "ok"}, None),
+        (503, {"status": "draining"}, "5"),
+    ]
+
+
+def test_status_handler_in_a_plain_application() -> None:
+    async def scenario() -> int:
+        port = listen(web.Application([(r"/status", divak.StatusHandler)]))
+        return (await fetch(port, "/status")).code
+
+    assert run(scenario()) == 200
+
+
+def server_header(**settings: typing.Any) -> str | None:
+    async def scenario() -> str | None:
+        port = listen(make_app(**settings))
+        return (await fetch(port, "/hello")).headers.get("Server")
+
+    return run(scenario())
+
+
+def test_server_header() -> None:
+    assert server_header(service="greeter", version="1.2.3") == "greeter/1.2.3"
+    assert server_header(service="greeter") == "greeter"
+    assert server_header() is None  # Tornado's own header is removed too
+    assert server_header(service="greeter", server_header=None) is None
+    assert server_header(server_header="edge/7") == "edge/7"
+
+
+def test_start_runs_before_run_then_spawns_on_start() -> None:
+    calls: list[tuple[str, typing.Any, typing.Any]] = []
+
+    async def on_start(app: web.Application, io_loop: ioloop.IOLoop) -> None:
+        calls.append(("on_start", app, io_loop))
+
+    async def scenario() -> None:
+        app = make_app()
+        app.before_run_callbacks.append(
+            lambda a, loop: calls.append(("first", a, loop))
+        )
+        app.before_run_callbacks.append(
+            lambda a, loop: calls.append(("second", a, loop))
+        )
+        app.on_start_callbacks.append(on_start)
+        io_loop = ioloop.IOLoop.current()
+        app.start(io_loop)
+        assert [name for name, _, _ in calls] == ["first", "second"]
+        await asyncio.sleep(0.01)
+        assert [name for name, _, _ in calls] == ["first", "second", "on_start"]
+        assert all(a is app and loop is io_loop for _, a, loop in calls)
+
+    run(scenario())
+
+
+def test_before_run_exception_propagates(
+    log_records: list[logging.LogRecord],
+) -> None:
+    def fail(app: web.Application, io_loop: ioloop.IOLoop) -> None:
+        raise RuntimeError("no database")
+
+    async def scenario() -> None:
+        app = make_app()
+        app.before_run_callbacks.append(fail)
+        try:
+            app.start(ioloop.IOLoop.current())
+        except RuntimeError:
+            return
+        raise AssertionError("start did not raise")
+
+    run(scenario())
+    assert any("start cancelled" in r.getMessage() and r.exc_info for r in log_records)
+
+
+def test_shutdown_callbacks_are_bounded_and_never_fatal(
+    log_records: list[logging.LogRecord],
+) -> None:
+    finished: list[str] = []
+
+    def sync_failure(app: web.Application) -> None:
+        raise ValueError("sync failure")
+
+    async def async_failure(app: web.Application) -> None:
+        raise ValueError("async failure")
+
+    async def quick(app: web.Application) -> None:
+        await asyncio.sleep(0)
+        finished.append("quick")
+
+    async def forever(app: web.Application) -> None:
+        await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        app = make_app()
+        app.on_shutdown_callbacks.extend(
+            [
+                sync_failure,
+                async_failure,
+                quick,
+                forever,
+                lambda a: finished.append("s"),
+            ]
+        )
+        await asyncio.wait_for(app.run_shutdown_callbacks(0.2), timeout=10)
+
+    run(scenario())
+    assert sorted(finished) == ["quick", "s"]
+    messages = [r.getMessage() for r in log_records]
+    assert any("did not finish within 0.2s" in m for m in messages)
+    errors = [r for r in log_records if r.levelno == logging.ERROR and r.exc_info]
+    assert {str(r.exc_info[1]) for r in errors} == {"sync failure", "async failure"}
+
+
+def test_stop_runs_callbacks_then_stops_the_loop() -> None:
+    """sprockets.http's ``stop(io_loop, shutdown_limit, wait_timeout)``."""
+    done: list[bool] = []
+
+    async def callback(app: web.Application) -> None:
+        done.append(True)
+
+    io_loop = ioloop.IOLoop(make_current=False)
+    try:
+        app = make_app()
+        app.on_shutdown_callbacks.append(callback)
+        app.stop(io_loop, 1.0, 0.01)
+        io_loop.start()  # returns once the callbacks ran
+    finally:
+        io_loop.close()
+    assert done == [True]
+    assert app.draining and not app.ready_to_serve.is_set()
+
+
+def test_runner_serves_drains_and_flushes() -> None:
+    events: list[str] = []
+    spans = SpanRecorder()
+    sockets = netutil.bind_sockets(0, "127.0.0.1")
+    port = sockets[0].getsockname()[1]
+
+    async def scenario() -> None:
+        app = make_app(shutdown_limit=2)
+        app.add_divak_reporter(spans)
+        runner = divak.Runner(
+            app,
+            before_run=[lambda a, loop: events.append("before_run")],
+            on_start=[lambda a, loop: events.append("on_start")],
+            shutdown=[
+                lambda a: events.append(f"shutdown ready={a.ready_to_serve.is_set()}")
+            ],
+        )
+
+        async def client() -> None:
+            await asyncio.sleep(0)
+            assert (await fetch(port, "/status")).code == 200
+            assert (await fetch(port, "/hello")).body == b"hello"
+            events.append("served")
+            runner.stop()
+
+        task = asyncio.ensure_future(client())
+        await runner.serve(sockets)
+        await task
+
+    run(scenario())
+    assert events == ["before_run", "on_start", "served", "shutdown ready=False"]
+    assert spans.one("GET /hello", kind=SpanKind.SERVER).status.is_ok
+
+
+def test_runner_start_server_and_stop_server() -> None:
+    """sprockets.http's two-step API: start_server, then start the IOLoop."""
+    port = free_port()
+    events: list[str] = []
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        app = make_app(shutdown_limit=1)
+        app.on_shutdown_callbacks.append(lambda a: events.append("shutdown"))
+        runner = divak.Runner(app)
+        runner.start_server(port)
+
+        async def client() -> None:
+            events.append(str((await fetch(port, "/hello")).code))
+            runner.stop_server()
+
+        io_loop = ioloop.IOLoop.current()
+        io_loop.add_callback(client)
+        io_loop.start()  # returns after the drain
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    assert events == ["200", "shutdown"]

@@ -1,0 +1,310 @@
+"""divak.run in real subprocesses: start-up, graceful drain, signals, forking."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import typing
+
+import pytest
+
+from tests.conftest import ROOT, free_port, start_service
+from tests.zipkin_schema import validate_spans
+
+SERVICE = ["-m", "tests.services.lifecycle"]
+
+
+class Output:
+    """Collects a subprocess's output lines in a thread (the pipe never fills)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(process,))
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while sum(text in line for line in self.lines) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{text!r} not logged:\n{self.text}")
+                self._changed.wait(remaining)
+
+    @property
+    def text(self) -> str:
+        self._thread.join(0.5)
+        return "".join(self.lines)
+
+
+def service(
+    env: dict[str, str] | None = None, args: list[str] | None = None
+) -> tuple[subprocess.Popen[str], int, Output]:
+    process, port = start_service(
+        args or SERVICE, env={"SHUTDOWN_LIMIT": "5", **(env or {})}
+    )
+    return process, port, Output(process)
+
+
+def stop(process: subprocess.Popen[str], timeout: float = 20.0) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout)
+
+
+def send_request(port: int, path: str) -> socket.socket:
+    """Open a connection and send a GET for *path*; return the socket."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    return sock
+
+
+class _Unclosable(io.BytesIO):
+    def close(self) -> None:  # http.client closes it after each response
+        pass
+
+
+class _Received:
+    def __init__(self, data: bytes) -> None:
+        self.buffer = _Unclosable(data)
+
+    def makefile(self, *args: typing.Any, **kwargs: typing.Any) -> io.BytesIO:
+        return self.buffer
+
+
+def read_responses(sock: socket.socket) -> list[http.client.HTTPResponse]:
+    """Read everything until the server closes *sock*; parse the responses."""
+    chunks = []
+    with sock:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    data = b"".join(chunks)
+    received = _Received(data)
+    responses = []
+    while received.buffer.tell() < len(data):
+        response = http.client.HTTPResponse(received)  # type: ignore[arg-type]
+        response.begin()
+        response.body = response.read()  # type: ignore[attr-defined]
+        responses.append(response)
+    return responses
+
+
+def test_sigterm_drains_requests_in_flight(collector: typing.Any) -> None:
+    process, port, output = service({"COLLECTOR_URL": collector.url})
+    slow = [send_request(port, "/slow?delay=1.5") for _ in range(20)]
+    # A /status request pipelined behind a slow one arrives before SIGTERM
+    # but is read during the drain.
+    pipelined = socket.create_connection(("127.0.0.1", port), timeout=30)
+    pipelined.sendall(
+        b"GET /slow?delay=1.5 HTTP/1.1\r\nHost: test\r\n\r\n"
+        b"GET /status HTTP/1.1\r\nHost: test\r\n\r\n"
+    )
+    output.wait_for("slow request started", count=21)
+    process.send_signal(signal.SIGTERM)
+    output.wait_for("draining: not accepting")
+
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+
+    with concurrent.futures.ThreadPoolExecutor(21) as pool:
+        results = list(pool.map(read_responses, [*slow, pipelined]))
+    assert process.wait(20) == 0, output.text
+
+    for responses in results[:20]:
+        assert [r.status for r in responses] == [200]
+        assert responses[0].getheader("Connection") == "close"
+    first, status = results[20]
+    assert first.status == 200
+    assert status.status == 503
+    assert status.getheader("Retry-After")
+    assert json.loads(status.body) == {"status": "draining"}  # type: ignore[attr-defined]
+
+    spans = collector.wait_for(
+        lambda spans: sum(s["name"] == "GET /slow" for s in spans) == 21
+    )
+    validate_spans(spans)
+    assert any(
+        s.get("tags", {}).get("http.response.status_code") == "503" for s in spans
+    )
+
+
+def test_idle_keep_alive_connection_does_not_delay_exit() -> None:
+    process, port, output = service({"SHUTDOWN_LIMIT": "30"})
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    idle.request("GET", "/status")
+    response = idle.getresponse()
+    response.read()
+    assert response.status == 200
+    assert not response.will_close
+    # Exits long before the 30 s shutdown limit.
+    assert stop(process, timeout=10) == 0, output.text
+    assert idle.sock is not None
+    assert idle.sock.recv(1) == b""  # the server closed the idle connection
+
+
+def test_shutdown_callback_that_never_finishes_is_cut_off() -> None:
+    process, port, output = service({"HANG_ON_SHUTDOWN": "1", "SHUTDOWN_LIMIT": "0.5"})
+    assert stop(process) == 0, output.text
+    assert "shutdown callback hangs" in output.text
+    assert "did not finish within 0.5s" in output.text
+
+
+def test_second_signal_forces_exit() -> None:
+    process, port, output = service({"SHUTDOWN_LIMIT": "60"})
+    pending = send_request(port, "/slow?delay=60")
+    output.wait_for("slow request started")
+    process.send_signal(signal.SIGTERM)
+    output.wait_for("draining: not accepting")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(10) == 1
+    assert "second SIGINT, exiting now" in output.text
+    pending.close()
+
+
+def test_before_run_failure_exits_non_zero() -> None:
+    result = subprocess.run(
+        [sys.executable, *SERVICE],
+        cwd=ROOT,
+        env={**os.environ, "FAIL_BEFORE_RUN": "1", "PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 70
+    assert "RuntimeError: database unreachable" in result.stdout
+    assert "application failed to start" in result.stdout
+
+
+def test_debug_true_from_environment() -> None:
+    process, port, output = service({"DEBUG": "true"})
+    output.wait_for("debug logging is on")
+    assert stop(process) == 0, output.text
+
+
+def test_json_log_format() -> None:
+    process, port, output = service({"LOG_FORMAT": "json"})
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/slow?delay=0", headers={"Request-Id": "abc"})
+    connection.getresponse().read()
+    connection.close()
+    assert stop(process) == 0, output.text
+    records = [json.loads(line) for line in output.text.splitlines()]
+    access = [r for r in records if r["logger"] == "tornado.access"]
+    assert access and access[-1]["level"] == "INFO"
+    assert len(access[-1]["otelTraceID"]) == 32
+    assert {"time", "message", "divak_request_id"} <= access[-1].keys()
+
+
+def test_restart_on_the_same_port_right_after_stop() -> None:
+    process, port, output = service()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/status")
+    connection.getresponse().read()
+    assert stop(process) == 0, output.text
+    again, _ = start_service(SERVICE, port=port)  # no "Address already in use"
+    assert stop(again) == 0
+
+
+def test_number_of_procs_2_forks_after_binding(collector: typing.Any) -> None:
+    process, port, output = service(
+        {"NUMBER_OF_PROCS": "2", "COLLECTOR_URL": collector.url}
+    )
+    output.wait_for("serving on port", count=2)
+
+    def blocking_request(_: int) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/block?delay=0.05")
+        body = json.loads(connection.getresponse().read())
+        connection.close()
+        return int(body["pid"])
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        pids = set(pool.map(blocking_request, range(40)))
+    assert len(pids) == 2 and process.pid not in pids
+
+    assert stop(process) == 0, output.text
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or _is_zombie_free(pid)
+    assert output.text.count("stopped after") == 2
+    spans = collector.wait_for(
+        lambda spans: (
+            {
+                s.get("tags", {}).get("process.pid")
+                for s in spans
+                if s["name"] == "GET /block"
+            }
+            >= {str(pid) for pid in pids}
+        )
+    )
+    validate_spans(spans)
+
+
+def _is_zombie_free(pid: int) -> bool:
+    # The pid may already be reused by an unrelated process; ours is gone.
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"tests.services.lifecycle" not in cmdline.read()
+    except OSError:
+        return True
+
+
+def test_child_start_failure_stops_the_parent() -> None:
+    result = subprocess.run(
+        [sys.executable, *SERVICE],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "FAIL_BEFORE_RUN": "1",
+            "NUMBER_OF_PROCS": "2",
+            "PORT": str(free_port()),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 70, result.stdout
+    assert "exited with status 70" in result.stdout
+
+
+def test_second_signal_to_the_parent_forces_the_children_out() -> None:
+    process, port, output = service({"NUMBER_OF_PROCS": "2", "SHUTDOWN_LIMIT": "60"})
+    output.wait_for("serving on port", count=2)
+    pending = send_request(port, "/slow?delay=60")
+    output.wait_for("slow request started")
+    process.send_signal(signal.SIGTERM)
+    output.wait_for("draining: not accepting", count=2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 1, output.text
+    assert "second SIGTERM, exiting now" in output.text
+    pending.close()
+
+
+def test_a_collector_that_hangs_does_not_delay_exit() -> None:
+    # A collector that accepts connections (in the kernel) but never answers.
+    with socket.create_server(("127.0.0.1", 0)) as hanging:
+        url = f"http://127.0.0.1:{hanging.getsockname()[1]}/api/v2"
+        process, port, output = service({"COLLECTOR_URL": url, "SHUTDOWN_LIMIT": "0.5"})
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/slow?delay=0")
+        assert connection.getresponse().status == 200
+        connection.close()
+        # The reporter waits 5 s for each upload; the exit does not.
+        assert stop(process, timeout=4) == 0, output.text
+    assert "spans not flushed within 0.5s" in output.text
