@@ -89,10 +89,26 @@ def divak_app(zipkin: str, probability: float) -> web.Application:
     return Application()
 
 
+def peak_rss_kib() -> int:
+    """This process's peak RSS.
+
+    ``VmHWM`` rather than ``ru_maxrss``: the latter survives ``exec`` and
+    so starts at the RSS of the forked benchmark driver.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def stats(app: typing.Any) -> dict[str, typing.Any]:
     out: dict[str, typing.Any] = {
         "served": served,
-        "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "maxrss_kib": peak_rss_kib(),
     }
     for queue in getattr(app, "divak_span_queues", ()):
         for name in ("dropped_spans", "failed_spans", "exported_spans"):

@@ -452,6 +452,7 @@ class SpanQueue(SpanProcessor):
     :param schedule_delay: seconds between uploads when less than a batch
         waits; default ``OTEL_BSP_SCHEDULE_DELAY`` (milliseconds), else 1 s
     :param summary_interval: seconds between drop summaries
+    :raises ValueError: when a size is smaller than 1
 
     .. attribute:: dropped_spans
 

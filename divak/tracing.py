@@ -64,7 +64,12 @@ class RequestContext:
     .. attribute:: context
 
        The OpenTelemetry context that is current while the handler runs:
-       :attr:`parent` plus :attr:`span` plus this object.
+       :attr:`parent` plus :attr:`span` plus this object.  Set back to
+       :data:`None` once the request finished and its span ended: the
+       context refers to this object, and dropping the reference lets
+       reference counting free both at once instead of leaving the pair
+       to Python's cyclic garbage collector (which measurably costs
+       throughput and tail latency under load).
 
     .. attribute:: ended
 
@@ -541,6 +546,7 @@ class Recorder(web.Application):
                     )
         if own_span:
             self.divak_end_span(request_context, status)
+            request_context.context = None  # no reference cycle left
 
 
 class _Identity(web.OutputTransform):
@@ -743,6 +749,8 @@ class RequestTracker:
                 and otel_context.get_current() is request_context.context
             ):
                 otel_context.detach(token)  # type: ignore[arg-type]
+            if request_context.ended:
+                request_context.context = None  # no reference cycle left
 
     def on_connection_close(self) -> None:
         """End the span if the client went away first; chain to ``super()``.

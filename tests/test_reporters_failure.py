@@ -288,3 +288,27 @@ def test_otlp_reporter_sends_spans_and_survives_a_dead_collector(log_records):
     app.divak_shutdown()
     tracebacks = [r for r in log_records if r.exc_info and r.levelno >= logging.ERROR]
     assert not [r for r in tracebacks if r.name.startswith("divak")]
+
+
+def test_finished_requests_leave_no_reference_cycles(collector):
+    # A cycle per request would keep every span alive until the cyclic
+    # garbage collector runs: memory and tail latency grow under load.
+    import gc
+
+    from divak.tracing import RequestContext
+
+    app = App(divak.ZipkinReporter(collector.url))
+    serve(app, 10)  # warm up: routes, tracer, client
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        assert serve(app, 20) == [200] * 20
+        gc.collect()
+        leaked = [o for o in gc.garbage if isinstance(o, RequestContext)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert leaked == []
+    app.divak_shutdown()
