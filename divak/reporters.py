@@ -434,9 +434,12 @@ class SpanQueue(SpanProcessor):
       *schedule_delay* seconds, or as soon as a full batch waits, with
       OpenTelemetry's "suppress instrumentation" flag set so uploads are
       never traced;
-    * that thread logs one WARNING when dropping starts, then one summary
-      WARNING per *summary_interval* seconds while it continues, and one
-      INFO line when a whole interval passed without a drop.
+    * one WARNING is logged when dropping starts (by the first dropped
+      span, so even while the worker waits on a dead collector), then the
+      worker logs one summary WARNING per *summary_interval* seconds while
+      dropping continues (between uploads, so an upload in progress may
+      delay it) and one INFO line when a whole interval passed without a
+      drop.
 
     :class:`divak.Recorder` puts one in front of every reporter.  Memory is
     bounded by *max_queue_size* finished spans plus the batch being sent.
@@ -500,6 +503,7 @@ class SpanQueue(SpanProcessor):
         self._busy = False
         self._dropping_since: float | None = None
         self._reported = 0
+        self._announced = False
         self._pid = os.getpid()
         self._thread: threading.Thread | None = None
         self._start()
@@ -541,6 +545,14 @@ class SpanQueue(SpanProcessor):
         if len(queue) >= self.max_queue_size:
             with self._lock:
                 self.dropped_spans += 1
+                announce = not self._announced
+                self._announced = True
+            if announce:  # once per episode, not per span
+                logger.warning(
+                    "span queue of %r is full (%d spans): dropping spans until"
+                    " the reporter catches up; a summary follows every %g s",
+                    self.reporter, self.max_queue_size, self.summary_interval,
+                )
             return
         queue.append(span)
         if len(queue) >= self.max_batch_size:
@@ -562,13 +574,8 @@ class SpanQueue(SpanProcessor):
         dropped = self.dropped_spans
         now = time.monotonic()
         if self._dropping_since is None:
-            if dropped > self._reported:
-                logger.warning(
-                    "span queue of %r is full (%d spans): dropping spans until"
-                    " the reporter catches up; a summary follows every %g s",
-                    self.reporter, self.max_queue_size, self.summary_interval,
-                )
-                self._dropping_since, self._reported = now, dropped
+            if dropped > self._reported:  # announced by on_end
+                self._dropping_since = now
         elif final or now - self._dropping_since >= self.summary_interval:
             if dropped > self._reported:
                 logger.warning(
@@ -583,6 +590,8 @@ class SpanQueue(SpanProcessor):
                     self.reporter, dropped,
                 )
                 self._dropping_since = None
+                with self._lock:
+                    self._announced = False
 
     def _export(self) -> None:
         queue = self._queue
