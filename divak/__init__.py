@@ -3,8 +3,8 @@
 Handler side: :class:`RequestTracker`, :class:`Logger`,
 :class:`HttpClientMixin`.  Application side: :class:`Recorder`,
 :class:`ProbabilisticSampler`, :class:`Application`.  Reporters:
-:class:`ZipkinReporter`, :class:`OTLPReporter`, :class:`LoggingReporter`.  Propagators:
-:class:`TraceContextPropagation`, :class:`ZipkinPropagation`,
+:class:`ZipkinReporter`, :class:`OTLPReporter`, :class:`LoggingReporter`.
+Propagators: :class:`TraceContextPropagation`, :class:`ZipkinPropagation`,
 :class:`RequestIdPropagation`, :class:`BaggagePropagation`.  And :func:`run`.
 
 Importing divak installs its log record factory, so every log record has
