@@ -247,7 +247,6 @@ class ZipkinReporter(ZipkinExporter):
             url += "/spans"
         session = requests.Session()
         session.headers["b3"] = "0"
-        session.trust_env = False  # no proxy or netrc look-up per upload
         super().__init__(endpoint=url, timeout=timeout, session=session)  # type: ignore[arg-type]
         self.encoder = ZipkinV2Encoder(self.encoder.max_tag_value_length)
         self.url = url
