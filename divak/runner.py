@@ -314,11 +314,12 @@ class Runner:
     async def flush_spans(self) -> None:
         """Flush and shut down the application's reporters, off the IOLoop.
 
-        Runs :meth:`divak.Recorder.divak_force_flush` and
-        :meth:`divak.Recorder.divak_shutdown` in a separate thread, bounded
-        by :attr:`shutdown_limit` seconds; spans still queued then are lost
-        (and a warning is logged).  Does nothing for applications that are
-        not a :class:`divak.Recorder`.
+        Runs :meth:`divak.Recorder.divak_shutdown` in a separate thread,
+        bounded by :attr:`shutdown_limit` seconds: every queued span gets
+        one upload attempt, without the retries a running service makes, so
+        a collector that is down does not hold the exit up.  Spans still
+        queued at the limit are lost (and a warning is logged).  Does
+        nothing for applications that are not a :class:`divak.Recorder`.
         """
         app = self.application
         if getattr(app, "divak_shutdown", None) is None:
@@ -333,8 +334,6 @@ class Runner:
 
         def work() -> None:
             try:
-                if not app.divak_force_flush(limit):  # type: ignore[attr-defined]
-                    logger.warning("spans not exported within %.1fs", limit)
                 app.divak_shutdown()  # type: ignore[attr-defined]
             except Exception:  # pragma: no cover - defensive
                 logger.exception("flushing spans failed")

@@ -200,7 +200,7 @@ def test_deadline_holds_while_the_server_keeps_failing():
     response, log, elapsed = run(scenario())
     assert response.code == 503
     assert len(log["k"]) > 1
-    assert elapsed < 5  # 1 s deadline, generous margin
+    assert elapsed < 10  # 1 s deadline; a million retries would take far longer
 
 
 def test_deadline_cuts_a_hanging_attempt():

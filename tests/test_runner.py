@@ -308,3 +308,19 @@ def test_a_collector_that_hangs_does_not_delay_exit() -> None:
         # The reporter waits 5 s for each upload; the exit does not.
         assert stop(process, timeout=4) == 0, output.text
     assert "spans not flushed within 0.5s" in output.text
+
+
+def test_a_collector_that_is_down_does_not_delay_exit() -> None:
+    # Nothing listens there: uploads fail at once, and at shutdown they are
+    # tried once, not retried for the whole shutdown limit.
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}/api/v2"
+    process, port, output = service({"COLLECTOR_URL": url, "SHUTDOWN_LIMIT": "30"})
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/slow?delay=0")
+    assert connection.getresponse().status == 200
+    connection.close()
+    # Retrying would take the reporter's 10 s retry window.
+    assert stop(process, timeout=6) == 0, output.text
+    assert "spans not flushed" not in output.text
