@@ -511,7 +511,8 @@ class Recorder(web.Application):
         ``divak_request_id`` attributes, which divak's default log format
         prints on every line.  For a handler that
         does not mix in :class:`RequestTracker`, the request's SERVER span
-        is started and ended here.
+        is started and ended here, named after its route when it has one
+        (``GET /status``), else after the method alone.
         """
         status = handler.get_status()
         request = handler.request
@@ -522,7 +523,7 @@ class Recorder(web.Application):
             request_context = self.divak_request_context(request)
             own_span = request_context.span is None
             if own_span:
-                self.divak_start_span(request)
+                self.divak_start_span(request, self.divak_route(handler))
         if "log_function" in self.settings:
             self.settings["log_function"](handler)
         else:

@@ -621,3 +621,18 @@ def test_connection_failure_marks_the_client_span() -> None:
     assert client.status.status_code is trace.StatusCode.ERROR
     assert client.attributes["error.type"] == "ConnectionRefusedError"
     assert "http.response.status_code" not in client.attributes
+
+
+def test_handlers_without_the_tracker_get_a_route_named_span() -> None:
+    recorder = SpanRecorder()
+
+    async def scenario():
+        app = divak.Recorder([(r"/status", divak.StatusHandler)])
+        app.add_divak_reporter(recorder)
+        assert (await _fetch(listen(app), "/status")).code == 200
+        await flush(app)
+
+    run(scenario())
+    (span,) = recorder.spans
+    assert span.name == "GET /status"
+    assert span.attributes["http.route"] == "/status"
