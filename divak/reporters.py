@@ -2,7 +2,8 @@
 
 A reporter is an OpenTelemetry
 :class:`~opentelemetry.sdk.trace.export.SpanExporter`.  An application runs
-each of its reporters behind its own :class:`SpanQueue`, a bounded queue
+each of its reporters behind its own :class:`~divak.export.SpanQueue`, a
+bounded queue
 with a background thread, so exporting never happens on the IOLoop and a
 slow or dead collector costs the service nothing but the spans it drops
 (counted and reported).  Any OpenTelemetry exporter can be added as a
@@ -11,7 +12,6 @@ reporter, too.
 
 from __future__ import annotations
 
-import collections
 import functools
 import ipaddress
 import logging
@@ -19,22 +19,21 @@ import os
 import threading
 import time
 import typing
-import weakref
 
 import requests
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.exporter.zipkin.json.v2 import JsonV2Encoder
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
+
+from divak.export import describe_error
 
 __all__ = [
     "B3_DEBUG_ATTRIBUTE",
     "LoggingReporter",
     "OTLPReporter",
-    "SpanQueue",
     "ZipkinReporter",
 ]
 
@@ -280,9 +279,9 @@ class ZipkinReporter(ZipkinExporter):
             try:
                 response = self.session.post(self.url, data=body, timeout=self.timeout)
             except requests.ConnectionError as error:
-                retry, problem = True, _one_line(error)
+                retry, problem = True, describe_error(error)
             except requests.RequestException as error:
-                problem = _one_line(error)
+                problem = describe_error(error)
             else:
                 if response.status_code < 300:
                     return self._count(spans, SpanExportResult.SUCCESS)
@@ -294,7 +293,9 @@ class ZipkinReporter(ZipkinExporter):
                 or self._stop_retrying.wait(delay)
             ):
                 self._complain(
-                    "cannot send %d spans to Zipkin at %s: %s", len(spans), self.url,
+                    "cannot send %d spans to Zipkin at %s: %s",
+                    len(spans),
+                    self.url,
                     problem,
                 )
                 return self._count(spans, SpanExportResult.FAILURE)
@@ -323,16 +324,6 @@ class ZipkinReporter(ZipkinExporter):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
-
-
-def _one_line(error: BaseException) -> str:
-    # requests nests the urllib3 error, which nests the socket error: keep
-    # the innermost reason, on one line.
-    reason: BaseException = error
-    while reason.args and isinstance(reason.args[0], BaseException):
-        reason = reason.args[0]
-    reason = getattr(reason, "reason", reason) or reason
-    return " ".join(f"{type(reason).__name__}: {reason}".split())
 
 
 class OTLPReporter(SpanExporter):
@@ -386,8 +377,10 @@ class OTLPReporter(SpanExporter):
             result = self.exporter.export(spans)
         except Exception as error:  # noqa: BLE001 - export must never raise
             self._complain(
-                "cannot send %d spans to %s: %s", len(spans), self.endpoint,
-                _one_line(error),
+                "cannot send %d spans to %s: %s",
+                len(spans),
+                self.endpoint,
+                describe_error(error),
             )
             result = SpanExportResult.FAILURE
         with self._lock:
@@ -407,258 +400,6 @@ class OTLPReporter(SpanExporter):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.endpoint!r})"
-
-
-def _env_number(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    try:
-        return int(value) if value else default
-    except ValueError:
-        logger.warning("ignoring %s=%r: not an integer", name, value)
-        return default
-
-
-class SpanQueue(SpanProcessor):
-    """A bounded span queue in front of one reporter, with its own thread.
-
-    The OpenTelemetry SDK's ``BatchSpanProcessor`` does the same job but,
-    when its queue is full, builds a log record for every dropped span on
-    the thread that ended the span (the IOLoop) and counts nothing.  This
-    processor keeps the IOLoop's share to an append:
-
-    * :meth:`on_end` appends a sampled span to a :class:`collections.deque`
-      or, when *max_queue_size* spans are waiting, counts it as dropped;
-      nothing else happens on the calling thread;
-    * a daemon thread uploads batches of up to *max_batch_size* spans every
-      *schedule_delay* seconds, or as soon as a full batch waits, with
-      OpenTelemetry's "suppress instrumentation" flag set so uploads are
-      never traced;
-    * one WARNING is logged when dropping starts (by the first dropped
-      span, so even while the worker waits on a dead collector), then the
-      worker logs one summary WARNING per *summary_interval* seconds while
-      dropping continues (between uploads, so an upload in progress may
-      delay it) and one INFO line when a whole interval passed without a
-      drop.
-
-    :class:`divak.Recorder` puts one in front of every reporter.  Memory is
-    bounded by *max_queue_size* finished spans plus the batch being sent.
-
-    The sizes default to OpenTelemetry's batch processor environment
-    variables, so existing deployments keep their tuning.
-
-    :param reporter: the :class:`~opentelemetry.sdk.trace.export.SpanExporter`
-    :param max_queue_size: spans that may wait, more are dropped; default
-        ``OTEL_BSP_MAX_QUEUE_SIZE``, else 2048
-    :param max_batch_size: spans per upload; default
-        ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, else 512
-    :param schedule_delay: seconds between uploads when less than a batch
-        waits; default ``OTEL_BSP_SCHEDULE_DELAY`` (milliseconds), else 1 s
-    :param summary_interval: seconds between drop summaries
-    :raises ValueError: when a size is smaller than 1
-
-    .. attribute:: dropped_spans
-
-       Spans dropped because the queue was full (:class:`int`).
-
-    .. attribute:: failed_spans
-
-       Spans the reporter could not deliver (:class:`int`).
-
-    .. attribute:: exported_spans
-
-       Spans the reporter delivered (:class:`int`).
-    """
-
-    def __init__(
-        self,
-        reporter: SpanExporter,
-        *,
-        max_queue_size: int | None = None,
-        max_batch_size: int | None = None,
-        schedule_delay: float | None = None,
-        summary_interval: float = 60.0,
-    ) -> None:
-        if max_queue_size is None:
-            max_queue_size = _env_number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
-        if max_batch_size is None:
-            max_batch_size = _env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
-        if schedule_delay is None:
-            schedule_delay = _env_number("OTEL_BSP_SCHEDULE_DELAY", 1000) / 1000
-        if max_queue_size < 1 or max_batch_size < 1:
-            raise ValueError("queue and batch sizes must be positive")
-        self.reporter = reporter
-        self.max_queue_size = max_queue_size
-        self.max_batch_size = min(max_batch_size, max_queue_size)
-        self.schedule_delay = schedule_delay
-        self.summary_interval = summary_interval
-        self.dropped_spans = 0
-        self.failed_spans = 0
-        self.exported_spans = 0
-        self._queue: collections.deque[ReadableSpan] = collections.deque()
-        self._wake = threading.Event()
-        self._idle = threading.Condition()
-        self._lock = threading.Lock()
-        self._stopping = False
-        self._busy = False
-        self._dropping_since: float | None = None
-        self._reported = 0
-        self._announced = False
-        self._pid = os.getpid()
-        self._thread: threading.Thread | None = None
-        self._start()
-        if hasattr(os, "register_at_fork"):
-            after_fork = weakref.WeakMethod(self._after_fork)
-            os.register_at_fork(
-                after_in_child=lambda: (method := after_fork()) and method()
-            )
-
-    def _start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._work, name=f"divak-spans-{self.reporter!r}", daemon=True
-        )
-        self._thread.start()
-
-    def _after_fork(self) -> None:
-        # The parent's spans belong to the parent; the child gets a worker.
-        self._queue.clear()
-        self._wake = threading.Event()
-        self._idle = threading.Condition()
-        self._lock = threading.Lock()
-        self._busy = False
-        self._pid = os.getpid()
-        if not self._stopping:
-            self._start()
-
-    # -- called by the SDK on the thread that ends a span ------------------
-    def on_start(
-        self, span: typing.Any, parent_context: otel_context.Context | None = None
-    ) -> None:
-        """Nothing to do when a span starts."""
-
-    def on_end(self, span: ReadableSpan) -> None:
-        """Queue a sampled *span*, or count it as dropped when the queue is full."""
-        context = span.context
-        if context is None or not context.trace_flags.sampled or self._stopping:
-            return
-        queue = self._queue
-        if len(queue) >= self.max_queue_size:
-            with self._lock:
-                self.dropped_spans += 1
-                announce = not self._announced
-                self._announced = True
-            if announce:  # once per episode, not per span
-                logger.warning(
-                    "span queue of %r is full (%d spans): dropping spans until"
-                    " the reporter catches up; a summary follows every %g s",
-                    self.reporter, self.max_queue_size, self.summary_interval,
-                )
-            return
-        queue.append(span)
-        if len(queue) >= self.max_batch_size:
-            self._wake.set()
-
-    # -- the worker ---------------------------------------------------------
-    def _work(self) -> None:
-        while True:
-            self._wake.wait(self.schedule_delay)
-            self._wake.clear()
-            stopping = self._stopping
-            self._export()
-            self._report_drops(final=stopping)
-            if stopping:
-                return
-
-    def _report_drops(self, final: bool = False) -> None:
-        # Runs on the worker thread only: between batches and after waking.
-        dropped = self.dropped_spans
-        now = time.monotonic()
-        if self._dropping_since is None:
-            if dropped > self._reported:  # announced by on_end
-                self._dropping_since = now
-        elif final or now - self._dropping_since >= self.summary_interval:
-            if dropped > self._reported:
-                logger.warning(
-                    "dropped %d spans for %r in the last %.0f s (%d in total)",
-                    dropped - self._reported, self.reporter,
-                    now - self._dropping_since, dropped,
-                )
-                self._dropping_since, self._reported = now, dropped
-            else:
-                logger.info(
-                    "%r no longer drops spans (%d dropped in total)",
-                    self.reporter, dropped,
-                )
-                self._dropping_since = None
-                with self._lock:
-                    self._announced = False
-
-    def _export(self) -> None:
-        queue = self._queue
-        with self._idle:
-            self._busy = True
-        token = otel_context.attach(
-            otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
-        )
-        try:
-            while queue:
-                batch = [
-                    queue.popleft() for _ in range(min(len(queue), self.max_batch_size))
-                ]
-                try:
-                    result = self.reporter.export(batch)
-                except Exception as error:  # noqa: BLE001 - keep the worker alive
-                    logger.warning("%r failed: %s", self.reporter, _one_line(error))
-                    result = SpanExportResult.FAILURE
-                with self._lock:
-                    if result is SpanExportResult.SUCCESS:
-                        self.exported_spans += len(batch)
-                    else:
-                        self.failed_spans += len(batch)
-                self._report_drops()
-        finally:
-            otel_context.detach(token)
-            with self._idle:
-                self._busy = False
-                self._idle.notify_all()
-
-    # -- flush and shutdown -------------------------------------------------
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Wait until every span queued now was handed to the reporter.
-
-        :param timeout_millis: milliseconds to wait at most
-        :returns: :data:`False` when spans were still waiting at the deadline
-        """
-        deadline = time.monotonic() + timeout_millis / 1000
-        self._wake.set()
-        with self._idle:
-            while self._queue or self._busy:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._wake.set()
-                self._idle.wait(min(remaining, 0.05))
-        return True
-
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Send what is queued (no more retries), stop the thread, shut the reporter.
-
-        :param timeout: seconds to wait for the last uploads
-        """
-        if self._stopping:
-            return
-        self._stopping = True
-        stop_retrying = getattr(self.reporter, "stop_retrying", None)
-        if stop_retrying is not None:
-            stop_retrying()
-        self._wake.set()
-        if self._thread is not None and self._pid == os.getpid():
-            self._thread.join(timeout)
-        self.reporter.shutdown()
-
-    @property
-    def pending_spans(self) -> int:
-        """Spans waiting in the queue now."""
-        return len(self._queue)
 
 
 class LoggingReporter(SpanExporter):

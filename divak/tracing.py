@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httputil, log, routing, web
 
-from divak import headers, propagation, reporters, sampling
+from divak import export, headers, propagation, reporters, sampling
 from divak.logging import REQUEST_CONTEXT_KEY
 
 __all__ = ["Recorder", "RequestContext", "RequestTracker", "route_template"]
@@ -239,7 +239,7 @@ class Recorder(web.Application):
     * its own OpenTelemetry SDK ``TracerProvider`` (never the global one),
       created on first use, so two applications in one process never share
       spans, and a forked child builds its own;
-    * the reporters, each behind a bounded :class:`~divak.reporters.SpanQueue`
+    * the reporters, each behind a bounded :class:`~divak.export.SpanQueue`
       that counts the spans it drops (:attr:`divak_dropped_spans`);
     * the propagators (default: :class:`~divak.TraceContextPropagation`);
     * an access log line per request (:meth:`log_request`);
@@ -259,7 +259,7 @@ class Recorder(web.Application):
         self._divak_propagation: propagation.Propagation | None = None
         self._divak_provider: TracerProvider | None = None
         self._divak_tracer: trace.Tracer | None = None
-        self._divak_span_queues: list[reporters.SpanQueue] = []
+        self._divak_span_queues: list[export.SpanQueue] = []
         self._divak_service_name = ""
         self._divak_routes: dict[type, list[tuple[re.Pattern[str], str]]] = {}
         super().__init__(*args, **kwargs)
@@ -353,7 +353,7 @@ class Recorder(web.Application):
         provider.add_span_processor(_B3DebugMarker())
         span_reporters = self._divak_reporters or [_default_reporter()]
         for reporter in span_reporters:
-            queue = reporters.SpanQueue(reporter)
+            queue = export.SpanQueue(reporter)
             self._divak_span_queues.append(queue)
             provider.add_span_processor(queue)
         self._divak_service_name = str(resource.attributes.get(SERVICE_NAME, ""))
@@ -361,8 +361,8 @@ class Recorder(web.Application):
         self._divak_tracer = provider.get_tracer("divak", __version__)
 
     @property
-    def divak_span_queues(self) -> list[reporters.SpanQueue]:
-        """The :class:`~divak.reporters.SpanQueue` of each reporter.
+    def divak_span_queues(self) -> list[export.SpanQueue]:
+        """The :class:`~divak.export.SpanQueue` of each reporter.
 
         Empty until tracing started (the first request).
         """

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from tornado import httpclient, httpserver, netutil, web
 
 import divak
-from divak.reporters import SpanQueue
+from divak.export import SpanQueue
 from divak.testing import ZipkinCollector
 from tests.conftest import free_port, listen, run
 
