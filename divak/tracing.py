@@ -11,6 +11,7 @@ outgoing headers all read it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -461,11 +462,7 @@ class Recorder(web.Application):
         method = request.method or "GET"
         known = method if method in _KNOWN_METHODS else "_OTHER"
         if name is None:
-            name = (
-                f"{known if known != '_OTHER' else 'HTTP'} {route}"
-                if route
-                else (known if known != "_OTHER" else "HTTP")
-            )
+            name = _span_name(known, route)
         start = time.time_ns() - int(request.request_time() * 1e9)
         span = self.divak_tracer.start_span(
             name, context=request_context.parent, kind=SpanKind.SERVER, start_time=start
@@ -578,6 +575,15 @@ class _CaptureResponseHeaders(web.OutputTransform):
         if span is not None and span.is_recording():
             span.set_attributes(self.captured.response_attributes(response_headers))
         return status_code, response_headers, chunk
+
+
+@functools.lru_cache(maxsize=1024)
+def _span_name(method: str, route: str | None) -> str:
+    """``"{METHOD} {route}"``, once per method and route (semantic conventions:
+    ``HTTP`` stands for a method outside the known set)."""
+    if method == "_OTHER":
+        method = "HTTP"
+    return f"{method} {route}" if route else method
 
 
 def _route_table(
