@@ -141,7 +141,7 @@ def main() -> int:
         print(f"   trace {trace_id}")
         print_tree(traces[trace_id])
         print("   log lines with this trace id:")
-        for line in logs:
+        for line in sorted(logs):  # lines start with their time
             if trace_id in line:
                 print("    " + line.rstrip())
         print()
