@@ -181,8 +181,15 @@ async def _logged(
 
 
 class _ServerHeader(web.OutputTransform):
-    def __init__(self, request: httputil.HTTPServerRequest, value: str | None) -> None:
-        self.value = value
+    """Set or remove the ``Server`` header; one instance per application."""
+
+    def __init__(self, settings: dict[str, typing.Any]) -> None:
+        self.settings = settings
+
+    def __call__(self, request: httputil.HTTPServerRequest) -> _ServerHeader:
+        # Tornado asks its transforms for a per-request object; this one
+        # keeps no per-request state, so it is its own.
+        return self
 
     def transform_first_chunk(
         self,
@@ -191,10 +198,11 @@ class _ServerHeader(web.OutputTransform):
         chunk: bytes,
         finishing: bool,
     ) -> tuple[int, httputil.HTTPHeaders, bytes]:
-        if self.value is None:
+        value = self.settings.get("server_header")
+        if value is None:
             headers.pop("Server", None)
         else:
-            headers["Server"] = self.value
+            headers["Server"] = value
         return status_code, headers, chunk
 
 
@@ -224,12 +232,7 @@ class Application(CallbackManager, web.Application):
             self.settings["server_header"] = (
                 f"{service}/{version}" if service and version else service or None
             )
-        self.add_transform(self._server_header_transform)  # type: ignore[arg-type]
-
-    def _server_header_transform(
-        self, request: httputil.HTTPServerRequest
-    ) -> web.OutputTransform:
-        return _ServerHeader(request, self.settings.get("server_header"))
+        self.add_transform(_ServerHeader(self.settings))  # type: ignore[arg-type]
 
 
 class StatusHandler(web.RequestHandler):

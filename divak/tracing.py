@@ -202,27 +202,6 @@ class _B3DebugMarker(SpanProcessor):
             span.set_attribute(reporters.B3_DEBUG_ATTRIBUTE, True)
 
 
-class _ResponseHeaders(web.OutputTransform):
-    """Echo the correlation id on every response, 404s and errors included."""
-
-    def __init__(self, request: httputil.HTTPServerRequest, header: str) -> None:
-        self.request = request
-        self.header = header
-
-    def transform_first_chunk(
-        self,
-        status_code: int,
-        headers: httputil.HTTPHeaders,
-        chunk: bytes,
-        finishing: bool,
-    ) -> tuple[int, httputil.HTTPHeaders, bytes]:
-        request_context = getattr(self.request, "divak_context", None)
-        if request_context is not None and request_context.request_id:
-            if self.header not in headers:
-                headers[self.header] = request_context.request_id
-        return status_code, headers, chunk
-
-
 class Recorder(web.Application):
     """Application mix-in that traces requests and exports the spans.
 
@@ -261,6 +240,7 @@ class Recorder(web.Application):
         self._divak_provider: TracerProvider | None = None
         self._divak_tracer: trace.Tracer | None = None
         self._divak_span_queues: list[export.SpanQueue] = []
+        self._divak_echo_headers: tuple[str, ...] = ()
         self._divak_service_name = ""
         self._divak_routes: dict[type, list[tuple[re.Pattern[str], str]]] = {}
         super().__init__(*args, **kwargs)
@@ -301,9 +281,8 @@ class Recorder(web.Application):
         self._divak_propagators.append(propagator)
         self._divak_propagation = None
         if isinstance(propagator, propagation.RequestIdPropagation):
-            self.add_transform(  # type: ignore[arg-type]
-                lambda request: _ResponseHeaders(request, propagator.header_name)
-            )
+            if propagator.header_name not in self._divak_echo_headers:
+                self._divak_echo_headers += (propagator.header_name,)
 
     def _divak_check_not_started(self) -> None:
         if self._divak_provider is not None:
@@ -424,8 +403,12 @@ class Recorder(web.Application):
         # Called by Tornado for every request, whatever handler serves it.
         request_context = self.divak_request_context(request)
         captured = headers.captured_headers(self)
-        if captured.response:
-            return _CaptureResponseHeaders(request_context, captured)
+        if self._divak_echo_headers or captured.response:
+            return _ResponseHeaders(
+                request_context,
+                self._divak_echo_headers,
+                captured if captured.response else None,
+            )
         return _IDENTITY
 
     def divak_route(self, handler: web.RequestHandler) -> str | None:
@@ -555,13 +538,22 @@ class _Identity(web.OutputTransform):
 _IDENTITY = _Identity()
 
 
-class _CaptureResponseHeaders(web.OutputTransform):
-    """Record the listed response headers on the request's span."""
+class _ResponseHeaders(web.OutputTransform):
+    """Per request: echo the correlation id, record the listed response headers.
+
+    Tornado runs it for every response, 404s and errors included.
+    """
+
+    __slots__ = ("request_context", "echo", "captured")
 
     def __init__(
-        self, request_context: RequestContext, captured: headers.CapturedHeaders
+        self,
+        request_context: RequestContext,
+        echo: tuple[str, ...],
+        captured: headers.CapturedHeaders | None,
     ) -> None:
         self.request_context = request_context
+        self.echo = echo
         self.captured = captured
 
     def transform_first_chunk(
@@ -571,9 +563,16 @@ class _CaptureResponseHeaders(web.OutputTransform):
         chunk: bytes,
         finishing: bool,
     ) -> tuple[int, httputil.HTTPHeaders, bytes]:
-        span = self.request_context.span
-        if span is not None and span.is_recording():
-            span.set_attributes(self.captured.response_attributes(response_headers))
+        request_id = self.request_context.request_id
+        if request_id:
+            for name in self.echo:
+                if name not in response_headers:
+                    response_headers[name] = request_id
+        if self.captured is not None:
+            span = self.request_context.span
+            if span is not None and span.is_recording():
+                attributes = self.captured.response_attributes(response_headers)
+                span.set_attributes(attributes)
         return status_code, response_headers, chunk
 
 
