@@ -23,7 +23,7 @@ from tornado import httputil, web
 
 from divak.handlers import Logger, _class_logger
 from divak.logging import REQUEST_CONTEXT_KEY
-from divak.tracing import RequestContext, RequestTracker, activated
+from divak.tracing import Recorder, RequestContext, RequestTracker, activated
 
 __all__ = ["ErrorLogger", "ErrorWriter", "LoggingHandler"]
 
@@ -72,9 +72,19 @@ def _standard_reason(status_code: int) -> str:
 
 
 def _request_context(handler: web.RequestHandler) -> RequestContext | None:
-    """The request's context: the tracker's (span started) or the application's."""
+    """The request's context, its span started.
+
+    For a handler without :class:`~divak.RequestTracker` in a
+    :class:`~divak.Recorder` application, the span starts here (the access
+    log line ends it), so the error's log record and document carry the
+    trace id too.
+    """
     if isinstance(handler, RequestTracker):
         return handler.divak_context
+    application = handler.application
+    if isinstance(application, Recorder):
+        route = application.divak_route(handler)
+        return application.divak_start_span(handler.request, route)
     return getattr(handler.request, "divak_context", None)
 
 

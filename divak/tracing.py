@@ -500,10 +500,9 @@ class Recorder(web.Application):
             request_context = handler.divak_context
             own_span = False
         else:
-            request_context = self.divak_request_context(request)
-            own_span = request_context.span is None
-            if own_span:
-                self.divak_start_span(request, self.divak_route(handler))
+            # Started here, or earlier by an error mix-in; ended here.
+            request_context = self.divak_start_span(request, self.divak_route(handler))
+            own_span = True
         if "log_function" in self.settings:
             self.settings["log_function"](handler)
         else:

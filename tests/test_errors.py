@@ -449,17 +449,25 @@ def test_content_mixin_picks_the_format_from_accept(
     assert document["trace_id"] == record.otelTraceID
 
 
-def test_without_request_tracker_the_request_id_still_flows(
+def test_without_request_tracker_the_ids_still_flow(
     log_records: list[logging.LogRecord],
 ) -> None:
-    response = serve(
-        "/http?status=400", headers={"Request-Id": "req-3"}, handler=Untracked
-    )
+    """A Recorder application starts the span for the error mix-ins."""
+    with ZipkinCollector() as collector:
+        response = serve(
+            "/http?status=400",
+            headers={"Request-Id": "req-3"},
+            handler=Untracked,
+            collector=collector,
+        )
+        (span,) = collector.wait_for(lambda spans: len(spans) >= 1)
     document = json.loads(response.body)
     assert document["request_id"] == "req-3"
-    assert document["trace_id"] is None
+    assert document["trace_id"] == span["traceId"]
+    assert span["tags"]["http.response.status_code"] == "400"
     record = only_error_record(log_records)
     assert record.divak_request_id == "req-3"
+    assert record.otelTraceID == span["traceId"]
 
 
 def test_plain_tornado_application() -> None:
