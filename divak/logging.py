@@ -61,12 +61,8 @@ def _add_ids(record: logging.LogRecord) -> None:
         return
     span_context = span.get_span_context()
     if span_context.is_valid:
-        if request is not None and span_context.span_id == request.span_id:
-            record.otelTraceID = request.trace_id_hex
-            record.otelSpanID = request.span_id_hex
-        else:
-            record.otelTraceID = trace.format_trace_id(span_context.trace_id)
-            record.otelSpanID = trace.format_span_id(span_context.span_id)
+        record.otelTraceID = trace.format_trace_id(span_context.trace_id)
+        record.otelSpanID = trace.format_span_id(span_context.span_id)
         record.otelTraceSampled = span_context.trace_flags.sampled
     else:
         record.otelTraceID = _INVALID_TRACE_ID

@@ -84,7 +84,6 @@ class RequestContext:
         "service_name",
         "span",
         "context",
-        "span_id",
         "trace_id_hex",
         "span_id_hex",
         "sampled",
@@ -99,7 +98,6 @@ class RequestContext:
         self.service_name = service_name
         self.span: trace.Span | None = None
         self.context: otel_context.Context | None = None
-        self.span_id = 0
         self.trace_id_hex: str | None = None
         self.span_id_hex: str | None = None
         self.sampled = False
@@ -126,7 +124,6 @@ class RequestContext:
         """Make *span* the request's server span and build :attr:`context`."""
         self.span = span
         span_context = span.get_span_context()
-        self.span_id = span_context.span_id
         self.trace_id_hex = trace.format_trace_id(span_context.trace_id)
         self.span_id_hex = trace.format_span_id(span_context.span_id)
         self.sampled = span_context.trace_flags.sampled

@@ -15,6 +15,17 @@ from divak.testing import SpanRecorder
 from .conftest import ROOT, flush, listen, run
 
 
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run *code* in a fresh interpreter, as a user's program would."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_records_have_the_attributes_from_import_on() -> None:
     """Before any application exists, format strings may use the ids."""
     code = (
@@ -23,13 +34,7 @@ def test_records_have_the_attributes_from_import_on() -> None:
         "%(otelTraceSampled)s|%(otelServiceName)s|%(divak_request_id)s] %(message)s')\n"
         "logging.getLogger('any').warning('outside')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _python(code)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "[0|0|False||] outside"
 
@@ -46,13 +51,7 @@ def test_record_factory_chains_the_previous_one() -> None:
         "logging.basicConfig(format='%(mine)s %(otelTraceID)s %(message)s')\n"
         "logging.warning('chained')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _python(code)
     assert result.stderr.strip() == "yes 0 chained", result.stderr
 
 
