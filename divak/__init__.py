@@ -7,29 +7,29 @@ Handler side: :class:`RequestTracker`, :class:`Logger`,
 Propagators: :class:`TraceContextPropagation`, :class:`ZipkinPropagation`,
 :class:`RequestIdPropagation`, :class:`BaggagePropagation`.  And :func:`run`.
 
-Importing divak installs its log record factory, so every log record has
-``otelTraceID``, ``otelSpanID``, ``otelTraceSampled``, ``otelServiceName``
-and ``divak_request_id`` (see :mod:`divak.logging`).
+Importing divak changes nothing process-wide.  A :class:`Recorder`
+application (or :func:`run`, or :func:`install_log_ids`) installs the log
+record factory that gives every log record ``otelTraceID``, ``otelSpanID``,
+``otelTraceSampled``, ``otelServiceName`` and ``divak_request_id`` (see
+:mod:`divak.log`).
 """
 
-from divak.logging import install_record_factory
-
-install_record_factory()
-
-from divak.app import Application, CallbackManager, StatusHandler  # noqa: E402
-from divak.client import HttpClientMixin  # noqa: E402
-from divak.handlers import Logger  # noqa: E402
-from divak.mixins import ErrorLogger, ErrorWriter, LoggingHandler  # noqa: E402
-from divak.propagation import (  # noqa: E402
+from divak.app import Application, CallbackManager, StatusHandler
+from divak.client import HttpClientMixin
+from divak.context import RequestContext
+from divak.handlers import Logger
+from divak.log import install_log_ids
+from divak.mixins import ErrorLogger, ErrorWriter, LoggingHandler
+from divak.propagation import (
     BaggagePropagation,
     RequestIdPropagation,
     TraceContextPropagation,
     ZipkinPropagation,
 )
-from divak.reporters import LoggingReporter, OTLPReporter, ZipkinReporter  # noqa: E402
-from divak.runner import Runner, run  # noqa: E402
-from divak.sampling import ProbabilisticSampler  # noqa: E402
-from divak.tracing import Recorder, RequestContext, RequestTracker  # noqa: E402
+from divak.reporters import LoggingReporter, OTLPReporter, ZipkinReporter
+from divak.runner import Runner, run
+from divak.sampling import ProbabilisticSampler
+from divak.tracing import Recorder, RequestTracker
 
 __version__ = "0.1.0"
 
@@ -55,5 +55,6 @@ __all__ = [
     "ZipkinPropagation",
     "ZipkinReporter",
     "__version__",
+    "install_log_ids",
     "run",
 ]

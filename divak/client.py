@@ -17,7 +17,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httpclient, httputil
 
 from divak import headers as divak_headers
-from divak.tracing import Recorder, RequestTracker
+from divak.context import request_context_of
+from divak.tracing import Recorder
 
 __all__ = [
     "DEFAULT_DEADLINE",
@@ -260,8 +261,10 @@ class HttpClientMixin:
             host, application.settings.get("divak_propagation_hosts")
         )
         captured = divak_headers.captured_headers(application)
-        if isinstance(self, RequestTracker):
-            parent = self.divak_context.current_context()
+        request = getattr(self, "request", None)
+        request_context = request_context_of(request) if request is not None else None
+        if request_context is not None:
+            parent = request_context.current_context()
         else:
             parent = otel_context.get_current()
         may_retry = method in IDEMPOTENT_METHODS or retry_non_idempotent

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import typing
 
-from divak.logging import RequestLogger
+from divak.log import RequestLogger
 
 __all__ = ["Logger"]
 
@@ -29,7 +29,7 @@ class Logger:
 
     .. attribute:: logger
 
-       A :class:`~divak.logging.RequestLogger` (a
+       A :class:`~divak.log.RequestLogger` (a
        :class:`logging.LoggerAdapter`) around the class's own ``logger``
        attribute when it has one, else around the logger named
        ``module.ClassName``.  Every record it writes carries the request's

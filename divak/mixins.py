@@ -10,7 +10,6 @@ the request's :class:`~divak.RequestContext` (see :doc:`errors`).
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
@@ -18,12 +17,10 @@ import traceback
 import types
 import typing
 
-from opentelemetry import context as otel_context
 from tornado import httputil, web
 
+from divak.context import RequestContext, activated, request_context_of
 from divak.handlers import Logger, _class_logger
-from divak.logging import REQUEST_CONTEXT_KEY
-from divak.tracing import Recorder, RequestContext, RequestTracker, activated
 
 __all__ = ["ErrorLogger", "ErrorWriter", "LoggingHandler"]
 
@@ -72,39 +69,13 @@ def _standard_reason(status_code: int) -> str:
 
 
 def _request_context(handler: web.RequestHandler) -> RequestContext | None:
-    """The request's context, its span started.
-
-    For a handler without :class:`~divak.RequestTracker` in a
-    :class:`~divak.Recorder` application, the span starts here (the access
-    log line ends it), so the error's log record and document carry the
-    trace id too.
-    """
-    if isinstance(handler, RequestTracker):
-        return handler.divak_context
-    application = handler.application
-    if isinstance(application, Recorder):
-        route = application.divak_route(handler)
-        return application.divak_start_span(handler.request, route)
-    return getattr(handler.request, "divak_context", None)
+    """The request's context (made by :class:`~divak.Recorder`), if any."""
+    return request_context_of(handler.request)
 
 
-@contextlib.contextmanager
-def _activated(handler: web.RequestHandler) -> typing.Iterator[None]:
+def _activated(handler: web.RequestHandler) -> activated:
     """Make the request's context current, so log records carry its ids."""
-    request_context = _request_context(handler)
-    if request_context is None:
-        yield
-    elif request_context.context is not None:
-        with activated(request_context):
-            yield
-    else:  # no span (no RequestTracker): the correlation id at least
-        token = otel_context.attach(
-            otel_context.set_value(REQUEST_CONTEXT_KEY, request_context)
-        )
-        try:
-            yield
-        finally:
-            otel_context.detach(token)
+    return activated(request_context_of(handler.request))
 
 
 class LoggingHandler(Logger):
@@ -112,7 +83,7 @@ class LoggingHandler(Logger):
 
     sprockets.http's ``LoggingHandler``, made the same adapter as
     :class:`divak.Logger`: ``self.logger`` is a
-    :class:`~divak.logging.RequestLogger` around the class's own ``logger``
+    :class:`~divak.log.RequestLogger` around the class's own ``logger``
     attribute when it has one, else around the logger named
     ``module.ClassName``; every record it writes carries the request's
     ``otelTraceID``, ``otelSpanID`` and ``divak_request_id``.
@@ -161,7 +132,7 @@ class ErrorLogger:
 
     The record is written with the request's OpenTelemetry context
     current, so it carries ``otelTraceID``, ``otelSpanID`` and
-    ``divak_request_id`` (see :mod:`divak.logging`), also for errors
+    ``divak_request_id`` (see :mod:`divak.log`), also for errors
     raised before ``prepare`` (an unsupported method, a failed XSRF check).
     Tornado's own records for the same exception (``Uncaught exception``
     on ``tornado.application``, the ``HTTPError`` warning on

@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 
 from divak.export import describe_error
+from divak.propagation._common import B3_DEBUG_ATTRIBUTE
 
 __all__ = [
     "B3_DEBUG_ATTRIBUTE",
@@ -38,11 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Span attribute that marks a span of a B3 *debug* trace.  divak sets it,
-#: and :class:`ZipkinReporter` turns it into ``"debug": true`` instead of
-#: exporting it as a tag.
-B3_DEBUG_ATTRIBUTE = "divak.b3.debug"
 
 _ENDPOINT_ENV = "OTEL_EXPORTER_ZIPKIN_ENDPOINT"
 _DEFAULT_ENDPOINT = "http://localhost:9411/api/v2/spans"

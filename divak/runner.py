@@ -27,7 +27,7 @@ import typing
 
 from tornado import ioloop, netutil, process, web
 
-from divak import logging as divak_logging
+from divak import log as divak_log
 from divak.process import EXIT_FORCED, STOP_SIGNALS, flush_std_streams, fork_and_serve
 from divak.server import DrainingHTTPServer
 
@@ -357,10 +357,11 @@ def _bind(
 
 
 def _configure_logging(log_config: dict[str, typing.Any] | None, debug: bool) -> None:
+    divak_log.install_log_ids()
     if log_config is not None:
         logging.config.dictConfig(log_config)
     elif not logging.getLogger().handlers:
-        logging.config.dictConfig(divak_logging.default_logging_config(debug))
+        logging.config.dictConfig(divak_log.default_logging_config(debug))
 
 
 def _serve_here(
@@ -415,7 +416,7 @@ def run(
         to *create_application*
     :param log_config: a :func:`logging.config.dictConfig` dictionary.
         Without it, and only when the root logger has no handlers yet,
-        divak applies :func:`divak.logging.default_logging_config`.
+        divak applies :func:`divak.log.default_logging_config`.
     :raises SystemExit: with a non-zero status when the application could
         not be created or started (70), when a second signal cut the drain
         short (1), or when a child process failed

@@ -6,7 +6,12 @@ already decided upstream: OpenTelemetry's ``ParentBased(ALWAYS_ON)``.
 
 from __future__ import annotations
 
+import typing
+
 from opentelemetry.sdk.trace import sampling
+
+if typing.TYPE_CHECKING:
+    from divak.instrumentation import Instrumentation
 
 __all__ = ["ProbabilisticSampler", "default_sampler"]
 
@@ -21,8 +26,7 @@ class ProbabilisticSampler:
 
     To use it:
 
-    * mix it into a :class:`divak.Recorder` application, before the
-      Tornado ``Application`` class;
+    * mix it into a :class:`divak.Recorder` application;
     * call :meth:`set_divak_sample_probability` in the application's
       ``__init__``.
 
@@ -33,7 +37,8 @@ class ProbabilisticSampler:
     decision for the same trace.
     """
 
-    _divak_sampler: sampling.Sampler | None = None
+    if typing.TYPE_CHECKING:
+        divak_instrumentation: Instrumentation
 
     def set_divak_sample_probability(self, probability: float) -> None:
         """Sample new traces with *probability*.
@@ -49,8 +54,9 @@ class ProbabilisticSampler:
             raise ValueError(
                 f"sample probability must be between 0 and 1, not {probability!r}"
             )
-        if getattr(self, "_divak_provider", None) is not None:
+        instrumentation = self.divak_instrumentation
+        if instrumentation.started:
             raise RuntimeError("the sampler cannot change once tracing started")
-        self._divak_sampler = sampling.ParentBased(
+        instrumentation.sampler = sampling.ParentBased(
             sampling.TraceIdRatioBased(probability)
         )

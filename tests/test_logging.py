@@ -9,7 +9,7 @@ import sys
 from tornado import httpclient, web
 
 import divak
-from divak.logging import RequestLogger
+from divak.log import RequestLogger
 from divak.testing import SpanRecorder
 
 from .conftest import ROOT, flush, listen, run
@@ -26,10 +26,24 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_records_have_the_attributes_from_import_on() -> None:
-    """Before any application exists, format strings may use the ids."""
+def test_importing_divak_changes_nothing_process_wide() -> None:
+    """A library that imports divak leaves the process's logging alone."""
+    code = (
+        "import logging\n"
+        "before = logging.getLogRecordFactory()\n"
+        "import divak, divak.testing, divak.log\n"
+        "print(logging.getLogRecordFactory() is before)\n"
+    )
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+
+
+def test_install_log_ids_gives_records_the_attributes_outside_requests() -> None:
+    """Once installed, format strings may use the ids before any request."""
     code = (
         "import logging, divak\n"
+        "divak.install_log_ids()\n"
         "logging.basicConfig(format='[%(otelTraceID)s|%(otelSpanID)s|"
         "%(otelTraceSampled)s|%(otelServiceName)s|%(divak_request_id)s] %(message)s')\n"
         "logging.getLogger('any').warning('outside')\n"
@@ -39,6 +53,20 @@ def test_records_have_the_attributes_from_import_on() -> None:
     assert result.stderr.strip() == "[0|0|False||] outside"
 
 
+def test_an_application_installs_the_log_ids() -> None:
+    code = (
+        "import logging, divak\n"
+        "from tornado import web\n"
+        "class App(divak.Recorder, web.Application): pass\n"
+        "App([])\n"
+        "logging.basicConfig(format='[%(otelTraceID)s] %(message)s')\n"
+        "logging.warning('after the application')\n"
+    )
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "[0] after the application"
+
+
 def test_record_factory_chains_the_previous_one() -> None:
     code = (
         "import logging\n"
@@ -46,8 +74,9 @@ def test_record_factory_chains_the_previous_one() -> None:
         "def mine(*a, **k):\n"
         "    r = previous(*a, **k); r.mine = 'yes'; return r\n"
         "logging.setLogRecordFactory(mine)\n"
-        "import divak, importlib\n"
-        "divak.logging.install_record_factory()\n"
+        "import divak\n"
+        "divak.install_log_ids()\n"
+        "divak.install_log_ids()  # idempotent: no second copy\n"
         "logging.basicConfig(format='%(mine)s %(otelTraceID)s %(message)s')\n"
         "logging.warning('chained')\n"
     )

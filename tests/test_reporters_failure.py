@@ -295,7 +295,7 @@ def test_finished_requests_leave_no_reference_cycles(collector):
     # garbage collector runs: memory and tail latency grow under load.
     import gc
 
-    from divak.tracing import RequestContext
+    from divak.context import RequestContext
 
     app = App(divak.ZipkinReporter(collector.url))
     serve(app, 10)  # warm up: routes, tracer, client

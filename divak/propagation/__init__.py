@@ -30,19 +30,22 @@ from opentelemetry.context import Context
 from opentelemetry.propagators import textmap
 
 from divak.propagation._common import (
+    B3_DEBUG_ATTRIBUTE,
     B3_DEBUG_KEY,
     B3_DECISION_KEY,
     B3_DEFERRED_KEY,
     REQUEST_ID_KEY,
     get_request_id,
 )
-from divak.propagation.b3 import PropagatedSampler, ZipkinPropagation
+from divak.propagation.b3 import B3DebugMarker, PropagatedSampler, ZipkinPropagation
 from divak.propagation.baggage import BaggagePropagation
 from divak.propagation.requestid import RequestIdPropagation
 from divak.propagation.tracecontext import TraceContextPropagation
 
 __all__ = [
+    "B3_DEBUG_ATTRIBUTE",
     "B3_DEBUG_KEY",
+    "B3DebugMarker",
     "B3_DECISION_KEY",
     "B3_DEFERRED_KEY",
     "BaggagePropagation",

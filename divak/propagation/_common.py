@@ -7,6 +7,7 @@ import typing
 from opentelemetry.context import Context, get_value
 
 __all__ = [
+    "B3_DEBUG_ATTRIBUTE",
     "B3_DEBUG_KEY",
     "B3_DECISION_KEY",
     "B3_DEFERRED_KEY",
@@ -20,6 +21,10 @@ REQUEST_ID_KEY = "divak.request_id"
 #: Context key that is :data:`True` when an upstream B3 header asked for a
 #: *debug* trace (``b3: {trace}-{span}-d`` or ``X-B3-Flags: 1``).
 B3_DEBUG_KEY = "divak.b3.debug"
+
+#: Span attribute that marks a span of a B3 *debug* trace, for the Zipkin
+#: reporter (which writes ``"debug": true`` instead of exporting it).
+B3_DEBUG_ATTRIBUTE = "divak.b3.debug"
 
 #: Context key that is :data:`True` when upstream B3 headers carried trace
 #: identifiers but no sampling state (B3 *defer*): the local sampler decides,

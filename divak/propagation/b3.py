@@ -1,4 +1,11 @@
-"""Zipkin's B3 headers (openzipkin/b3-propagation) and the sampler that honours them."""
+"""Zipkin's B3 headers (openzipkin/b3-propagation) and their sampling states.
+
+Everything about B3 sampling lives here: the propagator
+(:class:`ZipkinPropagation`), the sampler wrapper that honours accept,
+deny, defer and debug (:class:`PropagatedSampler`), and the span processor
+that marks every span of a debug trace (:class:`B3DebugMarker`) so that the
+Zipkin reporter writes ``"debug": true``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,10 @@ import typing
 from opentelemetry import trace
 from opentelemetry.context import Context, get_value, set_value
 from opentelemetry.propagators import textmap
-from opentelemetry.sdk.trace import sampling
+from opentelemetry.sdk.trace import SpanProcessor, sampling
 
 from divak.propagation._common import (
+    B3_DEBUG_ATTRIBUTE,
     B3_DEBUG_KEY,
     B3_DECISION_KEY,
     B3_DEFERRED_KEY,
@@ -282,3 +290,17 @@ class PropagatedSampler(sampling.Sampler):
     def get_description(self) -> str:
         """``PropagatedSampler{<wrapped sampler>}``."""
         return f"PropagatedSampler{{{self.delegate.get_description()}}}"
+
+
+class B3DebugMarker(SpanProcessor):
+    """Span processor that marks every span of a B3 *debug* trace.
+
+    Sets the attribute :data:`B3_DEBUG_ATTRIBUTE` on spans started under a
+    context whose B3 headers asked for debug; :class:`divak.ZipkinReporter`
+    turns it into Zipkin's ``"debug": true`` and drops the attribute.
+    """
+
+    def on_start(self, span: typing.Any, parent_context: Context | None = None) -> None:
+        """Mark *span* when its parent context is a B3 debug trace."""
+        if get_value(B3_DEBUG_KEY, parent_context):
+            span.set_attribute(B3_DEBUG_ATTRIBUTE, True)

@@ -1,0 +1,210 @@
+"""The per-request context: everything divak knows about one request.
+
+One :class:`RequestContext` is made when the application routes a request
+(see :class:`divak.Recorder`) and stored in one place, the request object
+(``request.divak_context``).  Its OpenTelemetry context (parent, SERVER
+span and the :class:`RequestContext` itself under
+:data:`REQUEST_CONTEXT_KEY`) is current for the whole time the handler
+runs, so logs, error documents, the access log, response headers and
+outgoing headers all read the same ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import typing
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+if typing.TYPE_CHECKING:
+    from tornado import httputil
+
+__all__ = [
+    "REQUEST_CONTEXT_KEY",
+    "RequestContext",
+    "activated",
+    "current_request_context",
+    "request_context_of",
+]
+
+#: Key under which the request's :class:`RequestContext` is stored in the
+#: OpenTelemetry context.
+REQUEST_CONTEXT_KEY = otel_context.create_key("divak.request")
+
+
+class RequestContext:
+    """Everything divak knows about one request: the single source of truth.
+
+    .. attribute:: parent
+
+       The :class:`~opentelemetry.context.Context` the propagators
+       extracted from the request headers (remote parent span, correlation
+       id, baggage).
+
+    .. attribute:: request_id
+
+       The correlation id (:class:`str`), or :data:`None` when the
+       application has no :class:`~divak.RequestIdPropagation`.
+
+    .. attribute:: span
+
+       The SERVER span (a non-recording span when the request is not
+       sampled or is excluded from tracing).
+
+    .. attribute:: context
+
+       The OpenTelemetry context that is current while the handler runs:
+       :attr:`parent` plus :attr:`span` plus this object.  Set back to
+       :data:`None` once the span ended, so that this object and its
+       context do not keep each other alive.
+
+    .. attribute:: route
+
+       The route template that matched (``/items/{item_id}``), or
+       :data:`None`.
+
+    .. attribute:: status_code
+
+       The response's status code once it was sent, else :data:`None`.
+
+    .. attribute:: ended
+
+       :data:`True` once the span was ended; it is ended only once.
+    """
+
+    __slots__ = (
+        "parent",
+        "request_id",
+        "service_name",
+        "span",
+        "context",
+        "route",
+        "status_code",
+        "exception_type",
+        "end_time",
+        "ended",
+        "task",
+        "_log_ids",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        parent: otel_context.Context,
+        request_id: str | None,
+        service_name: str,
+        route: str | None = None,
+    ) -> None:
+        self.parent = parent
+        self.request_id = request_id
+        self.service_name = service_name
+        self.route = route
+        self.span: trace.Span = trace.INVALID_SPAN
+        self.context: otel_context.Context | None = None
+        self.status_code: int | None = None
+        self.exception_type: str | None = None
+        self.end_time: int | None = None
+        self.ended = False
+        #: The task that runs the handler's methods, once a handler mix-in
+        #: recorded it; the span then ends when that task is done.
+        self.task: asyncio.Task[typing.Any] | None = None
+        self._log_ids: dict[str, typing.Any] | None = None
+
+    def set_span(self, span: trace.Span) -> None:
+        """Make *span* the request's SERVER span and build :attr:`context`."""
+        self.span = span
+        self._log_ids = None
+        self.context = otel_context.set_value(
+            REQUEST_CONTEXT_KEY, self, trace.set_span_in_context(span, self.parent)
+        )
+
+    @property
+    def trace_id_hex(self) -> str | None:
+        """The trace id, 32 lower-case hex digits, or :data:`None` outside a trace."""
+        span_context = self.span.get_span_context()
+        if not span_context.is_valid:
+            return None
+        return trace.format_trace_id(span_context.trace_id)
+
+    @property
+    def span_id_hex(self) -> str | None:
+        """The SERVER span's id, 16 lower-case hex digits, or :data:`None`."""
+        span_context = self.span.get_span_context()
+        if not span_context.is_valid:
+            return None
+        return trace.format_span_id(span_context.span_id)
+
+    @property
+    def sampled(self) -> bool:
+        """:data:`True` when the request's trace is sampled."""
+        return bool(self.span.get_span_context().trace_flags.sampled)
+
+    @property
+    def log_ids(self) -> dict[str, typing.Any]:
+        """The log record attributes of the SERVER span, computed on first use."""
+        ids = self._log_ids
+        if ids is None:
+            span_context = self.span.get_span_context()
+            valid = span_context.is_valid
+            ids = self._log_ids = {
+                "otelTraceID": trace.format_trace_id(span_context.trace_id)
+                if valid
+                else "0",
+                "otelSpanID": trace.format_span_id(span_context.span_id)
+                if valid
+                else "0",
+                "otelTraceSampled": bool(span_context.trace_flags.sampled),
+                "otelServiceName": self.service_name,
+                "divak_request_id": self.request_id or "",
+            }
+        return ids
+
+    def current_context(self) -> otel_context.Context:
+        """The current OpenTelemetry context if it belongs to this request.
+
+        Otherwise (code running outside the handler's task, e.g. a callback
+        scheduled before the request arrived) the request's own
+        :attr:`context`, so child spans always join the request's trace.
+        """
+        current = otel_context.get_current()
+        if current.get(REQUEST_CONTEXT_KEY) is self or self.context is None:
+            return current
+        return self.context
+
+
+def request_context_of(request: httputil.HTTPServerRequest) -> RequestContext | None:
+    """The :class:`RequestContext` of *request*, or :data:`None` outside divak."""
+    return getattr(request, "divak_context", None)
+
+
+def current_request_context() -> RequestContext | None:
+    """The :class:`RequestContext` of the request being handled, if any."""
+    return otel_context.get_value(REQUEST_CONTEXT_KEY)  # type: ignore[return-value]
+
+
+class activated:  # noqa: N801 - used like a function
+    """Make *request_context* current for the ``with`` block, if it is not.
+
+    Does nothing when the context is already current (the common case
+    inside a handler) or when *request_context* is :data:`None` or its
+    span already ended.
+
+    :param request_context: the request's context, or :data:`None`
+    """
+
+    __slots__ = ("context", "token")
+
+    def __init__(self, request_context: RequestContext | None) -> None:
+        self.context = request_context.context if request_context else None
+        self.token: object | None = None
+
+    def __enter__(self) -> None:
+        context = self.context
+        if context is not None and otel_context.get_current() is not context:
+            self.token = otel_context.attach(context)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.token is not None:
+            otel_context.detach(self.token)  # type: ignore[arg-type]
+            self.token = None
