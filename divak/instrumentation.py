@@ -424,7 +424,7 @@ def _warn_if_tornado_instrumented() -> None:
         return
     _warned_tornado = True
     logger.warning(
-        "OpenTelemetry's tornado instrumentation is active: every request gets "
-        "two SERVER spans; divak traces requests itself, so disable the other "
-        "(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=tornado)"
+        "OpenTelemetry's tornado instrumentation is active: it adds a second "
+        "span to every request divak traces; divak traces Tornado itself, so "
+        "disable it (OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=tornado)"
     )

@@ -1,0 +1,223 @@
+"""The application owns each request's trace, whatever the handler mixes in."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+from tornado import httpclient, web
+
+import divak
+from divak.context import current_request_context
+from divak.routes import route_template
+from divak.testing import SpanRecorder
+
+from .conftest import flush, listen, run
+
+seen_contexts: dict[str, object] = {}
+plain_logger = logging.getLogger("tests.plain")
+
+
+class Plain(web.RequestHandler):
+    """No divak mix-in at all."""
+
+    def get(self) -> None:
+        seen_contexts["get"] = current_request_context()
+        plain_logger.info("plain handler")
+        self.write("plain")
+
+    def on_finish(self) -> None:
+        seen_contexts["on_finish"] = current_request_context()
+
+
+class LoggerOnly(divak.Logger, web.RequestHandler):
+    def get(self) -> None:
+        self.logger.info("logger only")
+        self.write("logged")
+
+
+class AfterFinish(
+    divak.RequestTracker, divak.ErrorLogger, divak.ErrorWriter, web.RequestHandler
+):
+    async def get(self) -> None:
+        self.finish("ok")
+        await asyncio.sleep(0)
+        raise ValueError("after the response")
+
+
+class RaisingOnFinish(
+    divak.RequestTracker, divak.ErrorLogger, divak.ErrorWriter, web.RequestHandler
+):
+    def get(self) -> None:
+        self.write("ok")
+
+    def on_finish(self) -> None:
+        raise ValueError("in on_finish")
+
+
+class Threaded(divak.RequestTracker, divak.Logger, web.RequestHandler):
+    async def get(self) -> None:
+        def work() -> str:
+            logging.getLogger("tests.thread").info("in a thread")
+            with self.application.divak_tracer.start_as_current_span("in-thread"):
+                pass
+            return "done"
+
+        with self.record_operation("enclosing"):
+            result = await self.run_in_divak_executor(None, work)
+        self.write(result)
+
+
+def make_app(**settings: object) -> tuple[divak.Recorder, SpanRecorder]:
+    class App(divak.Recorder, divak.Application):
+        pass
+
+    app = App(
+        [
+            (r"/plain", Plain),
+            (r"/logger", LoggerOnly),
+            (r"/after", AfterFinish),
+            (r"/on-finish", RaisingOnFinish),
+            (r"/threaded", Threaded),
+            (r"/status", divak.StatusHandler),
+        ],
+        **settings,
+    )
+    recorder = SpanRecorder()
+    app.set_divak_service("lifecycle")
+    app.add_divak_reporter(recorder)
+    app.add_divak_propagator(divak.TraceContextPropagation())
+    app.add_divak_propagator(divak.RequestIdPropagation())
+    app.ready_to_serve.set()
+    return app, recorder
+
+
+def fetch(app: divak.Recorder, *paths: str) -> list[httpclient.HTTPResponse]:
+    async def go() -> list[httpclient.HTTPResponse]:
+        port = listen(app)
+        client = httpclient.AsyncHTTPClient()
+        responses = [
+            await client.fetch(f"http://127.0.0.1:{port}{path}", raise_error=False)
+            for path in paths
+        ]
+        await flush(app)
+        app._test_server.stop()
+        return responses
+
+    try:
+        return run(go())
+    finally:
+        app.divak_shutdown()
+
+
+def test_a_handler_without_divak_mix_ins_is_traced_and_correlated(
+    log_records: list[logging.LogRecord],
+) -> None:
+    seen_contexts.clear()
+    app, recorder = make_app()
+    (response,) = fetch(app, "/plain")
+    assert response.code == 200
+    span = recorder.one("GET /plain", kind=SpanKind.SERVER)
+    trace_id = trace.format_trace_id(span.context.trace_id)
+    assert span.attributes["http.route"] == "/plain"
+    assert span.attributes["http.response.status_code"] == 200
+    # The correlation header is echoed, and the handler's log record has the ids.
+    request_id = response.headers["Request-Id"]
+    (record,) = [r for r in log_records if r.name == "tests.plain"]
+    assert record.otelTraceID == trace_id
+    assert record.divak_request_id == request_id
+    assert record.otelSpanID == trace.format_span_id(span.context.span_id)
+    # The context was current in get() and on_finish, and is gone outside.
+    assert seen_contexts["get"] is seen_contexts["on_finish"] is not None
+    assert current_request_context() is None
+
+
+def test_logger_without_request_tracker_writes_the_ids(
+    log_records: list[logging.LogRecord],
+) -> None:
+    app, recorder = make_app()
+    (response,) = fetch(app, "/logger")
+    span = recorder.one("GET /logger")
+    (record,) = [r for r in log_records if r.getMessage() == "logger only"]
+    assert record.otelTraceID == trace.format_trace_id(span.context.trace_id)
+    assert record.divak_request_id == response.headers["Request-Id"]
+
+
+def test_custom_log_function_runs_in_the_request_context() -> None:
+    logged: list[tuple[str, str, str]] = []
+
+    def log_function(handler: web.RequestHandler) -> None:
+        record = logging.getLogger("tests.custom").makeRecord(
+            "tests.custom", logging.INFO, __file__, 0, "x", (), None
+        )
+        logged.append((handler.request.path, record.otelTraceID, record.otelSpanID))
+
+    app, recorder = make_app(log_function=log_function)
+    fetch(app, "/status", "/no/such/route")
+    status_span = recorder.one("GET /status")
+    unrouted = recorder.one("GET")
+    assert logged == [
+        (
+            "/status",
+            trace.format_trace_id(status_span.context.trace_id),
+            trace.format_span_id(status_span.context.span_id),
+        ),
+        (
+            "/no/such/route",
+            trace.format_trace_id(unrouted.context.trace_id),
+            trace.format_span_id(unrouted.context.span_id),
+        ),
+    ]
+    assert unrouted.attributes["http.response.status_code"] == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "handler"), [("/after", "AfterFinish"), ("/on-finish", "RaisingOnFinish")]
+)
+def test_an_error_after_the_response_is_logged_once_and_marks_the_span(
+    path: str, handler: str, log_records: list[logging.LogRecord]
+) -> None:
+    app, recorder = make_app()
+    (response,) = fetch(app, path)
+    assert response.code == 200 and response.body == b"ok"
+    errors = [r for r in log_records if r.levelno >= logging.ERROR]
+    (record,) = [r for r in errors if r.name.endswith(handler)]
+    assert record.getMessage() == f"GET {path} failed with 500: Internal Server Error"
+    assert record.exc_info is not None and record.exc_info[0] is ValueError
+    assert not [r for r in log_records if "AttributeError" in r.getMessage()]
+    assert not [r for r in errors if r.exc_info and r.exc_info[0] is AttributeError]
+    span = recorder.one(f"GET {path}")
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == "ValueError"
+    assert record.otelTraceID == trace.format_trace_id(span.context.trace_id)
+
+
+def test_run_in_divak_executor_keeps_the_context(
+    log_records: list[logging.LogRecord],
+) -> None:
+    app, recorder = make_app()
+    (response,) = fetch(app, "/threaded")
+    assert response.body == b"done"
+    enclosing = recorder.one("enclosing")
+    in_thread = recorder.one("in-thread")
+    assert in_thread.parent.span_id == enclosing.context.span_id
+    (record,) = [r for r in log_records if r.name == "tests.thread"]
+    assert record.divak_request_id == response.headers["Request-Id"]
+    assert record.otelSpanID == trace.format_span_id(enclosing.context.span_id)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "template"),
+    [
+        (r"/items/(?P<item_id>\d+)", "/items/{item_id}"),
+        (r"/a/([0-9]+)/(\w+)", "/a/{0}/{1}"),
+        (r"/plain$", "/plain"),
+        (r"/a/[(]x", "/a/[(]x"),  # too complex to reverse: kept as written
+        (r"/files/(.*)\.txt", "/files/{0}.txt"),
+    ],
+)
+def test_route_templates(pattern: str, template: str) -> None:
+    assert route_template(pattern) == template
