@@ -62,7 +62,9 @@ def test_the_global_provider_can_be_left_alone() -> None:
     assert [s["scope"] for s in seen["divak"]] == ["divak"]
 
 
-def test_tornado_instrumentation_is_reported_and_never_doubles_the_server_span() -> None:
+def test_tornado_instrumentation_is_reported_and_never_doubles_the_server_span() -> (
+    None
+):
     pytest.importorskip("opentelemetry.instrumentation.tornado")
     seen, stderr = run_mode("tornado-instrumented")
     assert stderr.count("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=tornado") == 1

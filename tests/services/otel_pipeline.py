@@ -95,7 +95,7 @@ async def main() -> None:
             for span in spans
         ]
 
-    print(
+    sys.stdout.write(
         json.dumps(
             {
                 "divak": describe(recorder.spans),
@@ -104,6 +104,7 @@ async def main() -> None:
                 is app.divak_tracer_provider,
             }
         )
+        + "\n"
     )
     app.divak_shutdown()
 
