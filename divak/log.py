@@ -43,6 +43,9 @@ from opentelemetry import trace
 
 from divak.context import REQUEST_CONTEXT_KEY
 
+if typing.TYPE_CHECKING:
+    from divak.context import RequestContext
+
 __all__ = [
     "REQUEST_CONTEXT_KEY",
     "RequestLogger",
@@ -57,14 +60,14 @@ _INVALID_SPAN_ID = "0"
 
 def _add_ids(record: logging.LogRecord) -> None:
     current = otel_context.get_current()
-    request = current.get(REQUEST_CONTEXT_KEY)
+    request = typing.cast("RequestContext | None", current.get(REQUEST_CONTEXT_KEY))
     span = trace.get_current_span(current)
     if request is not None and span is request.span:
         # The common case, the request's own span: ids computed once.
         record.__dict__.update(request.log_ids)
         return
     span_context = span.get_span_context()
-    if span_context.is_valid and span_context.trace_id:
+    if span_context.is_valid:
         record.otelTraceID = trace.format_trace_id(span_context.trace_id)
         record.otelSpanID = trace.format_span_id(span_context.span_id)
         record.otelTraceSampled = span_context.trace_flags.sampled

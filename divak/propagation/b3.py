@@ -55,8 +55,8 @@ def _parse_b3_single(value: str) -> _B3 | None:
     fields = value.strip(" \t").split("-")
     if len(fields) == 1:
         # Only a sampling state: "b3: 0" (deny), "1" or "d".
-        state = fields[0]
-        return _B3(0, 0, state) if state in ("0", "1", "d") else None
+        lone = fields[0]
+        return _B3(0, 0, lone) if lone in ("0", "1", "d") else None
     if len(fields) > 4:
         return None
     ids = _b3_ids(fields[0], fields[1])
