@@ -38,12 +38,14 @@ _ITEM_OVERHEAD = 16  # per attribute, event or link
 
 
 def _mapping_size(mapping: typing.Mapping[str, typing.Any] | None) -> int:
-    size = 0
-    for key, value in (mapping or {}).items():
-        size += len(key) + _ITEM_OVERHEAD
+    if not mapping:
+        return 0
+    size = _ITEM_OVERHEAD * len(mapping)
+    for key, value in mapping.items():
+        size += len(key)
         if type(value) is str:
             size += len(value)
-        elif isinstance(value, (tuple, list)):
+        elif type(value) is tuple or type(value) is list:
             size += sum(len(v) if type(v) is str else 8 for v in value)
     return size
 
@@ -105,8 +107,8 @@ class SpanQueue(SpanProcessor):
       raises never stops the thread.
 
     :class:`divak.Recorder` puts one in front of every reporter.  Memory is
-    bounded by *max_queue_size* finished spans and *max_queue_bytes* bytes,
-    plus the batch being sent.  All durations are in seconds.
+    bounded by *max_queue_size* spans and *max_queue_bytes* bytes, plus the
+    batch being sent.  All durations are in seconds.
 
     .. attribute:: dropped_spans
 

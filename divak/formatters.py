@@ -24,7 +24,13 @@ try:
 except ImportError:  # the json extra is not installed
     _JsonBase = None
 
-__all__ = ["JsonFormatter", "TextFormatter", "escape_line_breaks"]
+__all__ = [
+    "JsonFormatter",
+    "TextFormatter",
+    "escape_line_breaks",
+    "escape_traceback",
+    "iso_time",
+]
 
 # What str.splitlines() and most log viewers take for the end of a line.
 _BREAKS = "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"

@@ -113,6 +113,7 @@ class RequestLogger(logging.LoggerAdapter):
         return msg, kwargs
 
 
+#: The ``%``-style format of divak's text log lines.
 DEFAULT_FORMAT = (
     "%(asctime)s %(levelname)-8s %(name)s: %(message)s "
     "[trace_id=%(otelTraceID)s request_id=%(divak_request_id)s]"
