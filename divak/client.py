@@ -18,6 +18,7 @@ from tornado import httpclient, httputil
 
 from divak import headers as divak_headers
 from divak.context import request_context_of
+from divak.redaction import redact_url
 from divak.tracing import Recorder
 
 __all__ = [
@@ -48,59 +49,8 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: Methods retried without being asked (RFC 9110, section 9.2.2).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
-#: Query parameters whose values never appear in ``url.full`` (compared
-#: without regard to case): the HTTP semantic conventions' list plus common
-#: credentials.
-SECRET_QUERY_PARAMETERS = frozenset(
-    name.lower()
-    for name in (
-        "AWSAccessKeyId",
-        "Signature",
-        "sig",
-        "X-Goog-Signature",
-        "access_token",
-        "api_key",
-        "apikey",
-        "client_secret",
-        "code",
-        "password",
-        "secret",
-        "token",
-    )
-)
-
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNSET: typing.Any = object()
-
-
-def redact_url(url: str) -> str:
-    """Return *url* fit for the ``url.full`` attribute and for logs.
-
-    User name and password become ``REDACTED:REDACTED``, the values of
-    secret query parameters (:data:`SECRET_QUERY_PARAMETERS`) become
-    ``REDACTED``, and the fragment is dropped, as the HTTP semantic
-    conventions ask.
-
-    :param url: an absolute URL
-    """
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "REDACTED:REDACTED@" + netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        pieces = []
-        for piece in query.split("&"):
-            name, sep, _value = piece.partition("=")
-            if sep and urllib.parse.unquote_plus(name).lower() in (
-                SECRET_QUERY_PARAMETERS
-            ):
-                piece = f"{name}=REDACTED"
-            pieces.append(piece)
-        query = "&".join(pieces)
-    return urllib.parse.urlunsplit(
-        parts._replace(netloc=netloc, query=query, fragment="")
-    )
 
 
 def _retry_after(response: httpclient.HTTPResponse) -> float | None:

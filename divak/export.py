@@ -3,8 +3,10 @@
 :class:`SpanQueue` is the span processor :class:`divak.Recorder` puts in
 front of every reporter: finished spans are appended to a bounded queue on
 the thread that ended them (the IOLoop), and a background thread uploads
-them in batches.  When the queue is full, spans are dropped and counted,
-never logged one by one.
+them in batches.  When the queue is full (in spans or in bytes), spans are
+dropped and counted, never logged one by one.  The queue is the one place
+that counts what was exported, failed or dropped: reporters only answer
+success or failure.
 """
 
 from __future__ import annotations
@@ -21,20 +23,50 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-__all__ = ["SpanQueue", "describe_error"]
+from divak.ratelimit import RateLimitedLog, describe_error, safe_log
+
+__all__ = ["DEFAULT_MAX_QUEUE_BYTES", "SpanQueue", "estimate_span_size"]
 
 logger = logging.getLogger("divak.reporters")
 
+#: Bytes of span data that may wait in one queue (16 MiB), unless the
+#: ``DIVAK_SPAN_QUEUE_MAX_BYTES`` environment variable says otherwise.
+DEFAULT_MAX_QUEUE_BYTES = 16 * 1024 * 1024
 
-def describe_error(error: BaseException) -> str:
-    """One line that says what went wrong, without a traceback."""
-    # requests nests the urllib3 error, which nests the socket error: keep
-    # the innermost reason, on one line.
-    reason: BaseException = error
-    while reason.args and isinstance(reason.args[0], BaseException):
-        reason = reason.args[0]
-    reason = getattr(reason, "reason", reason) or reason
-    return " ".join(f"{type(reason).__name__}: {reason}".split())
+_SPAN_OVERHEAD = 320  # ids, times, kind, status, the objects themselves
+_ITEM_OVERHEAD = 16  # per attribute, event or link
+
+
+def _mapping_size(mapping: typing.Mapping[str, typing.Any] | None) -> int:
+    if not mapping:
+        return 0
+    size = _ITEM_OVERHEAD * len(mapping)
+    for key, value in mapping.items():
+        size += len(key)
+        if type(value) is str:
+            size += len(value)
+        elif type(value) is tuple or type(value) is list:
+            size += sum(len(v) if type(v) is str else 8 for v in value)
+    return size
+
+
+def estimate_span_size(span: ReadableSpan) -> int:
+    """A rough size of *span* in bytes, as held in memory and encoded.
+
+    The lengths of the name, of the attribute keys and values (strings and
+    sequences of strings count their characters, other values 8), of the
+    events and links, plus a fixed overhead per span.  Used to bound the
+    :class:`SpanQueue` by bytes; cheap enough to run once per span.
+
+    :param span: a finished span
+    :returns: bytes, at least a few hundred
+    """
+    size = _SPAN_OVERHEAD + len(span.name) + _mapping_size(span.attributes)
+    for event in span.events:
+        size += _ITEM_OVERHEAD + len(event.name) + _mapping_size(event.attributes)
+    for link in span.links:
+        size += _ITEM_OVERHEAD + 32 + _mapping_size(link.attributes)
+    return size
 
 
 def _env_number(name: str, default: int) -> int:
@@ -55,34 +87,28 @@ class SpanQueue(SpanProcessor):
     processor keeps the IOLoop's share to an append:
 
     * :meth:`on_end` appends a sampled span to a :class:`collections.deque`
-      or, when *max_queue_size* spans are waiting, counts it as dropped;
-      nothing else happens on the calling thread;
+      or, when *max_queue_size* spans or *max_queue_bytes* bytes (as
+      :func:`estimate_span_size` counts them) are waiting, counts it as
+      dropped; nothing else happens on the calling thread;
     * a daemon thread uploads batches of up to *max_batch_size* spans every
       *schedule_delay* seconds, or as soon as a full batch waits, with
       OpenTelemetry's "suppress instrumentation" flag set so uploads are
       never traced;
+    * it counts, in one place, the spans exported, failed (the reporter
+      answered failure or raised) and dropped;
     * one WARNING is logged when dropping starts (by the first dropped
       span, so even while the worker waits on a dead collector), then the
       worker logs one summary WARNING per *summary_interval* seconds while
       dropping continues (between uploads, so an upload in progress may
       delay it) and one INFO line when a whole interval passed without a
-      drop.
+      drop;
+    * a reporter that raises is logged at most twice a minute
+      (:class:`RateLimitedLog`), and a logging filter or handler that
+      raises never stops the thread.
 
     :class:`divak.Recorder` puts one in front of every reporter.  Memory is
-    bounded by *max_queue_size* finished spans plus the batch being sent.
-
-    The sizes default to OpenTelemetry's batch processor environment
-    variables, so existing deployments keep their tuning.
-
-    :param reporter: the :class:`~opentelemetry.sdk.trace.export.SpanExporter`
-    :param max_queue_size: spans that may wait, more are dropped; default
-        ``OTEL_BSP_MAX_QUEUE_SIZE``, else 2048
-    :param max_batch_size: spans per upload; default
-        ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, else 512
-    :param schedule_delay: seconds between uploads when less than a batch
-        waits; default ``OTEL_BSP_SCHEDULE_DELAY`` (milliseconds), else 1 s
-    :param summary_interval: seconds between drop summaries
-    :raises ValueError: when a size is smaller than 1
+    bounded by *max_queue_size* spans and *max_queue_bytes* bytes, plus the
+    batch being sent.  All durations are in seconds.
 
     .. attribute:: dropped_spans
 
@@ -105,24 +131,51 @@ class SpanQueue(SpanProcessor):
         max_batch_size: int | None = None,
         schedule_delay: float | None = None,
         summary_interval: float = 60.0,
+        max_queue_bytes: int | None = None,
     ) -> None:
+        """Start the queue's thread in front of *reporter*.
+
+        The sizes default to OpenTelemetry's batch processor environment
+        variables, so existing deployments keep their tuning.
+
+        :param reporter: the
+            :class:`~opentelemetry.sdk.trace.export.SpanExporter`
+        :param max_queue_size: spans that may wait, more are dropped;
+            default ``OTEL_BSP_MAX_QUEUE_SIZE``, else 2048
+        :param max_batch_size: spans per upload; default
+            ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, else 512
+        :param schedule_delay: seconds between uploads when less than a
+            batch waits; default ``OTEL_BSP_SCHEDULE_DELAY`` (which the
+            OpenTelemetry specification gives in milliseconds), else 1 s
+        :param summary_interval: seconds between drop summaries
+        :param max_queue_bytes: bytes of spans that may wait, more are
+            dropped; default ``DIVAK_SPAN_QUEUE_MAX_BYTES``, else
+            :data:`DEFAULT_MAX_QUEUE_BYTES` (16 MiB)
+        :raises ValueError: when a size is smaller than 1
+        """
         if max_queue_size is None:
             max_queue_size = _env_number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
         if max_batch_size is None:
             max_batch_size = _env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
         if schedule_delay is None:
             schedule_delay = _env_number("OTEL_BSP_SCHEDULE_DELAY", 1000) / 1000
-        if max_queue_size < 1 or max_batch_size < 1:
+        if max_queue_bytes is None:
+            max_queue_bytes = _env_number(
+                "DIVAK_SPAN_QUEUE_MAX_BYTES", DEFAULT_MAX_QUEUE_BYTES
+            )
+        if max_queue_size < 1 or max_batch_size < 1 or max_queue_bytes < 1:
             raise ValueError("queue and batch sizes must be positive")
         self.reporter = reporter
         self.max_queue_size = max_queue_size
+        self.max_queue_bytes = max_queue_bytes
         self.max_batch_size = min(max_batch_size, max_queue_size)
         self.schedule_delay = schedule_delay
         self.summary_interval = summary_interval
         self.dropped_spans = 0
         self.failed_spans = 0
         self.exported_spans = 0
-        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._queue: collections.deque[tuple[ReadableSpan, int]] = collections.deque()
+        self._queued_bytes = 0
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._lock = threading.Lock()
@@ -131,6 +184,7 @@ class SpanQueue(SpanProcessor):
         self._dropping_since: float | None = None
         self._reported = 0
         self._announced = False
+        self._complain = RateLimitedLog(logger)
         self._pid = os.getpid()
         self._thread: threading.Thread | None = None
         self._start()
@@ -149,6 +203,7 @@ class SpanQueue(SpanProcessor):
     def _after_fork(self) -> None:
         # The parent's spans belong to the parent; the child gets a worker.
         self._queue.clear()
+        self._queued_bytes = 0
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._lock = threading.Lock()
@@ -168,22 +223,34 @@ class SpanQueue(SpanProcessor):
         context = span.context
         if context is None or not context.trace_flags.sampled or self._stopping:
             return
+        size = estimate_span_size(span)
         queue = self._queue
-        if len(queue) >= self.max_queue_size:
-            with self._lock:
+        with self._lock:
+            full = (
+                len(queue) >= self.max_queue_size
+                or self._queued_bytes + size > self.max_queue_bytes
+            )
+            if full:
                 self.dropped_spans += 1
                 announce = not self._announced
                 self._announced = True
+            else:
+                queue.append((span, size))
+                self._queued_bytes += size
+        if full:
             if announce:  # once per episode, not per span
-                logger.warning(
-                    "span queue of %r is full (%d spans): dropping spans until"
-                    " the reporter catches up; a summary follows every %g s",
+                safe_log(
+                    logger,
+                    logging.WARNING,
+                    "span queue of %r is full (%d spans or %d bytes): dropping"
+                    " spans until the reporter catches up; a summary follows"
+                    " every %g s",
                     self.reporter,
                     self.max_queue_size,
+                    self.max_queue_bytes,
                     self.summary_interval,
                 )
             return
-        queue.append(span)
         if len(queue) >= self.max_batch_size:
             self._wake.set()
 
@@ -193,8 +260,11 @@ class SpanQueue(SpanProcessor):
             self._wake.wait(self.schedule_delay)
             self._wake.clear()
             stopping = self._stopping
-            self._export()
-            self._report_drops(final=stopping)
+            try:
+                self._export()
+                self._report_drops(final=stopping)
+            except Exception:  # noqa: BLE001, S110 - the thread must live on
+                pass
             if stopping:
                 return
 
@@ -207,7 +277,9 @@ class SpanQueue(SpanProcessor):
                 self._dropping_since = now
         elif final or now - self._dropping_since >= self.summary_interval:
             if dropped > self._reported:
-                logger.warning(
+                safe_log(
+                    logger,
+                    logging.WARNING,
                     "dropped %d spans for %r in the last %.0f s (%d in total)",
                     dropped - self._reported,
                     self.reporter,
@@ -216,7 +288,9 @@ class SpanQueue(SpanProcessor):
                 )
                 self._dropping_since, self._reported = now, dropped
             else:
-                logger.info(
+                safe_log(
+                    logger,
+                    logging.INFO,
                     "%r no longer drops spans (%d dropped in total)",
                     self.reporter,
                     dropped,
@@ -225,23 +299,32 @@ class SpanQueue(SpanProcessor):
                 with self._lock:
                     self._announced = False
 
-    def _export(self) -> None:
+    def _take_batch(self) -> list[ReadableSpan]:
         queue = self._queue
+        with self._lock:
+            entries = [
+                queue.popleft() for _ in range(min(len(queue), self.max_batch_size))
+            ]
+            self._queued_bytes -= sum(size for _, size in entries)
+        return [span for span, _ in entries]
+
+    def _export(self) -> None:
         with self._idle:
             self._busy = True
         token = otel_context.attach(
             otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
         )
         try:
-            while queue:
-                batch = [
-                    queue.popleft() for _ in range(min(len(queue), self.max_batch_size))
-                ]
+            while self._queue:
+                batch = self._take_batch()
                 try:
                     result = self.reporter.export(batch)
                 except Exception as error:  # noqa: BLE001 - keep the worker alive
-                    logger.warning(
-                        "%r failed: %s", self.reporter, describe_error(error)
+                    self._complain(
+                        logging.WARNING,
+                        "%r failed: %s",
+                        self.reporter,
+                        describe_error(error),
                     )
                     result = SpanExportResult.FAILURE
                 with self._lock:
@@ -257,13 +340,15 @@ class SpanQueue(SpanProcessor):
                 self._idle.notify_all()
 
     # -- flush and shutdown -------------------------------------------------
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
+    def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every span queued now was handed to the reporter.
 
-        :param timeout_millis: milliseconds to wait at most
+        Blocks the calling thread; call it off the IOLoop.
+
+        :param timeout: seconds to wait at most
         :returns: :data:`False` when spans were still waiting at the deadline
         """
-        deadline = time.monotonic() + timeout_millis / 1000
+        deadline = time.monotonic() + timeout
         self._wake.set()
         with self._idle:
             while self._queue or self._busy:
@@ -273,6 +358,18 @@ class SpanQueue(SpanProcessor):
                 self._wake.set()
                 self._idle.wait(min(remaining, 0.05))
         return True
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """:meth:`flush`, called by OpenTelemetry's ``TracerProvider``.
+
+        The SDK's span processor interface counts in milliseconds; divak's
+        own API (:meth:`flush`, :meth:`divak.Recorder.divak_force_flush`)
+        counts in seconds.
+
+        :param timeout_millis: milliseconds to wait at most
+        :returns: :data:`False` when spans were still waiting at the deadline
+        """
+        return self.flush(timeout_millis / 1000)
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Send what is queued (no more retries), stop the thread, shut the reporter.
@@ -294,3 +391,8 @@ class SpanQueue(SpanProcessor):
     def pending_spans(self) -> int:
         """Spans waiting in the queue now."""
         return len(self._queue)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of spans waiting in the queue now (estimated)."""
+        return self._queued_bytes

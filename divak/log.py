@@ -125,6 +125,7 @@ class RequestLogger(logging.LoggerAdapter):
         return msg, kwargs
 
 
+#: The ``%``-style format of divak's text log lines.
 DEFAULT_FORMAT = (
     "%(asctime)s %(levelname)-8s %(name)s: %(message)s "
     "[trace_id=%(otelTraceID)s request_id=%(divak_request_id)s]"
@@ -135,14 +136,19 @@ def default_logging_config(debug: bool = False) -> dict[str, typing.Any]:
     """The :func:`logging.config.dictConfig` dict :func:`divak.run` applies.
 
     One line per record on standard output with the time, level, logger
-    name, message, trace id and request id.  ``DEBUG`` level when *debug*
-    is true, ``INFO`` otherwise.  Existing loggers are never disabled.
+    name, message, trace id and request id (:data:`DEFAULT_FORMAT`),
+    written by :class:`divak.formatters.TextFormatter`, which escapes line
+    breaks in the message and the fields (``\\n``), so that request data
+    cannot forge log lines; a traceback keeps its lines.  ``DEBUG`` level
+    when *debug* is true, ``INFO`` otherwise.  Existing loggers are never
+    disabled.
 
     Setting the environment variable ``LOG_FORMAT=json`` switches to one
-    JSON object per line with the keys ``time``, ``level``, ``logger``,
-    ``message``, ``otelTraceID``, ``otelSpanID``, ``divak_request_id``
-    (and ``exc_info`` for exceptions), written by python-json-logger
-    (``pip install divak[json]``).
+    JSON object per line (:class:`divak.formatters.JsonFormatter`) with the
+    keys ``time`` (ISO 8601 with the zone), ``level``, ``logger``,
+    ``message``, ``otelTraceID``, ``otelSpanID``, ``divak_request_id``,
+    ``exc_info`` for exceptions and one key per ``extra`` attribute,
+    written by python-json-logger (``pip install divak[json]``).
 
     :param debug: whether the service runs in debug mode
     :raises RuntimeError: when ``LOG_FORMAT`` is ``json`` and
@@ -152,7 +158,7 @@ def default_logging_config(debug: bool = False) -> dict[str, typing.Any]:
     log_format = os.environ.get("LOG_FORMAT", "text").strip().lower() or "text"
     formatter: dict[str, typing.Any]
     if log_format == "text":
-        formatter = {"format": DEFAULT_FORMAT}
+        formatter = {"()": "divak.formatters.TextFormatter", "fmt": DEFAULT_FORMAT}
     elif log_format == "json":
         try:
             import pythonjsonlogger.json  # noqa: F401
@@ -160,18 +166,7 @@ def default_logging_config(debug: bool = False) -> dict[str, typing.Any]:
             raise RuntimeError(
                 "LOG_FORMAT=json needs python-json-logger: pip install divak[json]"
             ) from None
-        formatter = {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": (
-                "%(asctime)s %(levelname)s %(name)s %(message)s "
-                "%(otelTraceID)s %(otelSpanID)s %(divak_request_id)s"
-            ),
-            "rename_fields": {
-                "asctime": "time",
-                "levelname": "level",
-                "name": "logger",
-            },
-        }
+        formatter = {"()": "divak.formatters.JsonFormatter"}
     else:
         raise RuntimeError(f"LOG_FORMAT must be text or json, not {log_format!r}")
     level = "DEBUG" if debug else "INFO"

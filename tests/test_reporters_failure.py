@@ -74,8 +74,9 @@ def test_collector_down_costs_no_request_and_is_counted(log_records):
     assert serve(app) == [200] * REQUESTS
     assert app.divak_force_flush(15)
     assert app.divak_dropped_spans == REQUESTS
-    assert reporter.failed_spans == REQUESTS
-    assert reporter.exported_spans == 0
+    queue = app.divak_span_queues[0]  # the one place that counts
+    assert queue.failed_spans == REQUESTS
+    assert queue.exported_spans == 0
     warnings = divak_warnings(log_records)
     # one line, rate-limited, no traceback - however many batches failed
     assert len(warnings) == 1, [w.getMessage() for w in warnings]
@@ -183,7 +184,8 @@ def test_briefly_unavailable_collector_is_retried(log_records):
 
     assert run(go()) == [200] * 10
     assert state["attempts"] == 3
-    assert reporter.exported_spans == 10 and reporter.failed_spans == 0
+    queue = app.divak_span_queues[0]
+    assert queue.exported_spans == 10 and queue.failed_spans == 0
     assert app.divak_dropped_spans == 0
     assert not divak_warnings(log_records)
     app.divak_shutdown()
@@ -230,7 +232,7 @@ def test_shutdown_with_collector_down_does_not_wait_for_retries():
     started = time.monotonic()
     app.divak_shutdown()
     assert time.monotonic() - started < 10
-    assert reporter.failed_spans == 10
+    assert app.divak_span_queues[0].failed_spans == 10
 
 
 class _OTLPTraces(web.RequestHandler):
@@ -277,14 +279,15 @@ def test_otlp_reporter_sends_spans_and_survives_a_dead_collector(log_records):
             for scope_spans in resource_spans.scope_spans:
                 names.extend(span.name for span in scope_spans.spans)
     assert names == ["GET /"] * 5
-    assert reporter.exported_spans == 5
+    assert app.divak_span_queues[0].exported_spans == 5
     app.divak_shutdown()
 
     dead = divak.OTLPReporter(f"http://127.0.0.1:{free_port()}/v1/traces", timeout=2)
     app = App(dead)
     assert serve(app, 10) == [200] * 10
     assert app.divak_force_flush(20)
-    assert dead.failed_spans == 10 and app.divak_dropped_spans == 10
+    assert app.divak_span_queues[0].failed_spans == 10
+    assert app.divak_dropped_spans == 10
     app.divak_shutdown()
     tracebacks = [r for r in log_records if r.exc_info and r.levelno >= logging.ERROR]
     assert not [r for r in tracebacks if r.name.startswith("divak")]

@@ -11,7 +11,9 @@ application combines the ones it was given with :class:`Propagation`:
 * injection writes the headers of **all** of them.
 
 Invalid input never raises: a propagator that cannot parse its header
-leaves the context as it was, and the request starts a new trace.
+leaves the context as it was, and the request starts a new trace.  A
+propagator that raises while injecting is skipped (and logged at most twice
+a minute): the outgoing request goes on with the other headers.
 
 Where OpenTelemetry's own propagators follow their specification, divak
 uses them as they are.  The places where they deviate are fixed here, each
@@ -41,6 +43,7 @@ from divak.propagation.b3 import B3DebugMarker, PropagatedSampler, ZipkinPropaga
 from divak.propagation.baggage import BaggagePropagation
 from divak.propagation.requestid import RequestIdPropagation
 from divak.propagation.tracecontext import TraceContextPropagation
+from divak.ratelimit import RateLimitedLog, describe_error
 
 __all__ = [
     "B3_DEBUG_ATTRIBUTE",
@@ -74,6 +77,7 @@ class Propagation:
             (p for p in self.propagators if isinstance(p, RequestIdPropagation)),
             None,
         )
+        self._complain = RateLimitedLog(logger)
 
     def extract(self, carrier: typing.Any) -> Context:
         """Build a new context from the headers in *carrier*.
@@ -102,6 +106,26 @@ class Propagation:
         return context
 
     def inject(self, carrier: typing.Any, context: Context | None = None) -> None:
-        """Write the headers of every propagator into *carrier*."""
+        """Write the headers of every propagator into *carrier*.
+
+        A propagator that raises is skipped, so one broken propagator costs
+        its own headers, never the request; the failure is logged as a
+        WARNING with its traceback at most twice a minute, with the number
+        of failures not logged.
+
+        :param carrier: the outgoing headers, e.g. a
+            :class:`tornado.httputil.HTTPHeaders` or a :class:`dict`
+        :param context: the context to propagate; the current one when
+            :data:`None`
+        """
         for propagator in self.propagators:
-            propagator.inject(carrier, context)
+            try:
+                propagator.inject(carrier, context)
+            except Exception as error:  # noqa: BLE001 - never fail the request
+                self._complain(
+                    logging.WARNING,
+                    "%r failed to inject, its headers are not sent: %s",
+                    propagator,
+                    describe_error(error),
+                    exc_info=True,
+                )

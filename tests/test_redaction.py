@@ -1,0 +1,159 @@
+"""Secrets in URLs are redacted before they reach spans or logs (issue 15, item 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+import divak.client
+from divak import redaction
+from divak.redaction import (
+    INVALID_URL,
+    redact_query,
+    redact_uri,
+    redact_url,
+    redacted_query_params,
+)
+
+NAMES = [
+    "token",
+    "api_key",
+    "password",
+    "access_token",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+    "key",
+    "private_token",
+    "auth",
+    "sig",
+    "signature",
+    "AWSAccessKeyId",
+    "X-Goog-Signature",
+    "apikey",
+    "client_secret",
+    "code",
+    "secret",
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_listed_name_is_redacted_in_every_shape(name: str) -> None:
+    assert redact_query(f"a=1&{name}=s3cr3t&b=2") == f"a=1&{name}=REDACTED&b=2"
+    assert redact_uri(f"/x?{name}=s3cr3t") == f"/x?{name}=REDACTED"
+    assert (
+        redact_url(f"https://h.example/x?{name}=s3cr3t")
+        == f"https://h.example/x?{name}=REDACTED"
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        # case-insensitive names
+        ("TOKEN=a&Api_Key=b", "TOKEN=REDACTED&Api_Key=REDACTED"),
+        # ";"-separated parameters
+        ("page=2;token=t;x=1", "page=2;token=REDACTED;x=1"),
+        ("page=2&;token=t", "page=2&;token=REDACTED"),
+        # percent-encoded and "+"-encoded names are decoded for the comparison
+        ("%74oken=t&api%5Fkey=k", "%74oken=REDACTED&api%5Fkey=REDACTED"),
+        # values that look like names are not names
+        ("q=token&token", "q=token&token"),
+        # empty values are redacted too, so their presence tells nothing
+        ("password=", "password=REDACTED"),
+        # similar names are left alone
+        ("tokens=1&monkey=2&authority=3", "tokens=1&monkey=2&authority=3"),
+        # repeated names
+        ("token=a&token=b", "token=REDACTED&token=REDACTED"),
+        ("", ""),
+        ("plain", "plain"),
+    ],
+)
+def test_redact_query(query: str, expected: str) -> None:
+    assert redact_query(query) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://example.com/a?b=c", "https://example.com/a?b=c"),
+        ("https://u:pw@example.com/a", "https://REDACTED:REDACTED@example.com/a"),
+        (
+            "https://u@example.com:8443/a",
+            "https://REDACTED:REDACTED@example.com:8443/a",
+        ),
+        ("http://h/a?token=t#frag", "http://h/a?token=REDACTED"),
+        (
+            "http://h/a;jsessionid=1;password=p/b",
+            "http://h/a;jsessionid=1;password=REDACTED/b",
+        ),
+        ("http://[::1]:8080/?sig=1", "http://[::1]:8080/?sig=REDACTED"),
+        # invalid URLs never appear raw
+        ("http://[::1/x?token=t", INVALID_URL),
+        ("http://h:99999999/x", INVALID_URL),
+        ("http://h:port/x?token=t", INVALID_URL),
+        ("not a url token=t", INVALID_URL),
+        ("/relative?token=t", INVALID_URL),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        # origin-form
+        ("/", "/"),
+        ("/a/b", "/a/b"),
+        ("/a?b=c", "/a?b=c"),
+        ("/a?token=t&b=c", "/a?token=REDACTED&b=c"),
+        ("/a?b=c;access_token=t", "/a?b=c;access_token=REDACTED"),
+        ("/users/me@example.com", "/users/me@example.com"),
+        ("//user:pw@evil/x", "//user:pw@evil/x"),  # a path, no authority
+        ("/a;password=p/b?x=1", "/a;password=REDACTED/b?x=1"),
+        ("/a#access_token=t", "/a"),
+        ("/a?x=1#access_token=t", "/a?x=1"),
+        # absolute-form, userinfo as the semantic conventions write it
+        ("http://user:PW@host/x", "http://REDACTED:REDACTED@host/x"),
+        (
+            "http://user:PW@host:81/x?token=t",
+            "http://REDACTED:REDACTED@host:81/x?token=REDACTED",
+        ),
+        ("http://host?token=t", "http://host?token=REDACTED"),
+        ("http://user:PW@host", "http://REDACTED:REDACTED@host"),
+        ("HTTPS://a:b@host/", "HTTPS://REDACTED:REDACTED@host/"),
+        # invalid absolute-form never appears raw
+        ("http://user:PW@host:port/x", INVALID_URL),
+        ("ht tp://user:PW@host/x", INVALID_URL),
+        # authority-form (CONNECT) and asterisk-form
+        ("host.example:443", "host.example:443"),
+        ("u:pw@host.example:443", "REDACTED:REDACTED@host.example:443"),
+        ("*", "*"),
+    ],
+)
+def test_redact_uri(uri: str, expected: str) -> None:
+    assert redact_uri(uri) == expected
+
+
+def test_fast_path_returns_the_same_object() -> None:
+    uri = "/a/very/ordinary/path/" + "x" * 50
+    assert redact_uri(uri) is uri
+
+
+def test_settings_extend_the_default_names() -> None:
+    names = redacted_query_params({"divak_redacted_query_params": ["Session", "otp"]})
+    assert names >= redaction.DEFAULT_REDACTED_QUERY_PARAMS
+    assert {"session", "otp"} <= names
+    assert redact_uri("/a?SESSION=s&otp=1&token=t", names) == (
+        "/a?SESSION=REDACTED&otp=REDACTED&token=REDACTED"
+    )
+    assert redact_uri("/a?session=s") == "/a?session=s"  # default set unchanged
+    assert redacted_query_params({}) == redaction.DEFAULT_REDACTED_QUERY_PARAMS
+    assert redacted_query_params(None) == redaction.DEFAULT_REDACTED_QUERY_PARAMS
+    assert "otp" in redacted_query_params({"divak_redacted_query_params": "OTP"})
+    with pytest.raises(TypeError):
+        redacted_query_params({"divak_redacted_query_params": [1, 2]})
+
+
+def test_client_keeps_its_name() -> None:
+    assert divak.client.redact_url is redact_url
