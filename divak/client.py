@@ -206,7 +206,11 @@ class HttpClientMixin:
             port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
         except ValueError:
             port = _DEFAULT_PORTS.get(parts.scheme, 80)
-        full_url = redact_url(url)
+        instrumentation = getattr(application, "divak_instrumentation", None)
+        if instrumentation is not None:
+            full_url = redact_url(url, instrumentation.redacted_params)
+        else:
+            full_url = redact_url(url)
         propagate = _host_allowed(
             host, application.settings.get("divak_propagation_hosts")
         )

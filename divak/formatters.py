@@ -22,7 +22,7 @@ import typing
 try:
     from pythonjsonlogger.json import JsonFormatter as _JsonBase
 except ImportError:  # the json extra is not installed
-    _JsonBase = None
+    _JsonBase = None  # type: ignore[misc,assignment]
 
 __all__ = [
     "JsonFormatter",

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httputil, web
 
-from divak import export, headers, propagation, reporters
+from divak import export, headers, propagation, redaction, reporters
 from divak.context import RequestContext
 from divak.propagation.b3 import B3DebugMarker
 from divak.routes import RouteTable
@@ -107,6 +107,9 @@ class Instrumentation:
         self._provider: TracerProvider | None = None
         self._own_provider = False
         self._tracer: trace.Tracer | None = None
+        #: Query parameter names whose values are redacted wherever a URL
+        #: is logged or recorded (:func:`divak.redaction.redacted_query_params`).
+        self.redacted_params = redaction.redacted_query_params(self.settings)
         self._max_length = int(
             self.settings.get(
                 "divak_max_request_attribute_length", MAX_REQUEST_ATTRIBUTE_LENGTH
@@ -418,13 +421,19 @@ class Instrumentation:
         address, port = _split_host(host)
         attributes: dict[str, typing.Any] = {
             "http.request.method": method,
-            "url.path": request.path[:limit],
+            "url.path": redaction.redact_uri(request.path, self.redacted_params)[
+                :limit
+            ],
             "url.scheme": request.protocol,
             "server.address": address[:limit],
             "server.port": port or _DEFAULT_PORTS.get(request.protocol, 80),
             "client.address": request.remote_ip,
             "network.protocol.version": request.version.partition("/")[2] or "1.1",
         }
+        if request.query:
+            attributes["url.query"] = redaction.redact_query(
+                request.query, self.redacted_params
+            )[:limit]
         if method == "_OTHER":
             attributes["http.request.method_original"] = request.method[:limit]
         if route:

@@ -94,13 +94,17 @@ class ZipkinReporter(ZipkinExporter):
         session = requests.Session()
         session.headers["b3"] = "0"
         super().__init__(endpoint=url, timeout=timeout, session=session)  # type: ignore[arg-type]
-        self.encoder = ZipkinV2Encoder(self.encoder.max_tag_value_length)
+        self.encoder = ZipkinV2Encoder(  # type: ignore[assignment]
+            self.encoder.max_tag_value_length
+        )
         self.url = url
         self.retry_for = retry_for
         self._complain = RateLimitedLog(logger)
         self._stop_retrying = threading.Event()
 
-    def export(self, spans: typing.Sequence[ReadableSpan]) -> SpanExportResult:
+    def export(  # type: ignore[override]
+        self, spans: typing.Sequence[ReadableSpan]
+    ) -> SpanExportResult:
         """Upload *spans*, retrying as described above; never raises.
 
         Blocks the calling thread (the :class:`~divak.export.SpanQueue`
@@ -116,7 +120,7 @@ class ZipkinReporter(ZipkinExporter):
         if service_name:
             self.local_node.service_name = str(service_name).lower()
         try:
-            body = self.encoder.serialize(spans, self.local_node)
+            body = self.encoder.serialize(spans, self.local_node)  # type: ignore[arg-type]
         except Exception as error:  # noqa: BLE001 - a bad span must not kill export
             self._complain(
                 logging.WARNING,
@@ -264,6 +268,8 @@ class LoggingReporter(SpanExporter):
             return SpanExportResult.SUCCESS
         for span in spans:
             context = span.get_span_context()
+            if context is None:
+                continue
             parent = span.parent
             self.logger.info(
                 "%s %s %s trace_id=%s span_id=%s parent_id=%s duration=%.3fms",

@@ -73,7 +73,7 @@ class ZipkinV2Encoder(JsonV2Encoder):
     def _extract_tags_from_dict(self, tags_dict: typing.Any) -> dict[str, str]:
         if not tags_dict:
             return {}
-        limit = self.max_tag_value_length
+        limit: int | None = self.max_tag_value_length
         if not limit or limit <= 0:
             limit = None
         tags: dict[str, str] = {}
@@ -96,7 +96,9 @@ class ZipkinV2Encoder(JsonV2Encoder):
                     del tags[key]
         return tags
 
-    def _extract_tags_from_span(self, span: ReadableSpan) -> dict[str, str]:
+    def _extract_tags_from_span(  # type: ignore[override]
+        self, span: ReadableSpan
+    ) -> dict[str, str]:
         resource = span.resource
         scope = span.instrumentation_scope
         cache_key = (id(resource), id(scope))
@@ -134,8 +136,10 @@ class ZipkinV2Encoder(JsonV2Encoder):
             tags["otel.dropped_links_count"] = str(span.dropped_links)
         return tags
 
-    def _encode_span(self, span: ReadableSpan, encoded_local_endpoint: dict) -> dict:
-        encoded = super()._encode_span(span, encoded_local_endpoint)
+    def _encode_span(  # type: ignore[override]
+        self, span: ReadableSpan, encoded_local_endpoint: dict
+    ) -> dict:
+        encoded = super()._encode_span(span, encoded_local_endpoint)  # type: ignore[arg-type]
         if encoded.get("kind") is None:
             encoded.pop("kind", None)
         encoded.pop("debug", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 from tornado import web
 
 import divak
@@ -137,3 +137,36 @@ def test_a_raising_access_log_filter_never_loses_the_span() -> None:
         access.removeFilter(broken)
         access.setLevel(level)
     assert recorder.one("GET /echo").attributes["http.response.status_code"] == 200
+
+
+def test_secrets_never_reach_the_span() -> None:
+    recorder = serve(
+        [
+            b"GET /echo?page=2&token=s3cret&api_key=k3y;password=pw HTTP/1.1\r\n"
+            b"Host: x\r\n\r\n",
+            b"GET http://user:PW@x/echo?access_token=t0k HTTP/1.1\r\nHost: x\r\n\r\n",
+        ]
+    )
+    # The absolute-form target routes nowhere: Tornado matches its path.
+    spans = recorder.find(kind=SpanKind.SERVER)
+    assert sorted(span.name for span in spans) == ["GET", "GET /echo"]
+    assert recorder.one("GET").attributes["url.path"] == (
+        "http://REDACTED:REDACTED@x/echo"
+    )
+    text = repr([dict(span.attributes) for span in spans])
+    for secret in ("s3cret", "k3y", "pw", "PW", "user:", "t0k"):
+        assert secret not in text
+    queries = sorted(span.attributes["url.query"] for span in spans)
+    assert queries == [
+        "access_token=REDACTED",
+        "page=2&token=REDACTED&api_key=REDACTED;password=REDACTED",
+    ]
+
+
+def test_configured_names_are_redacted_too() -> None:
+    recorder = serve(
+        [b"GET /echo?session=abc&page=1 HTTP/1.1\r\nHost: x\r\n\r\n"],
+        divak_redacted_query_params=["session"],
+    )
+    span = recorder.one("GET /echo")
+    assert span.attributes["url.query"] == "session=REDACTED&page=1"
