@@ -88,16 +88,19 @@ class Propagation:
         """
         context = Context()
         parent: trace.Span | None = None
+        current: trace.Span = trace.INVALID_SPAN  # the span of *context*
         for propagator in self.propagators:
             try:
                 extracted = propagator.extract(carrier, context)
             except Exception:  # noqa: BLE001 - a header must never fail a request
                 logger.debug("%r failed to extract", propagator, exc_info=True)
                 continue
+            if extracted is context:
+                continue
             span = trace.get_current_span(extracted)
-            if span is not trace.get_current_span(context):
+            if span is not current:
                 if parent is None and span.get_span_context().is_valid:
-                    parent = span
+                    parent = current = span
                 else:
                     extracted = trace.set_span_in_context(
                         parent or trace.INVALID_SPAN, extracted
