@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import typing
 
 from opentelemetry import trace
@@ -15,6 +16,25 @@ from opentelemetry.trace import StatusCode
 __all__ = ["B3_DEBUG_ATTRIBUTE", "ZipkinV2Encoder"]
 
 from divak.propagation._common import B3_DEBUG_ATTRIBUTE
+
+try:  # the "fast" extra: several times quicker on the export thread
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the installed extras
+    _orjson = None
+
+
+def dumps(encoded: typing.Any) -> bytes:
+    """Serialise encoded spans to compact JSON, UTF-8.
+
+    With orjson installed (``pip install 'divak[fast]'``) it writes the
+    document; otherwise the standard :mod:`json` module does.  Both give
+    the same JSON value.
+
+    :param encoded: the list of Zipkin span dicts
+    """
+    if _orjson is not None:
+        return _orjson.dumps(encoded)
+    return json.dumps(encoded, separators=(",", ":")).encode()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -69,6 +89,17 @@ class ZipkinV2Encoder(JsonV2Encoder):
     def __init__(self, max_tag_value_length: int | None = None) -> None:
         super().__init__(max_tag_value_length)  # type: ignore[arg-type]
         self._constant_tags: dict[tuple[int, int], tuple[typing.Any, ...]] = {}
+
+    def serialize(  # type: ignore[override]
+        self, spans: typing.Sequence[ReadableSpan], local_endpoint: typing.Any
+    ) -> bytes:
+        """The request body for *spans*: a JSON list of Zipkin v2 spans.
+
+        :param spans: finished spans
+        :param local_endpoint: the exporter's ``NodeEndpoint``
+        """
+        endpoint = self._encode_local_endpoint(local_endpoint)
+        return dumps([self._encode_span(span, endpoint) for span in spans])
 
     def _extract_tags_from_dict(self, tags_dict: typing.Any) -> dict[str, str]:
         if not tags_dict:

@@ -54,3 +54,23 @@ def test_tags_match_the_library_encoder():
             got = ours._extract_tags_from_span(span)
             assert got == expected
             assert list(got) == list(expected)
+
+
+def test_fast_json_gives_the_same_document(monkeypatch):
+    import json
+
+    import pytest
+    from opentelemetry.exporter.zipkin.node_endpoint import NodeEndpoint
+
+    from divak import zipkin
+
+    pytest.importorskip("orjson")
+    spans = spans_of_every_shape()
+    node = NodeEndpoint()
+    node.service_name = "svc"
+    fast = zipkin.ZipkinV2Encoder(128).serialize(spans, node)
+    monkeypatch.setattr(zipkin, "_orjson", None)
+    standard = zipkin.ZipkinV2Encoder(128).serialize(spans, node)
+    assert isinstance(fast, bytes) and isinstance(standard, bytes)
+    assert json.loads(fast) == json.loads(standard)
+    assert len(json.loads(fast)) == len(spans)
