@@ -20,7 +20,7 @@ from divak.propagation._common import B3_DEBUG_ATTRIBUTE
 try:  # the "fast" extra: several times quicker on the export thread
     import orjson as _orjson
 except ImportError:  # pragma: no cover - depends on the installed extras
-    _orjson = None
+    _orjson = None  # type: ignore[assignment]
 
 
 def dumps(encoded: typing.Any) -> bytes:
