@@ -182,3 +182,26 @@ def test_access_log_uses_the_forwarded_client_address(
     run(scenario())
     (line,) = [r.getMessage() for r in log_records if r.name == "tornado.access"]
     assert line.startswith('203.0.113.9 "GET /plain" 200 ')
+
+
+def test_with_the_sdk_disabled_records_say_0_not_32_zeros() -> None:
+    code = (
+        "import asyncio, logging, os\n"
+        "os.environ['OTEL_SDK_DISABLED'] = 'true'\n"
+        "import divak\n"
+        "from tornado import httpclient, web\n"
+        "class H(web.RequestHandler):\n"
+        "    def get(self):\n"
+        "        logging.getLogger('h').warning('inside')\n"
+        "class App(divak.Recorder, web.Application): pass\n"
+        "logging.basicConfig(format='[%(otelTraceID)s|%(otelSpanID)s] %(message)s')\n"
+        "async def main():\n"
+        "    app = App([('/', H)])\n"
+        "    server = app.listen(0, '127.0.0.1')\n"
+        "    port = next(iter(server._sockets.values())).getsockname()[1]\n"
+        "    await httpclient.AsyncHTTPClient().fetch(f'http://127.0.0.1:{port}/')\n"
+        "asyncio.run(main())\n"
+    )
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert "[0|0] inside" in result.stderr.splitlines()
