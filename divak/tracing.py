@@ -24,9 +24,9 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from tornado import httputil, log, routing, web
+from tornado import httputil, routing, web
 
-from divak import export, headers, propagation, reporters, sampling
+from divak import access, export, headers, propagation, reporters, sampling
 from divak.logging import REQUEST_CONTEXT_KEY
 
 __all__ = ["Recorder", "RequestContext", "RequestTracker", "route_template"]
@@ -503,24 +503,8 @@ class Recorder(web.Application):
         if "log_function" in self.settings:
             self.settings["log_function"](handler)
         else:
-            level = (
-                logging.INFO
-                if status < 400
-                else logging.WARNING
-                if status < 500
-                else logging.ERROR
-            )
-            if log.access_log.isEnabledFor(level):
-                with activated(request_context):
-                    log.access_log.log(
-                        level,
-                        '%s "%s %s" %d %.2fms',
-                        request.remote_ip,
-                        request.method,
-                        request.uri,
-                        status,
-                        1000.0 * request.request_time(),
-                    )
+            with activated(request_context):
+                access.write_access_log(handler)
         if own_span:
             self.divak_end_span(request_context, status)
             request_context.context = None  # no reference cycle left
