@@ -21,7 +21,7 @@ import typing
 from opentelemetry import context as otel_context
 from tornado import httputil, web
 
-from divak.handlers import Logger, _class_logger, _ClassLogger
+from divak.handlers import Logger, _class_logger
 from divak.logging import REQUEST_CONTEXT_KEY
 from divak.tracing import Recorder, RequestContext, RequestTracker, activated
 
@@ -65,6 +65,17 @@ def _install_filter() -> None:
         tornado_logger = logging.getLogger(name)
         if _FILTER not in tornado_logger.filters:
             tornado_logger.addFilter(_FILTER)
+
+
+class _InheritedLogger:
+    """``self.logger``: a base class's own ``logger``, else the class's adapter."""
+
+    def __get__(self, instance: object, owner: type) -> typing.Any:
+        for klass in owner.__mro__:
+            value = klass.__dict__.get("logger")
+            if value is not None and not hasattr(value, "__get__"):
+                return _class_logger(owner, value)
+        return _class_logger(owner, None)
 
 
 def _standard_reason(status_code: int) -> str:
@@ -168,19 +179,17 @@ class ErrorLogger:
     on ``tornado.application``, the ``HTTPError`` warning on
     ``tornado.general``) are dropped, so nothing is logged twice.
 
-    As sprockets.http's ``ErrorLogger`` (which derives from its
-    ``LoggingHandler``), it gives the handler ``self.logger``: the class's
-    own ``logger`` attribute when it has one, else the same
-    :class:`~divak.logging.RequestLogger` :class:`divak.Logger` gives
-    (named ``module.ClassName``).  It is a class attribute rather than a
-    base class, so it mixes with :class:`divak.Logger` and
+    As sprockets.http's ``ErrorLogger`` (a ``LoggingHandler``), it gives
+    the handler ``self.logger``: the class's own ``logger`` attribute, else
+    the :class:`divak.Logger` adapter (``module.ClassName``).  A class
+    attribute, not a base class, so it mixes with :class:`divak.Logger` and
     :class:`LoggingHandler` in any order.
     """
 
     if typing.TYPE_CHECKING:
         request: httputil.HTTPServerRequest
 
-    logger: typing.Any = _ClassLogger()
+    logger: typing.Any = _InheritedLogger()
     _divak_logged_error: BaseException | None = None
 
     def log_exception(
@@ -227,9 +236,8 @@ class ErrorLogger:
         :param kwargs: as for :meth:`tornado.web.RequestHandler.send_error`:
             ``reason`` (a custom reason phrase) and ``exc_info`` (the
             exception being handled, a :func:`sys.exc_info` tuple); and, as
-            sprockets.http honours it, ``log_message`` (:class:`str`), the
-            text logged instead of the reason phrase.  It is passed on to
-            ``write_error`` and never reaches the client.
+            in sprockets.http, ``log_message`` (:class:`str`), logged
+            instead of the reason phrase, never sent to the client.
         """
         exc_info = kwargs.get("exc_info")
         value = exc_info[1] if exc_info else None

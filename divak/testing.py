@@ -4,9 +4,8 @@
   that keeps every span it receives;
 * :class:`RecordingLogHandler`: keeps log records (as divak-tornado's);
 * :class:`SpanRecorder`: an in-memory reporter with look-up helpers;
-* :class:`DivakTestCase` (alias :class:`SprocketsHttpTestCase`): an
-  :class:`tornado.testing.AsyncHTTPTestCase` that runs the application's
-  life-cycle callbacks and records its spans in memory.
+* :class:`DivakTestCase` (alias :class:`SprocketsHttpTestCase`): starts
+  and stops the application around each test, records its spans in memory.
 """
 
 from __future__ import annotations
@@ -180,34 +179,25 @@ class SpanRecorder(SpanExporter):
 class DivakTestCase(testing.AsyncHTTPTestCase):
     """An :class:`~tornado.testing.AsyncHTTPTestCase` for divak applications.
 
-    Override :meth:`get_app` as usual.  Around each test the case, as
-    sprockets.http's ``SprocketsHttpTestCase`` does,
+    Override :meth:`get_app` as usual.  As sprockets.http's
+    ``SprocketsHttpTestCase``, :meth:`setUp` calls
+    ``self.app.start(self.io_loop)`` (:meth:`divak.app.CallbackManager.start`;
+    the spawned ``on_start`` callbacks run up to their first wait, then
+    ``ready_to_serve`` is set) and :meth:`tearDown` calls
+    ``self.app.stop(self.io_loop, self.shutdown_limit, self.wait_timeout)``
+    and runs the IOLoop until the application stops it (a ``stop`` that
+    never does, a mock's, is cut after :attr:`shutdown_limit` plus 2 s).
 
-    * calls ``self.app.start(self.io_loop)`` in :meth:`setUp` (
-      :meth:`divak.app.CallbackManager.start`: the ``before_run``
-      callbacks, then the ``on_start`` ones spawned), lets the spawned
-      callbacks run up to their first wait and sets ``ready_to_serve``;
-    * calls ``self.app.stop(self.io_loop, self.shutdown_limit,
-      self.wait_timeout)`` in :meth:`tearDown` and runs the IOLoop until
-      the application stopped it (the ``on_shutdown`` callbacks bounded by
-      :attr:`shutdown_limit` seconds); an ``app`` whose ``stop`` does not
-      stop the loop (a mock) is given :attr:`shutdown_limit` plus two
-      seconds.
-
-    and, for a :class:`divak.Recorder` application, adds :attr:`spans`, a
-    :class:`SpanRecorder`, as a reporter (before its tracing starts) and
-    shuts its reporters down at the end of each test, so no export thread
-    outlives the test and no span of one test is exported during the next.
-
-    The application may be written as for production: :meth:`flush_spans`
-    waits on :attr:`spans` only, never on the application's own reporters
-    (a Zipkin collector that the test cannot reach costs nothing).
+    For a :class:`divak.Recorder` application it adds :attr:`spans`, a
+    :class:`SpanRecorder`, as a reporter and shuts the reporters down after
+    each test, so no export thread outlives its test.  :meth:`flush_spans`
+    waits on :attr:`spans` only, so an application written for production
+    (a Zipkin collector the test cannot reach) costs nothing.
 
     Works with any :class:`tornado.web.Application`; the steps that need
     the divak mix-ins are skipped for applications without them.  Kept
     under sprockets.http's name :class:`SprocketsHttpTestCase` too; as
-    there, :meth:`get_app` may set :attr:`app`, and :attr:`app` is the
-    application either way.
+    there, :meth:`get_app` may set :attr:`app`.
 
     .. attribute:: app
 
@@ -232,21 +222,18 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
         if self.app is None:
             self.app = self._app
         self._record_spans(self._app)
-        start = getattr(self.app, "start", None)
-        if start is not None:
+        if getattr(self.app, "start", None) is not None:
             self.app.start(self.io_loop)
             # Let the spawned on_start callbacks run up to their first wait.
             self.io_loop.run_sync(lambda: asyncio.sleep(0))
-        ready = getattr(self.app, "ready_to_serve", None)
-        if ready is not None:
-            ready.set()
+        if getattr(self.app, "ready_to_serve", None) is not None:
+            self.app.ready_to_serve.set()
 
     def _record_spans(self, app: web.Application) -> None:
-        add_reporter = getattr(app, "add_divak_reporter", None)
-        if add_reporter is None:
+        if getattr(app, "add_divak_reporter", None) is None:
             return
         try:
-            add_reporter(self.spans)
+            app.add_divak_reporter(self.spans)  # type: ignore[attr-defined]
         except RuntimeError:  # tracing already started in get_app
             self._span_processor = BatchSpanProcessor(self.spans)
             provider = app.divak_tracer_provider  # type: ignore[attr-defined]
@@ -256,18 +243,14 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
         """Stop the application, shut its reporters down, stop the server."""
         try:
             if getattr(self.app, "stop", None) is not None:
-                self.app.stop(self.io_loop, self.shutdown_limit, self.wait_timeout)
-                # app.stop stops the loop once the shutdown callbacks ran.
-                bound = self.io_loop.call_later(
-                    self.shutdown_limit + 2.0, self.io_loop.stop
-                )
-                self.io_loop.start()
-                self.io_loop.remove_timeout(bound)
+                loop = self.io_loop
+                self.app.stop(loop, self.shutdown_limit, self.wait_timeout)
+                cut = loop.call_later(self.shutdown_limit + 2, loop.stop)  # a mock's
+                loop.start()  # until app.stop stops it
+                loop.remove_timeout(cut)
         finally:
-            for app in {id(self._app): self._app, id(self.app): self.app}.values():
-                shutdown = getattr(app, "divak_shutdown", None)
-                if shutdown is not None:
-                    shutdown()
+            if getattr(self._app, "divak_shutdown", None) is not None:
+                self._app.divak_shutdown()  # the served application
             super().tearDown()
 
     def get_app(self) -> web.Application:
@@ -275,11 +258,9 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
         raise NotImplementedError
 
     def flush_spans(self, timeout: float = 5.0) -> list[ReadableSpan]:
-        """Hand every finished span of :attr:`app` to :attr:`spans`; return them.
+        """Hand every finished span to :attr:`spans` (only); return them.
 
-        Waits on the in-memory recorder only, not on the application's own
-        reporters.  Call it from the test method (not from a coroutine on
-        the IOLoop): it blocks until the spans were recorded.
+        Call it from the test method, not from a coroutine on the IOLoop.
 
         :param timeout: seconds to wait at most
         :raises AssertionError: when the spans were not recorded in time
