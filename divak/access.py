@@ -1,40 +1,155 @@
-"""The access log: one line per request on the ``tornado.access`` logger."""
+"""The access log: one line per request on the ``tornado.access`` logger.
+
+:func:`write_access_log` is what :meth:`divak.Recorder.log_request` and
+:meth:`divak.app.Application.log_request` call once a request finished.
+It writes the line only; the caller makes the request's context current
+first, so the record carries the request's ``otelTraceID``,
+``otelSpanID`` and ``divak_request_id`` as attributes (see
+:mod:`divak.logging`), never in the message.
+
+.. rubric:: Levels
+
+INFO below 400, WARNING for 4xx, ERROR for 5xx (and anything above).  A
+handler with ``access_log_failures_only = True`` (a class or instance
+attribute, as in sprockets.http) logs its 1xx, 2xx and 3xx responses at
+DEBUG, so a health check stays out of an INFO log while its failures show.
+
+.. rubric:: settings['access_log_format']
+
+``"divak"`` (the default)::
+
+   127.0.0.1 "GET /items/12" 200 3.21ms
+
+client address (the real one when ``xheaders`` is on), method, URI,
+status and duration in milliseconds.
+
+``"combined"``: sprockets.http's combined log wording (one line)::
+
+   127.0.0.1 - alice [01/Dec/2026:10:27:22 +0000] "GET /items/12 HTTP/1.1"
+   200 "OK" - "-" "curl/8.5.0" (secs:0.003)
+
+client address, ``-`` (RFC 1413 identity), the handler's
+``current_user`` or ``-``, the request's start time in UTC, the request
+line, the status, the reason phrase in quotes, the bytes written (the
+handler's ``response_bytes_written`` attribute when it sets one, else
+``-``, as in sprockets.http), the ``Referer`` and ``User-Agent`` headers
+(``-`` when absent) and the duration in seconds.
+"""
 
 from __future__ import annotations
 
+import datetime
 import logging
+import time
+import typing
 
-from tornado import log, web
+from tornado import httputil, log, web
 
-__all__ = ["write_access_log"]
+from divak import redaction
+from divak.context import request_context_of
+
+__all__ = ["redacted_uri", "write_access_log"]
+
+#: The value of ``settings['access_log_format']`` for sprockets.http's wording.
+COMBINED = "combined"
+
+
+def _level(handler: web.RequestHandler, status: int) -> int:
+    if status >= 500:
+        return logging.ERROR
+    if status >= 400:
+        return logging.WARNING
+    if getattr(handler, "access_log_failures_only", False):
+        return logging.DEBUG
+    return logging.INFO
+
+
+def _user(handler: web.RequestHandler) -> str:
+    try:
+        user = handler.current_user
+    except Exception:  # a failing user look-up must not cost the log line
+        return "-"
+    return str(user) if user else "-"
+
+
+def redacted_uri(handler: web.RequestHandler) -> str:
+    """The request's URI as logs may show it: secret parameters redacted.
+
+    :param handler: the handler serving the request; its application's
+        redaction list is used (see :mod:`divak.redaction`)
+    """
+    instrumentation = getattr(handler.application, "divak_instrumentation", None)
+    if instrumentation is not None:
+        names = instrumentation.redacted_params
+    else:
+        names = redaction.redacted_query_params(handler.settings)
+    return redaction.redact_uri(handler.request.uri or "", names)
 
 
 def write_access_log(handler: web.RequestHandler) -> None:
-    """Write the access line of *handler*'s request.
+    """Write the access log line of *handler*'s finished request.
 
-    Client address (the real one when ``xheaders`` is on), method, URI,
-    status and duration in milliseconds; INFO below 400, WARNING for 4xx,
-    ERROR for 5xx.  Called with the request's context current, so the
-    record carries the request's ids.
+    Call it with the request's context current (the log record takes its
+    ids from there); it computes no ids itself.  Nothing is formatted when
+    ``tornado.access`` does not log the line's level.
 
-    :param handler: the handler that served the request
+    :param handler: the handler that answered the request; its
+        ``access_log_failures_only`` attribute (:class:`bool`) lowers the
+        level of successful responses to DEBUG, and its application's
+        ``access_log_format`` setting (``"divak"`` or ``"combined"``) picks
+        the wording
+
+    The URI is written with secret query parameters redacted
+    (:mod:`divak.redaction`).  The record also carries the fields
+    ``http.response.status_code``, ``http.request.method``, ``http.route``
+    (the route template, or :data:`None`) and ``duration_ms``, which the
+    JSON log format writes as keys of their own.
     """
     status = handler.get_status()
-    level = (
-        logging.INFO
-        if status < 400
-        else logging.WARNING
-        if status < 500
-        else logging.ERROR
-    )
-    if log.access_log.isEnabledFor(level):
-        request = handler.request
+    level = _level(handler, status)
+    if not log.access_log.isEnabledFor(level):
+        return
+    request = handler.request
+    request_context = request_context_of(request)
+    seconds = request.request_time()
+    fields = {
+        "http.response.status_code": status,
+        "http.request.method": request.method,
+        "http.route": request_context.route if request_context else None,
+        "duration_ms": round(1000.0 * seconds, 3),
+    }
+    uri = redacted_uri(handler)
+    if handler.settings.get("access_log_format") != COMBINED:
         log.access_log.log(
             level,
             '%s "%s %s" %d %.2fms',
             request.remote_ip,
             request.method,
-            request.uri,
+            uri,
             status,
-            1000.0 * request.request_time(),
+            1000.0 * seconds,
+            extra=fields,
         )
+        return
+    started_at = datetime.datetime.fromtimestamp(time.time() - seconds, datetime.UTC)
+    # Tornado keeps the reason phrase in a private attribute only.
+    reason = getattr(handler, "_reason", None) or httputil.responses.get(status, "-")
+    bytes_written: typing.Any = getattr(handler, "response_bytes_written", "-")
+    log.access_log.log(
+        level,
+        '%s %s %s [%s] "%s %s %s" %d "%s" %s "%s" "%s" (secs:%.03f)',
+        request.remote_ip,
+        "-",
+        _user(handler),
+        started_at.strftime("%d/%b/%Y:%H:%M:%S %z"),
+        request.method,
+        uri,
+        request.version,
+        status,
+        reason,
+        bytes_written,
+        request.headers.get("Referer", "-"),
+        request.headers.get("User-Agent", "-"),
+        seconds,
+        extra=fields,
+    )

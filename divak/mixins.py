@@ -19,6 +19,7 @@ import typing
 
 from tornado import httputil, web
 
+from divak.access import redacted_uri
 from divak.context import RequestContext, activated, request_context_of
 from divak.handlers import Logger, _class_logger
 
@@ -62,6 +63,17 @@ def _install_filter() -> None:
         tornado_logger = logging.getLogger(name)
         if _FILTER not in tornado_logger.filters:
             tornado_logger.addFilter(_FILTER)
+
+
+class _InheritedLogger:
+    """``self.logger``: a base class's own ``logger``, else the class's adapter."""
+
+    def __get__(self, instance: object, owner: type) -> typing.Any:
+        for klass in owner.__mro__:
+            value = klass.__dict__.get("logger")
+            if value is not None and not hasattr(value, "__get__"):
+                return _class_logger(owner, value)
+        return _class_logger(owner, None)
 
 
 def _standard_reason(status_code: int) -> str:
@@ -123,8 +135,9 @@ class ErrorLogger:
         GET /items/12 failed with 404: Not Found
 
     with the method, the URI, the status code and the ``log_message`` of a
-    :class:`tornado.web.HTTPError` or else the reason phrase (a custom
-    ``reason`` when one was given).  The level is WARNING for 4xx status
+    :class:`tornado.web.HTTPError` (or the ``log_message`` keyword of
+    ``send_error``) or else the reason phrase (a custom ``reason`` when one
+    was given).  The level is WARNING for 4xx status
     codes and ERROR for everything else (5xx and codes outside 400-599).
     The traceback is attached when an unexpected exception (anything but
     :class:`~tornado.web.HTTPError`) is being handled; an ``HTTPError`` is
@@ -137,11 +150,18 @@ class ErrorLogger:
     Tornado's own records for the same exception (``Uncaught exception``
     on ``tornado.application``, the ``HTTPError`` warning on
     ``tornado.general``) are dropped, so nothing is logged twice.
+
+    As sprockets.http's ``ErrorLogger`` (a ``LoggingHandler``), it gives
+    the handler ``self.logger``: the class's own ``logger`` attribute, else
+    the :class:`divak.Logger` adapter (``module.ClassName``).  A class
+    attribute, not a base class, so it mixes with :class:`divak.Logger` and
+    :class:`LoggingHandler` in any order.
     """
 
     if typing.TYPE_CHECKING:
         request: httputil.HTTPServerRequest
 
+    logger: typing.Any = _InheritedLogger()
     _divak_logged_error: BaseException | None = None
 
     def log_exception(
@@ -187,18 +207,22 @@ class ErrorLogger:
         :param status_code: the response's HTTP status code
         :param kwargs: as for :meth:`tornado.web.RequestHandler.send_error`:
             ``reason`` (a custom reason phrase) and ``exc_info`` (the
-            exception being handled, a :func:`sys.exc_info` tuple)
+            exception being handled, a :func:`sys.exc_info` tuple); and, as
+            in sprockets.http, ``log_message`` (:class:`str`), logged
+            instead of the reason phrase, never sent to the client.
         """
         exc_info = kwargs.get("exc_info")
         value = exc_info[1] if exc_info else None
         logged, self._divak_logged_error = self._divak_logged_error, None
         if value is None or value is not logged:
             reason = kwargs.get("reason")
+            log_message = kwargs.get("log_message")
             if isinstance(value, web.HTTPError):
-                message = value.get_message() or value.reason or reason
+                message = log_message or value.get_message() or value.reason
+                message = message or reason
                 exc_info = None
             else:
-                message = reason
+                message = log_message or reason
             self._divak_log_error(
                 status_code, message or _standard_reason(status_code), exc_info
             )
@@ -223,7 +247,7 @@ class ErrorLogger:
                 level,
                 "%s %s failed with %s: %s",
                 self.request.method,
-                self.request.uri,
+                redacted_uri(self),  # type: ignore[arg-type]
                 status_code,
                 message,
                 exc_info=exc_info,
@@ -240,28 +264,34 @@ class ErrorWriter:
 
     The document (``Content-Type: application/json; charset=utf-8``)::
 
-        {"type": "HTTPError", "message": "Not Found", "traceback": null,
+        {"type": "HTTPError", "message": "HTTP 404: Not Found", "traceback": null,
          "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
          "request_id": "a7c1..."}
 
     ``type``
         the class name of the exception being handled, or ``null``
     ``message``
-        the response's reason phrase: the custom ``reason`` when one was
-        given, else the standard phrase, ``"Unknown"`` for a non-standard
-        code.  The ``log_message`` of a :class:`~tornado.web.HTTPError` and
-        the text of an unexpected exception are for the log only and never
-        appear in the document.
+        for a :class:`~tornado.web.HTTPError`, ``str(exc)`` as
+        sprockets.http writes it, without the ``log_message``:
+        ``"HTTP 404: Not Found"`` (the custom ``reason`` when one was
+        given); otherwise the response's reason phrase: the custom
+        ``reason`` when one was given, else the standard phrase,
+        ``"Unknown"`` for a non-standard code.  The ``log_message`` of an
+        ``HTTPError`` (or of ``send_error``) and the text of an unexpected
+        exception are for the log only and never appear in the document.
     ``traceback``
         the formatted traceback as a list of strings when the application's
         ``serve_traceback`` setting is on (``debug`` turns it on) and an
         exception is being handled, else ``null``
     ``trace_id``
         the request's trace id, 32 hex digits (the same as the span's and
-        the log record's ``otelTraceID``), or ``null`` outside a trace
+        the log record's ``otelTraceID``); left out when the request has no
+        trace (an application that is not a :class:`divak.Recorder`)
     ``request_id``
         the request's correlation id (the same as the echoed
-        ``Request-Id`` header), or ``null``
+        ``Request-Id`` header); left out when the request has none
+
+    Without ids, the document has exactly sprockets.http's three keys.
 
     When the handler also has a ``send_response(body)`` method
     (sprockets.mixins.mediatype's ``ContentMixin``), the document is sent
@@ -274,8 +304,8 @@ class ErrorWriter:
     header): ``type`` (``"about:blank"``), ``title`` (the standard reason
     phrase of the status code), ``status``, ``detail`` (the response's
     reason phrase), ``instance`` (the request's path), and the extension
-    members ``trace_id`` and ``request_id``; plus ``traceback`` when
-    ``serve_traceback`` is on.
+    members ``trace_id`` and ``request_id`` (each left out when the request
+    has none); plus ``traceback`` when ``serve_traceback`` is on.
     """
 
     if typing.TYPE_CHECKING:
@@ -298,17 +328,16 @@ class ErrorWriter:
         exc_info = kwargs.get("exc_info")
         reason = getattr(self, "_reason", None) or _standard_reason(status_code)
         request_context = _request_context(self)  # type: ignore[arg-type]
-        trace_id = request_id = None
+        ids: dict[str, str] = {}
         if request_context is not None:
-            trace_id = request_context.trace_id_hex
-            request_id = request_context.request_id
+            if request_context.trace_id_hex is not None:
+                ids["trace_id"] = request_context.trace_id_hex
+            if request_context.request_id is not None:
+                ids["request_id"] = request_context.request_id
+        value = exc_info[1] if exc_info else None
         tb = None
-        if (
-            exc_info
-            and exc_info[1] is not None
-            and self.settings.get("serve_traceback")
-        ):
-            tb = traceback.format_exception(*exc_info)
+        if value is not None and self.settings.get("serve_traceback"):
+            tb = traceback.format_exception(value)
         if self.settings.get("problem_details"):
             problem: dict[str, typing.Any] = {
                 "type": "about:blank",
@@ -316,20 +345,23 @@ class ErrorWriter:
                 "status": status_code,
                 "detail": reason,
                 "instance": self.request.path,
-                "trace_id": trace_id,
-                "request_id": request_id,
+                **ids,
             }
             if tb is not None:
                 problem["traceback"] = tb
             self.set_header("Content-Type", "application/problem+json")
             self.write(json.dumps(problem).encode())
             return
+        if isinstance(value, web.HTTPError):
+            # str(value) without the log message, which is for the log only.
+            message = f"HTTP {value.status_code}: {reason}"
+        else:
+            message = reason
         document = {
-            "type": exc_info[0].__name__ if exc_info and exc_info[0] else None,
-            "message": reason,
+            "type": type(value).__name__ if value is not None else None,
+            "message": message,
             "traceback": tb,
-            "trace_id": trace_id,
-            "request_id": request_id,
+            **ids,
         }
         send_response = getattr(self, "send_response", None)
         if send_response is not None:

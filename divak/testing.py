@@ -4,9 +4,8 @@
   that keeps every span it receives;
 * :class:`RecordingLogHandler`: keeps log records (as divak-tornado's);
 * :class:`SpanRecorder`: an in-memory reporter with look-up helpers;
-* :class:`DivakTestCase` (alias :class:`SprocketsHttpTestCase`): an
-  :class:`tornado.testing.AsyncHTTPTestCase` that runs the application's
-  life-cycle callbacks and records its spans in memory.
+* :class:`DivakTestCase` (alias :class:`SprocketsHttpTestCase`): starts
+  and stops the application around each test, records its spans in memory.
 """
 
 from __future__ import annotations
@@ -180,22 +179,25 @@ class SpanRecorder(SpanExporter):
 class DivakTestCase(testing.AsyncHTTPTestCase):
     """An :class:`~tornado.testing.AsyncHTTPTestCase` for divak applications.
 
-    Override :meth:`get_app` as usual.  Around each test the case
+    Override :meth:`get_app` as usual.  As sprockets.http's
+    ``SprocketsHttpTestCase``, :meth:`setUp` calls
+    ``self.app.start(self.io_loop)`` (:meth:`divak.app.CallbackManager.start`;
+    the spawned ``on_start`` callbacks run up to their first wait, then
+    ``ready_to_serve`` is set) and :meth:`tearDown` calls
+    ``self.app.stop(self.io_loop, self.shutdown_limit, self.wait_timeout)``
+    and runs the IOLoop until the application stops it (a ``stop`` that
+    never does, a mock's, is cut after :attr:`shutdown_limit` plus 2 s).
 
-    * adds :attr:`spans`, a :class:`SpanRecorder`, to a
-      :class:`divak.Recorder` application (before its tracing starts);
-    * runs the application's ``before_run`` callbacks and spawns its
-      ``on_start`` callbacks (:meth:`divak.app.CallbackManager.start`),
-      letting them run up to their first wait before the test, and sets
-      ``ready_to_serve``;
-    * after the test, runs the ``on_shutdown`` callbacks bounded by
-      :attr:`shutdown_limit` seconds and shuts the reporters down.
+    For a :class:`divak.Recorder` application it adds :attr:`spans`, a
+    :class:`SpanRecorder`, as a reporter and shuts the reporters down after
+    each test, so no export thread outlives its test.  :meth:`flush_spans`
+    waits on :attr:`spans` only, so an application written for production
+    (a Zipkin collector the test cannot reach) costs nothing.
 
     Works with any :class:`tornado.web.Application`; the steps that need
     the divak mix-ins are skipped for applications without them.  Kept
     under sprockets.http's name :class:`SprocketsHttpTestCase` too; as
-    there, :meth:`get_app` may set :attr:`app`, and :attr:`app` is the
-    application either way.
+    there, :meth:`get_app` may set :attr:`app`.
 
     .. attribute:: app
 
@@ -208,66 +210,70 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
 
     #: Seconds the shutdown callbacks may take at most.
     shutdown_limit: float = 0.25
-    #: Seconds between checks while stopping (kept for sprockets.http).
+    #: Seconds between checks while stopping (passed on to ``app.stop``).
     wait_timeout: float = 0.05
 
     def setUp(self) -> None:
         """Build and start the application, record its spans."""
-        self.app: web.Application | None = None
+        self.app: typing.Any = None
         self.spans = SpanRecorder()
+        self._span_processor: typing.Any = None
         super().setUp()
         if self.app is None:
             self.app = self._app
-        add_reporter = getattr(self.app, "add_divak_reporter", None)
-        if add_reporter is not None:
-            try:
-                add_reporter(self.spans)
-            except RuntimeError:  # tracing already started in get_app
-                provider = self.app.divak_tracer_provider  # type: ignore[attr-defined]
-                provider.add_span_processor(BatchSpanProcessor(self.spans))
-        start = getattr(self.app, "start", None)
-        if start is not None:
-            start(self.io_loop)
+        self._record_spans(self._app)
+        if getattr(self.app, "start", None) is not None:
+            self.app.start(self.io_loop)
             # Let the spawned on_start callbacks run up to their first wait.
             self.io_loop.run_sync(lambda: asyncio.sleep(0))
-        ready = getattr(self.app, "ready_to_serve", None)
-        if ready is not None:
-            ready.set()
+        if getattr(self.app, "ready_to_serve", None) is not None:
+            self.app.ready_to_serve.set()
+
+    def _record_spans(self, app: web.Application) -> None:
+        if getattr(app, "add_divak_reporter", None) is None:
+            return
+        try:
+            app.add_divak_reporter(self.spans)  # type: ignore[attr-defined]
+        except RuntimeError:  # tracing already started in get_app
+            self._span_processor = BatchSpanProcessor(self.spans)
+            provider = app.divak_tracer_provider  # type: ignore[attr-defined]
+            provider.add_span_processor(self._span_processor)
 
     def tearDown(self) -> None:
-        """Run the shutdown callbacks, stop the reporters, stop the server."""
-        app = self.app
-        if app is not None:
-            if hasattr(app, "ready_to_serve"):
-                app.draining = True  # type: ignore[attr-defined]
-                app.ready_to_serve.clear()
-            callbacks = getattr(app, "run_shutdown_callbacks", None)
-            if callbacks is not None:
-                self.io_loop.run_sync(
-                    lambda: callbacks(self.shutdown_limit),
-                    timeout=self.shutdown_limit + 5,
-                )
-            shutdown = getattr(app, "divak_shutdown", None)
+        """Stop the application, shut its reporters down, stop the server."""
+        try:
+            if getattr(self.app, "stop", None) is not None:
+                loop = self.io_loop
+                self.app.stop(loop, self.shutdown_limit, self.wait_timeout)
+                cut = loop.call_later(self.shutdown_limit + 2, loop.stop)  # a mock's
+                loop.start()  # until app.stop stops it
+                loop.remove_timeout(cut)
+        finally:
+            shutdown = getattr(self._app, "divak_shutdown", None)
             if shutdown is not None:
-                shutdown()
-        super().tearDown()
+                shutdown()  # the served application
+            super().tearDown()
 
     def get_app(self) -> web.Application:
         """Return the application to test; override it."""
         raise NotImplementedError
 
     def flush_spans(self, timeout: float = 5.0) -> list[ReadableSpan]:
-        """Export every finished span of :attr:`app` now; return :attr:`spans`.
+        """Hand every finished span to :attr:`spans` (only); return them.
 
-        Call it from the test method (not from a coroutine on the IOLoop):
-        it blocks until the batch processor has exported.
+        Call it from the test method, not from a coroutine on the IOLoop.
 
         :param timeout: seconds to wait at most
-        :raises AssertionError: when the export did not finish in time
+        :raises AssertionError: when the spans were not recorded in time
         """
-        force_flush = getattr(self.app, "divak_force_flush", None)
-        if force_flush is not None:
-            assert force_flush(timeout), "spans not exported in time"
+        flushed = True
+        if self._span_processor is not None:
+            flushed = self._span_processor.force_flush(int(timeout * 1000))
+        else:
+            for queue in getattr(self._app, "divak_span_queues", ()):
+                if queue.reporter is self.spans:
+                    flushed = queue.force_flush(int(timeout * 1000))
+        assert flushed, "spans not recorded in time"
         return list(self.spans.spans)
 
 

@@ -49,10 +49,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: Applications served by :func:`listen` during the current test.
+_SERVED: list[typing.Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _shut_down_served_apps() -> typing.Iterator[None]:
+    """Stop the span export threads of every app a test served with listen()."""
+    yield
+    while _SERVED:
+        shutdown = getattr(_SERVED.pop(), "divak_shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
+
 def listen(app: typing.Any) -> int:
-    """Serve *app* on a free port of 127.0.0.1 in the running loop; return the port."""
+    """Serve *app* on a free port of 127.0.0.1 in the running loop; return the port.
+
+    The app's reporters are shut down at the end of the test.
+    """
     server = app.listen(0, "127.0.0.1")
     app._test_server = server
+    _SERVED.append(app)
     return next(iter(server._sockets.values())).getsockname()[1]
 
 

@@ -251,14 +251,15 @@ def test_http_error_has_no_traceback_and_logs_its_log_message(
 def test_custom_reason_reaches_log_status_line_and_document(
     log_records: list[logging.LogRecord],
 ) -> None:
-    for path in (
-        "/http?status=418&reason=Short+and+stout",
-        "/send?status=418&reason=Short+and+stout",
+    # An HTTPError's document says str(exc), as sprockets.http's does.
+    for path, message in (
+        ("/http?status=418&reason=Short+and+stout", "HTTP 418: Short and stout"),
+        ("/send?status=418&reason=Short+and+stout", "Short and stout"),
     ):
         log_records.clear()
         response = serve(path)
         assert (response.code, response.reason) == (418, "Short and stout")
-        assert json.loads(response.body)["message"] == "Short and stout"
+        assert json.loads(response.body)["message"] == message
         record = only_error_record(log_records)
         assert record.getMessage().endswith("failed with 418: Short and stout")
 
@@ -269,7 +270,7 @@ def test_log_message_wins_over_custom_reason_in_the_log(
     response = serve("/http?status=422&reason=Bad+Item&log=item+12+is+missing")
     assert (response.code, response.reason) == (422, "Bad Item")
     document = json.loads(response.body)
-    assert document["message"] == "Bad Item"
+    assert document["message"] == "HTTP 422: Bad Item"
     assert "item 12" not in response.body.decode()
     record = only_error_record(log_records)
     assert record.getMessage().endswith("failed with 422: item 12 is missing and more")
@@ -365,7 +366,10 @@ def test_document_for_send_error_has_no_type() -> None:
 def test_document_for_http_error() -> None:
     response = serve("/http?status=404&log=secret")
     document = json.loads(response.body)
-    assert (document["type"], document["message"]) == ("HTTPError", "Not Found")
+    assert (document["type"], document["message"]) == (
+        "HTTPError",
+        "HTTP 404: Not Found",
+    )
     assert b"secret" not in response.body
 
 
@@ -440,7 +444,7 @@ def test_content_mixin_picks_the_format_from_accept(
     assert response.headers["Content-Type"].partition(";")[0] == accept
     assert response.headers["Vary"] == "Accept"
     document = loads(response.body)
-    assert document["message"] == "Bad Request"
+    assert document["message"] == "HTTP 400: Bad Request"
     assert document["request_id"] == "req-9"
     assert document["type"] == "HTTPError"
     assert b"secret" not in response.body
@@ -482,7 +486,8 @@ def test_plain_tornado_application() -> None:
     response = run(go())
     assert response.code == 500
     document = json.loads(response.body)
-    assert document["trace_id"] is None and document["request_id"] is None
+    # No trace, no correlation id: exactly sprockets.http's three keys.
+    assert set(document) == {"type", "message", "traceback"}
 
 
 # -- LoggingHandler ----------------------------------------------------------

@@ -44,9 +44,11 @@ class TraceContextPropagation(tracecontext.TraceContextTextMapPropagator):
     invalid ``traceparent`` restarts the trace and drops ``tracestate``.
     The Level 2 *random-trace-id* flag is kept by the SDK for the whole trace.
 
-    ``tracestate`` is parsed by :meth:`parse_tracestate` instead, because
-    OpenTelemetry's parser drops the whole header for one bad member or one
-    duplicate key and rejects Level 2 keys (``1vendor``, ``a@b@c``).
+    ``tracestate`` is parsed by :meth:`parse_tracestate` instead: like
+    OpenTelemetry's parser it discards the whole header for one invalid
+    member, a repeated key or more than 32 members, but it accepts the
+    Level 2 keys OpenTelemetry's Level 1 key grammar rejects (``1vendor``,
+    ``foo@``, ``a@b@c``, a 250-character tenant before ``@``).
 
     This is the propagator an application uses when none was added.
     """
@@ -85,18 +87,22 @@ class TraceContextPropagation(tracecontext.TraceContextTextMapPropagator):
         * members are separated by ``,`` with optional spaces and tabs
           around them; empty members are allowed and skipped;
         * a key is ``(lcalpha / DIGIT) 0*255(lcalpha / DIGIT / "_" / "-" /
-          "*" / "/" / "@")``; a value is up to 256 printable ASCII
-          characters except ``,`` and ``=``, not ending in a space;
-        * an invalid member is discarded on its own ("Invalid tracestate
-          entries MAY also be discarded"); the valid ones are kept;
-        * of duplicate keys the first (left-most, most recent) is kept, so
-          the state sent on never repeats a key;
-        * at most 32 members and 8192 characters are kept; when there are
-          more, whole members are removed, those longer than 128 characters
-          first, then from the end, as the truncation rule says.
+          "*" / "/" / "@")``, so ``@`` may appear anywhere but first; a
+          value is up to 256 printable ASCII characters except ``,`` and
+          ``=``, not ending in a space;
+        * the whole header is discarded (an empty state is returned) when
+          any member is invalid, when a key repeats, or when there are more
+          than 32 members, as the W3C Trace Context test suite expects
+          (``test_tracestate_key_illegal_characters``,
+          ``test_tracestate_duplicated_keys``,
+          ``test_tracestate_member_count_limit``, ...);
+        * a valid header longer than 8192 characters is truncated by whole
+          members longer than 128 characters, from the end, as the
+          truncation rule (section 3.3.1.5) says.
 
         :param header: the combined header value, or :data:`None`
-        :returns: the parsed state (empty when nothing valid remained)
+        :returns: the parsed state (empty when the header was absent or
+            invalid)
         """
         if not header:
             return trace.TraceState()
@@ -112,8 +118,9 @@ class TraceContextPropagation(tracecontext.TraceContextTextMapPropagator):
                 or key in seen
                 or not _TRACESTATE_KEY.fullmatch(key)
                 or not _TRACESTATE_VALUE.fullmatch(value)
+                or len(members) == _TRACESTATE_MAX_MEMBERS
             ):
-                continue
+                return trace.TraceState()
             seen.add(key)
             members.append((key, value))
         members = _truncate_tracestate(members)
@@ -121,28 +128,20 @@ class TraceContextPropagation(tracecontext.TraceContextTextMapPropagator):
 
 
 def _truncate_tracestate(members: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    def length(items: list[tuple[str, str]]) -> int:
-        return sum(len(k) + len(v) + 1 for k, v in items) + max(len(items) - 1, 0)
+    """Remove members over 128 characters, from the end, until 8192 fit.
 
-    if len(members) <= _TRACESTATE_MAX_MEMBERS and length(members) <= (
-        _TRACESTATE_MAX_LENGTH
-    ):
-        return members
-    # Remove members longer than 128 characters first, from the end...
-    for index in range(len(members) - 1, -1, -1):
-        if len(members) <= _TRACESTATE_MAX_MEMBERS and length(members) <= (
-            _TRACESTATE_MAX_LENGTH
-        ):
-            return members
+    With at most 32 members, the members of up to 128 characters take at
+    most 4127 characters, so removing long ones always suffices.
+    """
+    length = sum(len(k) + len(v) + 1 for k, v in members) + len(members) - 1
+    index = len(members) - 1
+    while length > _TRACESTATE_MAX_LENGTH and index >= 0:
         key, value = members[index]
-        if len(key) + len(value) + 1 > _TRACESTATE_LONG_MEMBER:
+        size = len(key) + len(value) + 1
+        if size > _TRACESTATE_LONG_MEMBER:
             del members[index]
-    # ...then any member, from the end.
-    while members and (
-        len(members) > _TRACESTATE_MAX_MEMBERS
-        or length(members) > _TRACESTATE_MAX_LENGTH
-    ):
-        members.pop()
+            length -= size + 1
+        index -= 1
     return members
 
 
