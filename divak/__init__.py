@@ -12,6 +12,7 @@ Importing divak installs its log record factory, so every log record has
 and ``divak_request_id`` (see :mod:`divak.logging`).
 """
 
+import divak._conflicts  # noqa: F401 - refuses to run next to divak-tornado
 from divak.logging import install_record_factory
 
 install_record_factory()
