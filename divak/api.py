@@ -12,6 +12,9 @@ classes placed before ``RequestHandler`` / ``Application`` in the bases.
 
 from __future__ import annotations
 
+import typing
+
+from opentelemetry import context as otel_context
 from tornado import web
 
 from divak import (
@@ -38,9 +41,25 @@ class Logger(_LoggerMixin, web.RequestHandler):
     in, as divak-tornado 0.0.3 defined it, so a handler may derive from it
     alone.  ``self.logger`` is a :class:`logging.LoggerAdapter` whose
     records carry ``divak_request_id`` and the trace ids (see
-    :class:`divak.Logger`).  New code mixes :class:`divak.Logger` into its
-    own handler instead.
+    :class:`divak.Logger`), also when the handler does not mix in
+    :class:`~divak.RequestTracker`: in a :class:`~divak.Recorder`
+    application, ``prepare`` then starts the request's SERVER span and
+    makes its context current for the handler.  New code mixes
+    :class:`divak.Logger` into its own handler instead.
     """
+
+    def prepare(self) -> typing.Awaitable[None] | None:
+        """Make the request's context current; chain to ``super()``."""
+        application = self.application
+        if not isinstance(self, RequestTracker) and isinstance(application, Recorder):
+            request_context = application.divak_start_span(
+                self.request, application.divak_route(self)
+            )
+            if request_context.context is not None:
+                # Attached for the rest of the handler's task, which ends
+                # with the request; the access log line ends the span.
+                otel_context.attach(request_context.context)
+        return super().prepare()
 
 
 __all__ = [

@@ -12,7 +12,7 @@ from tornado import httpclient, ioloop, netutil, web
 
 import divak
 from divak.testing import SpanRecorder
-from tests.conftest import free_port, listen, run
+from tests.conftest import ROOT, free_port, listen, run
 
 
 class Traced(divak.Recorder, divak.Application):
@@ -244,3 +244,90 @@ def test_runner_start_server_and_stop_server() -> None:
         asyncio.set_event_loop(None)
         loop.close()
     assert events == ["200", "shutdown"]
+
+
+def test_divak_tornado_logger_alone_is_a_handler(
+    log_records: list[logging.LogRecord],
+) -> None:
+    """divak-tornado 0.0.3: ``class Ping(divak.api.Logger)`` is a handler."""
+    import divak.api
+
+    class Ping(divak.api.Logger):
+        def get(self) -> None:
+            self.logger.info("ping")
+            self.write("pong")
+
+    class App(divak.api.Recorder):
+        def __init__(self) -> None:
+            super().__init__([(r"/ping", Ping)])
+            self.add_divak_propagator(divak.api.RequestIdPropagator())
+
+    async def scenario() -> httpclient.HTTPResponse:
+        port = listen(App())
+        return await httpclient.AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{port}/ping", headers={"Request-Id": "ping-1"}
+        )
+
+    response = run(scenario())
+    assert response.code == 200 and response.body == b"pong"
+    assert response.headers["Request-Id"] == "ping-1"
+    ping = next(r for r in log_records if r.getMessage() == "ping")
+    assert ping.divak_request_id == "ping-1"  # type: ignore[attr-defined]
+
+
+def test_unknown_routes_answer_with_the_json_error_document(
+    log_records: list[logging.LogRecord],
+) -> None:
+    async def scenario() -> list[httpclient.HTTPResponse]:
+        app = make_app()
+        port = listen(app)
+        custom = Traced([], default_handler_class=Hello)
+        custom_port = listen(custom)
+        return [
+            await fetch(port, "/nowhere"),
+            await fetch(custom_port, "/nowhere"),
+        ]
+
+    default, custom = run(scenario())
+    assert default.code == 404
+    assert default.headers["Content-Type"].startswith("application/json")
+    document = json.loads(default.body)
+    assert document["message"] == "Not Found"
+    assert len(document["trace_id"]) == 32
+    assert custom.code == 200 and custom.body == b"hello"  # the user's choice
+    warnings = [r for r in log_records if "failed with 404" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+
+
+def test_importing_next_to_divak_tornado_fails_clearly(tmp_path) -> None:
+    """Both distributions own the ``divak`` package: say so at import."""
+    import subprocess
+    import sys
+
+    info = tmp_path / "divak_tornado-0.0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: divak-tornado\nVersion: 0.0.3\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "import divak"],
+        env={**__import__("os").environ, "PYTHONPATH": f"{ROOT}:{tmp_path}"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "ImportError: divak cannot be imported while divak-tornado 0.0.3" in (
+        result.stderr
+    )
+    assert "pip uninstall divak-tornado" in result.stderr
+    clean = subprocess.run(
+        [sys.executable, "-c", "import divak"],
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert clean.returncode == 0, clean.stderr
