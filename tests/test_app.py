@@ -331,3 +331,43 @@ def test_importing_next_to_divak_tornado_fails_clearly(tmp_path) -> None:
         timeout=60,
     )
     assert clean.returncode == 0, clean.stderr
+
+
+def test_runner_awaits_start_callbacks_and_bounds_them(
+    log_records: list[logging.LogRecord],
+) -> None:
+    events: list[str] = []
+    sockets = netutil.bind_sockets(0, "127.0.0.1")
+    port = sockets[0].getsockname()[1]
+
+    async def warm(app: web.Application, io_loop: ioloop.IOLoop) -> None:
+        await asyncio.sleep(0)
+        events.append("warm")
+
+    async def hang(app: web.Application, io_loop: ioloop.IOLoop) -> None:
+        events.append("hang")
+        await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        app = make_app(start_limit=0.2, shutdown_limit=1)
+        app.before_run_callbacks.append(warm)
+        app.on_start_callbacks.append(hang)
+        runner = divak.Runner(app)
+
+        async def client() -> None:
+            while not any(
+                "did not finish within" in r.getMessage() for r in log_records
+            ):
+                await asyncio.sleep(0.02)
+            events.append(str((await fetch(port, "/status")).code))
+            runner.stop()
+
+        task = asyncio.ensure_future(client())
+        await asyncio.wait_for(runner.serve(sockets), 30)
+        await task
+
+    run(scenario())
+    assert events == ["warm", "hang", "503"]  # never ready: on_start was cut off
+    messages = [r.getMessage() for r in log_records]
+    assert any("on_start callback" in m and "0.2s" in m for m in messages)
+    assert not any("was never awaited" in m for m in messages)
