@@ -200,6 +200,7 @@ class HttpClientMixin:
         retries: int = DEFAULT_RETRIES,
         deadline: float = DEFAULT_DEADLINE,
         retry_non_idempotent: bool = False,
+        min_attempt_time: float = MIN_ATTEMPT_TIME,
         url_template: str | None = None,
         peer_service: str | None = None,
         **kwargs: typing.Any,
@@ -220,9 +221,8 @@ class HttpClientMixin:
         given.  A 4xx or 5xx answer sets the span status to ERROR with the
         status line as description (``503 Service Unavailable``), as the
         conventions say for clients; a failed attempt has the error as
-        description.  The
-        application's propagators write their headers into every attempt
-        (see ``divak_propagation_hosts``).
+        description.  The application's propagators write their headers
+        into every attempt (see ``divak_propagation_hosts``).
 
         Retried, with exponential backoff and full jitter (up to 0.1 s
         before the first retry, doubling, at most 5 s), are connection
@@ -230,12 +230,11 @@ class HttpClientMixin:
         method is idempotent (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or
         *retry_non_idempotent* is true.  A ``Retry-After`` header (seconds
         or HTTP date) replaces the backoff.  No attempt lasts beyond
-        *deadline*, and no retry starts with less than
-        :data:`MIN_ATTEMPT_TIME` (0.1 s) left before it: when the wait
-        (backoff or ``Retry-After``) would leave less, the answer is
-        returned as it is.  When the deadline cuts a retry short (it times
-        out only because the deadline shortened it), the previous answer
-        is returned.
+        *deadline*, and no retry starts with less than *min_attempt_time*
+        seconds left before it: when the wait (backoff or ``Retry-After``)
+        would leave less, the answer is returned as it is.  When the
+        deadline cuts a retry short (it times out only because the deadline
+        shortened it), the previous answer is returned.
 
         HTTP error statuses do not raise: the last
         :class:`tornado.httpclient.HTTPResponse` is returned unchanged.
@@ -250,6 +249,7 @@ class HttpClientMixin:
         :param retries: attempts after the first one (0 disables retries)
         :param deadline: seconds the whole call may take
         :param retry_non_idempotent: retry POST and PATCH too
+        :param min_attempt_time: seconds a retry needs at least
         :param url_template: the URL's template, low in cardinality
             (``"/items/{id}"``): the span is named ``"{method} {template}"``
             and gets the ``url.template`` attribute
@@ -266,7 +266,6 @@ class HttpClientMixin:
         """
         application = self.application
         method = method.upper()
-        # Tornado's own names are accepted too.
         timeout = float(kwargs.pop("request_timeout", None) or timeout)
         connect_timeout = float(kwargs.pop("connect_timeout", None) or timeout)
         request_headers = httputil.HTTPHeaders()
@@ -378,7 +377,7 @@ class HttpClientMixin:
                     cap = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt)
                     wait = random.uniform(0, cap)
                 left = deadline - (time.monotonic() - started) - wait
-                if left >= min(MIN_ATTEMPT_TIME, timeout):
+                if left >= min(min_attempt_time, timeout):
                     delay = wait
             if delay is None:
                 if error is not None:

@@ -210,8 +210,12 @@ def test_no_retry_starts_that_could_only_time_out():
     async def scenario():
         base, log = serve()
         app = App()
+        # The first 503 comes after 2.2 s: 0.8 s left, less than the 1 s a
+        # retry needs (and 0.8 s of slack for a busy machine).
         response = await Caller(app).send_request(
-            f"{base}/x?fail=1000&status=503&retry_after=0&sleep=0.9", deadline=1.0
+            f"{base}/x?fail=1000&status=503&retry_after=0&sleep=2.2",
+            deadline=3.0,
+            min_attempt_time=1.0,
         )
         await flush(app)
         return response, log, app
