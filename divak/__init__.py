@@ -14,6 +14,7 @@ record factory that gives every log record ``otelTraceID``, ``otelSpanID``,
 :mod:`divak.log`).
 """
 
+import divak._conflicts  # noqa: F401 - refuses to run next to divak-tornado
 from divak.app import Application, CallbackManager, StatusHandler
 from divak.client import HttpClientMixin
 from divak.context import RequestContext

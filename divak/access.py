@@ -5,7 +5,7 @@
 It writes the line only; the caller makes the request's context current
 first, so the record carries the request's ``otelTraceID``,
 ``otelSpanID`` and ``divak_request_id`` as attributes (see
-:mod:`divak.logging`), never in the message.
+:mod:`divak.log`), never in the message.
 
 .. rubric:: Levels
 
@@ -46,9 +46,11 @@ import typing
 from tornado import httputil, log, web
 
 from divak import redaction
-from divak.context import request_context_of
+from divak.context import activated, request_context_of
 
-__all__ = ["redacted_uri", "write_access_log"]
+__all__ = ["log_request", "redacted_uri", "write_access_log"]
+
+logger = logging.getLogger(__name__)
 
 #: The value of ``settings['access_log_format']`` for sprockets.http's wording.
 COMBINED = "combined"
@@ -153,3 +155,32 @@ def write_access_log(handler: web.RequestHandler) -> None:
         seconds,
         extra=fields,
     )
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """The application's ``log_request``: the access line, then the span's end.
+
+    Both :class:`divak.Recorder` and :class:`divak.Application` call it,
+    so it does the same whichever comes first in an application's bases.
+    The line is written with the request's context current (so its record
+    carries the ids, also with a custom ``settings['log_function']``, which
+    replaces :func:`write_access_log` as in Tornado); then, in a
+    :class:`~divak.Recorder` application, the request's span ends.  A
+    logging error never loses the span.
+
+    :param handler: the handler that answered the request
+    """
+    request_context = request_context_of(handler.request)
+    with activated(request_context):
+        try:
+            log_function = handler.settings.get("log_function")
+            if log_function is not None:
+                log_function(handler)
+            else:
+                write_access_log(handler)
+        except Exception:  # noqa: BLE001 - a log handler must not lose the span
+            logger.debug("the access log failed", exc_info=True)
+    if request_context is not None:
+        instrumentation = getattr(handler.application, "divak_instrumentation", None)
+        if instrumentation is not None:
+            instrumentation.finish_request(request_context, handler.get_status())

@@ -16,8 +16,11 @@ import typing
 from tornado import httputil, ioloop, web
 
 from divak import access
+from divak.callbacks import _as_future, _discard, _logged, _name, _wait_bounded
+from divak.mixins import ErrorLogger, ErrorWriter
+from divak.settings import number_setting
 
-__all__ = ["Application", "CallbackManager", "StatusHandler"]
+__all__ = ["Application", "CallbackManager", "NotFoundHandler", "StatusHandler"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +38,15 @@ class CallbackManager:
 
     .. attribute:: ready_to_serve
 
-       An :class:`asyncio.Event`, set once the server accepts requests and
-       cleared as soon as the drain starts.
+       An event with ``set()``, ``clear()`` and ``is_set()`` that
+       :class:`StatusHandler` reports.  By default an :class:`asyncio.Event`
+       the runner sets once the server accepts requests *and* every
+       ``before_run`` and ``on_start`` callback finished, and clears when
+       the drain starts.  An application that must hold readiness until an
+       asynchronous dependency is up replaces it with its own event in
+       ``__init__`` (``self.ready_to_serve = tornado.locks.Event()``, as
+       sprockets.http documents) and sets it itself; the runner then never
+       sets it (see :attr:`owns_readiness`).
 
     .. attribute:: draining
 
@@ -51,25 +61,34 @@ class CallbackManager:
         )
         for key in ("before_run", "on_start", "shutdown"):
             self.runner_callbacks.setdefault(key, [])
-        self.ready_to_serve = asyncio.Event()
+        self.ready_to_serve: typing.Any = asyncio.Event()
+        self._divak_ready = self.ready_to_serve
         self.draining = False
         super().__init__(*args, **kwargs)
 
     @property
     def before_run_callbacks(self) -> list[BeforeRunCallback]:
-        """Synchronous ``callback(application, io_loop)`` run before serving.
+        """``callback(application, io_loop)`` run, in order, before serving.
 
-        Called in order before the server accepts connections.  An
-        exception aborts the start: it is logged and the process exits
-        with a non-zero status.
+        Called before the server accepts connections.  A callback may be a
+        coroutine function (or return any awaitable): it is awaited before
+        the next one runs, all of them together bounded by
+        ``settings['start_limit']`` seconds (default 30).  An exception, or
+        running out of time, aborts the start: it is logged and the
+        process exits with status 70.
         """
         return self.runner_callbacks["before_run"]
 
     @property
     def on_start_callbacks(self) -> list[OnStartCallback]:
-        """``callback(application, io_loop)`` spawned once the IOLoop runs.
+        """``callback(application, io_loop)`` run once the server listens.
 
-        A coroutine function is fine; an exception is logged.
+        Called together once the server accepts connections; awaitables
+        (coroutine functions) are awaited, bounded by
+        ``settings['start_limit']`` seconds.  An exception is logged; one
+        that does not finish in time is cancelled and logged.  The runner
+        marks the application ready (:attr:`ready_to_serve`) only after
+        every one of them finished.
         """
         return self.runner_callbacks["on_start"]
 
@@ -88,16 +107,43 @@ class CallbackManager:
         """The :class:`tornado.web.Application` (this object), as sprockets.http."""
         return typing.cast(web.Application, self)
 
+    @property
+    def owns_readiness(self) -> bool:
+        """Whether the application replaced :attr:`ready_to_serve` with its own event.
+
+        :data:`True` after ``self.ready_to_serve = tornado.locks.Event()``
+        (sprockets.http's pattern): then only the application sets it, and
+        neither :func:`divak.run` nor :class:`~divak.Runner` ever does.
+        """
+        return self.ready_to_serve is not self._divak_ready
+
     def start(self, io_loop: ioloop.IOLoop) -> None:
         """Run the ``before_run`` callbacks, then spawn the ``on_start`` ones.
+
+        sprockets.http's synchronous entry point.  Awaitables returned by a
+        ``before_run`` callback are awaited (with :meth:`IOLoop.run_sync
+        <tornado.ioloop.IOLoop.run_sync>`) when *io_loop* is not running
+        yet; on a running loop use :meth:`run_before_run_callbacks`.
 
         :param io_loop: the loop the application will run on
         :raises Exception: whatever a ``before_run`` callback raised, after
             logging it
+        :raises RuntimeError: when a callback returns an awaitable while
+            *io_loop* is already running
         """
         for callback in self.before_run_callbacks:
             try:
-                callback(self.tornado_application, io_loop)
+                result = callback(self.tornado_application, io_loop)
+                if inspect.isawaitable(result):
+                    if io_loop.asyncio_loop.is_running():  # type: ignore[attr-defined]
+                        _discard(result)
+                        raise RuntimeError(
+                            "a coroutine before_run callback needs "
+                            "'await app.run_before_run_callbacks(io_loop)'"
+                        )
+                    io_loop.run_sync(
+                        lambda awaitable=result: awaitable, timeout=self.start_limit
+                    )
             except Exception:
                 logger.exception(
                     "before_run callback %s failed, start cancelled", _name(callback)
@@ -105,6 +151,68 @@ class CallbackManager:
                 raise
         for callback in self.on_start_callbacks:
             io_loop.spawn_callback(_logged, callback, self.tornado_application, io_loop)
+
+    @property
+    def start_limit(self) -> float:
+        """Seconds the ``before_run`` and the ``on_start`` callbacks may take.
+
+        ``settings['start_limit']``, default 30.
+
+        :raises ValueError: when the setting is not a number
+        """
+        return number_setting(getattr(self, "settings", {}), "start_limit", None, 30.0)
+
+    async def run_before_run_callbacks(self, io_loop: ioloop.IOLoop) -> None:
+        """Run the ``before_run`` callbacks in order, awaiting awaitables.
+
+        All of them together are bounded by :attr:`start_limit` seconds.
+
+        :param io_loop: passed to every callback
+        :raises Exception: whatever a callback raised, after logging it
+        :raises TimeoutError: when they did not finish within
+            :attr:`start_limit` seconds (logged too)
+        """
+        limit = self.start_limit
+        deadline = asyncio.get_running_loop().time() + limit
+        for callback in self.before_run_callbacks:
+            try:
+                result = callback(self.tornado_application, io_loop)
+                if inspect.isawaitable(result):
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    await asyncio.wait_for(_as_future(result), max(remaining, 0))
+            except TimeoutError:
+                logger.error(
+                    "before_run callback %s did not finish within %.1fs, "
+                    "start cancelled",
+                    _name(callback),
+                    limit,
+                )
+                raise
+            except Exception:
+                logger.exception(
+                    "before_run callback %s failed, start cancelled", _name(callback)
+                )
+                raise
+
+    async def run_on_start_callbacks(self, io_loop: ioloop.IOLoop) -> bool:
+        """Run every ``on_start`` callback, awaiting awaitables together.
+
+        Bounded by :attr:`start_limit` seconds; exceptions are logged,
+        callbacks still running at the limit are cancelled and logged.
+
+        :param io_loop: passed to every callback
+        :returns: :data:`True` when every callback finished in time
+        """
+        pending: dict[asyncio.Future[typing.Any], typing.Any] = {}
+        for callback in self.on_start_callbacks:
+            try:
+                result = callback(self.tornado_application, io_loop)
+            except Exception:
+                logger.exception("on_start callback %s failed", _name(callback))
+                continue
+            if inspect.isawaitable(result):
+                pending[_as_future(result)] = callback
+        return await _wait_bounded(pending, self.start_limit, "on_start")
 
     async def run_shutdown_callbacks(self, timeout: float) -> None:
         """Run every ``on_shutdown`` callback, bounded by *timeout* seconds.
@@ -122,26 +230,8 @@ class CallbackManager:
                 logger.exception("shutdown callback %s failed", _name(callback))
                 continue
             if inspect.isawaitable(result):
-                pending[asyncio.ensure_future(result)] = callback
-        if not pending:
-            return
-        done, not_done = await asyncio.wait(pending, timeout=timeout)
-        for future in done:
-            if not future.cancelled() and future.exception() is not None:
-                logger.error(
-                    "shutdown callback %s failed",
-                    _name(pending[future]),
-                    exc_info=future.exception(),
-                )
-        for future in not_done:
-            logger.warning(
-                "shutdown callback %s did not finish within %.1fs, cancelled",
-                _name(pending[future]),
-                timeout,
-            )
-            future.cancel()
-        if not_done:  # let the cancellations run before the loop closes
-            await asyncio.wait(not_done, timeout=0.1)
+                pending[_as_future(result)] = callback
+        await _wait_bounded(pending, timeout, "shutdown")
 
     def stop(
         self,
@@ -155,8 +245,9 @@ class CallbackManager:
         :param shutdown_limit: seconds to wait for the callbacks at most
         :param wait_timeout: unused; kept for compatibility
         """
-        self.ready_to_serve.clear()
         self.draining = True
+        if not self.owns_readiness:
+            self.ready_to_serve.clear()
 
         async def stop() -> None:
             try:
@@ -167,19 +258,7 @@ class CallbackManager:
         io_loop.spawn_callback(stop)
 
 
-def _name(callback: typing.Any) -> str:
-    return getattr(callback, "__qualname__", None) or repr(callback)
-
-
-async def _logged(
-    callback: typing.Callable[..., typing.Any], *args: typing.Any
-) -> None:
-    try:
-        result = callback(*args)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        logger.exception("on_start callback %s failed", _name(callback))
+_DEFAULT = object()
 
 
 class _ServerHeader(web.OutputTransform):
@@ -200,7 +279,12 @@ class _ServerHeader(web.OutputTransform):
         chunk: bytes,
         finishing: bool,
     ) -> tuple[int, httputil.HTTPHeaders, bytes]:
-        value = self.settings.get("server_header")
+        settings = self.settings
+        value = settings.get("server_header", _DEFAULT)
+        if value is _DEFAULT:
+            service = settings.get("service")
+            version = settings.get("version")
+            value = f"{service}/{version}" if service and version else service
         if value is None:
             headers.pop("Server", None)
         else:
@@ -217,23 +301,32 @@ class Application(CallbackManager, web.Application):
 
     The ``Server`` response header.  Defaults to ``service/version`` from
     ``settings['service']`` and ``settings['version']`` (or ``service``
-    alone), as sprockets.http does; :data:`None` (the default without a
-    service) removes the header.
+    alone), as sprockets.http does; the service named with
+    :meth:`divak.Recorder.set_divak_service` counts as
+    ``settings['service']``.  :data:`None` (the default without a service)
+    removes the header.
 
     .. rubric:: settings['shutdown_limit']
 
     Seconds :func:`divak.run` waits for in-flight requests, and then for
     shutdown callbacks, when the process is asked to stop.  Default 5.
+
+    .. rubric:: settings['start_limit']
+
+    Seconds the ``before_run`` callbacks, and then the ``on_start``
+    callbacks, may take.  Default 30.
+
+    .. rubric:: settings['default_handler_class']
+
+    Tornado's handler for requests no route matches.  Defaults to
+    :class:`NotFoundHandler`, so unknown paths are answered with divak's
+    JSON error document (and logged once) like every other error; set it
+    to use another handler.
     """
 
     def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        kwargs.setdefault("default_handler_class", NotFoundHandler)
         super().__init__(*args, **kwargs)
-        if "server_header" not in self.settings:
-            service = self.settings.get("service")
-            version = self.settings.get("version")
-            self.settings["server_header"] = (
-                f"{service}/{version}" if service and version else service or None
-            )
         self.add_transform(_ServerHeader(self.settings))  # type: ignore[arg-type]
 
     def log_request(self, handler: web.RequestHandler) -> None:
@@ -246,10 +339,21 @@ class Application(CallbackManager, web.Application):
 
         :param handler: the handler that answered the request
         """
-        if "log_function" in self.settings:
-            self.settings["log_function"](handler)
-        else:
-            access.write_access_log(handler)
+        access.log_request(handler)
+
+
+class NotFoundHandler(ErrorLogger, ErrorWriter, web.RequestHandler):
+    """Answer 404 with divak's error document: the default for unknown routes.
+
+    Raises :class:`tornado.web.HTTPError` 404 in ``prepare``, whatever the
+    method; :class:`~divak.ErrorWriter` writes the JSON (or RFC 9457)
+    document with the trace and request ids and
+    :class:`~divak.ErrorLogger` logs one WARNING line.
+    """
+
+    def prepare(self) -> None:
+        """Raise :class:`tornado.web.HTTPError` 404 for every request."""
+        raise web.HTTPError(404)
 
 
 class StatusHandler(web.RequestHandler):
@@ -257,19 +361,20 @@ class StatusHandler(web.RequestHandler):
 
     ``GET`` answers ``200 {"status": "ok"}`` while the application's
     :attr:`~CallbackManager.ready_to_serve` event is set, and
-    ``503 {"status": "starting"}`` or ``503 {"status": "draining"}`` with
-    ``Retry-After`` otherwise, so a load balancer stops sending traffic as
-    soon as the drain starts.  Works with any application: one without
-    ``ready_to_serve`` is always ready.
+    ``503 {"status": "starting"}`` with ``Retry-After`` otherwise.  From
+    the moment the drain starts (the application's ``draining`` attribute)
+    it answers ``503 {"status": "draining"}``, whoever owns the event, so
+    a load balancer stops sending traffic at once.  Works with any
+    application: one without ``ready_to_serve`` is always ready.
     """
 
     def get(self) -> None:
         """Report readiness as a JSON document."""
+        draining = getattr(self.application, "draining", False)
         ready = getattr(self.application, "ready_to_serve", None)
-        if ready is None or ready.is_set():
+        if not draining and (ready is None or ready.is_set()):
             self.write({"status": "ok"})
             return
         self.set_status(503)
         self.set_header("Retry-After", "5")
-        draining = getattr(self.application, "draining", False)
         self.write({"status": "draining" if draining else "starting"})

@@ -1,6 +1,7 @@
 """The ``divak`` command.
 
-``divak run MODULE:CALLABLE [--port N] [--env-file FILE] [--debug]``, also
+``divak run MODULE:CALLABLE [--port N] [--address ADDR] [--env-file FILE]
+[--debug]``, also
 available as ``python -m divak``.  It replaces sprockets.http's
 ``setup.py httprun``: it reads an optional environment file into the
 environment, imports ``MODULE`` (the current directory is on the import
@@ -14,9 +15,11 @@ Environment file syntax (:func:`read_env_file`)::
     FRAGMENT=http://host/page#section            # "#" inside a value is kept
     GREETING='hello # world'
     OBSOLETE=                                    # removes OBSOLETE
+    ALSO_OBSOLETE=""                             # removes it too
 
-Values from the file override the inherited environment; ``--port`` and
-``--debug`` override both.
+Values from the file override the inherited environment; ``--port``,
+``--address`` and ``--debug`` override both.  As with sprockets.http, an
+empty value, quoted or not, removes the variable.
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ def parse_env_line(line: str) -> tuple[str, str | None] | None:
 
     Rules: an optional ``export`` prefix; ``NAME`` is a shell identifier;
     no space before ``=``; a value in matching single or double quotes is
-    taken literally without them (``NAME=""`` sets an empty value); an
+    taken literally without them; an empty value, quoted (``NAME=""``) or
+    not (``NAME=``), means "remove the variable", as sprockets.http reads
+    its environment files; an
     unquoted value ends at a ``#`` that follows whitespace (a comment), so
     ``#`` inside a value (``COLOR=#fff``, ``URL=http://h/p#frag``) is kept;
     surrounding whitespace is dropped.
@@ -84,7 +89,7 @@ def parse_env_line(line: str) -> tuple[str, str | None] | None:
         after = rest[end + 1 :]
         if after.strip() and not _is_comment(after):
             raise ValueError(f"unexpected text after the closing {quote}")
-        return name, value
+        return name, value or None
     comment = re.search(r"[ \t]#", rest)
     if comment is not None:
         rest = rest[: comment.start()]
@@ -175,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
         help="serve an application until SIGTERM/SIGINT",
         description=(
             "Serve the application that MODULE:CALLABLE builds, with "
-            "divak.run.  Environment: PORT, DEBUG, LOG_FORMAT, and whatever "
+            "divak.run.  Environment: PORT, ADDRESS, DEBUG, LOG_FORMAT, and whatever "
             "the application reads."
         ),
     )
@@ -184,6 +189,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     run_parser.add_argument(
         "--port", type=int, help="TCP port (overrides PORT and the env file)"
+    )
+    run_parser.add_argument(
+        "--address",
+        help="address to listen on, e.g. 127.0.0.1 (overrides ADDRESS)",
     )
     run_parser.add_argument(
         "--env-file",
@@ -214,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(EXIT_USAGE, f"divak: error: {error}\n")
     if args.port is not None:
         os.environ["PORT"] = str(args.port)
+    if args.address is not None:
+        os.environ["ADDRESS"] = args.address
     if args.debug:
         os.environ["DEBUG"] = "1"
     try:

@@ -14,7 +14,7 @@ import urllib.parse
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from tornado import httpclient, httputil
+from tornado import httpclient, httputil, simple_httpclient
 
 from divak import headers as divak_headers
 from divak.context import request_context_of
@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "HttpClientMixin",
     "IDEMPOTENT_METHODS",
+    "MIN_ATTEMPT_TIME",
     "RETRY_STATUSES",
     "redact_url",
 ]
@@ -43,6 +44,9 @@ DEFAULT_DEADLINE = 30.0
 BACKOFF_BASE = 0.1
 #: Longest backoff between two attempts, in seconds.
 BACKOFF_MAX = 5.0
+#: Seconds an attempt needs at least: no retry starts with less time left
+#: before the deadline (it could only time out).
+MIN_ATTEMPT_TIME = 0.1
 
 #: Response statuses that are retried.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -68,6 +72,11 @@ def _retry_after(response: httpclient.HTTPResponse) -> float | None:
     if when is None or when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _status_line(response: httpclient.HTTPResponse) -> str:
+    reason = response.reason or httputil.responses.get(response.code, "Unknown")
+    return f"{response.code} {reason}"
 
 
 def _error_type(error: BaseException) -> str:
@@ -142,30 +151,41 @@ class HttpClientMixin:
         retries: int = DEFAULT_RETRIES,
         deadline: float = DEFAULT_DEADLINE,
         retry_non_idempotent: bool = False,
+        min_attempt_time: float = MIN_ATTEMPT_TIME,
+        url_template: str | None = None,
+        peer_service: str | None = None,
         **kwargs: typing.Any,
     ) -> httpclient.HTTPResponse:
         """Send a request with Tornado's ``AsyncHTTPClient``, retrying when it helps.
 
         One CLIENT span per attempt, each a child of the current span (the
         request span, or the innermost
-        :meth:`~divak.RequestTracker.record_operation`), named after the
-        method, with the stable HTTP client attributes
+        :meth:`~divak.RequestTracker.record_operation`), named as
+        OpenTelemetry's HTTP client conventions say: ``{method}``, or
+        ``{method} {url_template}`` when *url_template* is given.  It
+        carries the stable HTTP client attributes
         (``http.request.method``, ``url.full`` redacted by
         :func:`redact_url`, ``server.address``, ``server.port``,
-        ``http.response.status_code``, ``http.request.resend_count`` from
-        the second attempt on, ``error.type``).  A 4xx or 5xx answer sets
-        the span status to ERROR, as the conventions say for clients.  The
-        application's propagators write their headers into every attempt
-        (see ``divak_propagation_hosts``).
+        ``network.protocol.version``, ``http.response.status_code``,
+        ``http.request.resend_count`` from the second attempt on,
+        ``error.type``), plus ``url.template`` and ``peer.service`` when
+        given.  A 4xx or 5xx answer sets the span status to ERROR with the
+        status line as description (``503 Service Unavailable``), as the
+        conventions say for clients; a failed attempt has the error as
+        description.  The application's propagators write their headers
+        into every attempt (see ``divak_propagation_hosts``).
 
         Retried, with exponential backoff and full jitter (up to 0.1 s
         before the first retry, doubling, at most 5 s), are connection
         errors, timeouts and the statuses 429, 502, 503 and 504, when the
         method is idempotent (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or
         *retry_non_idempotent* is true.  A ``Retry-After`` header (seconds
-        or HTTP date) replaces the backoff.  No attempt starts after
-        *deadline*, and no attempt lasts beyond it; when ``Retry-After``
-        asks for a wait past the deadline, the answer is returned as it is.
+        or HTTP date) replaces the backoff.  No attempt lasts beyond
+        *deadline*, and no retry starts with less than *min_attempt_time*
+        seconds left before it: when the wait (backoff or ``Retry-After``)
+        would leave less, the answer is returned as it is.  When the
+        deadline cuts a retry short (it times out only because the deadline
+        shortened it), the previous answer is returned.
 
         HTTP error statuses do not raise: the last
         :class:`tornado.httpclient.HTTPResponse` is returned unchanged.
@@ -180,6 +200,13 @@ class HttpClientMixin:
         :param retries: attempts after the first one (0 disables retries)
         :param deadline: seconds the whole call may take
         :param retry_non_idempotent: retry POST and PATCH too
+        :param min_attempt_time: seconds a retry needs at least
+        :param url_template: the URL's template, low in cardinality
+            (``"/items/{id}"``): the span is named ``"{method} {template}"``
+            and gets the ``url.template`` attribute
+        :param peer_service: the called service's name, set as the
+            ``peer.service`` attribute (Zipkin shows it as the remote
+            service)
         :param kwargs: any other :class:`tornado.httpclient.HTTPRequest`
             argument (``request_timeout`` is taken as *timeout*,
             ``connect_timeout`` bounds connecting within it)
@@ -190,7 +217,6 @@ class HttpClientMixin:
         """
         application = self.application
         method = method.upper()
-        # Tornado's own names are accepted too.
         timeout = float(kwargs.pop("request_timeout", None) or timeout)
         connect_timeout = float(kwargs.pop("connect_timeout", None) or timeout)
         request_headers = httputil.HTTPHeaders()
@@ -222,21 +248,30 @@ class HttpClientMixin:
         else:
             parent = otel_context.get_current()
         may_retry = method in IDEMPOTENT_METHODS or retry_non_idempotent
+        span_name = f"{method} {url_template}" if url_template else method
+        base_attributes: dict[str, typing.Any] = {
+            "http.request.method": method,
+            "url.full": full_url,
+            "server.address": host,
+            "server.port": port,
+        }
+        if url_template:
+            base_attributes["url.template"] = url_template
+        if peer_service:
+            base_attributes["peer.service"] = peer_service
+        client = httpclient.AsyncHTTPClient()
+        simple = isinstance(client, simple_httpclient.SimpleAsyncHTTPClient)
         started = time.monotonic()
         attempt = 0
+        previous: httpclient.HTTPResponse | None = None
         while True:
             remaining = deadline - (time.monotonic() - started)
             attempt_timeout = max(min(timeout, remaining), 0.001)
-            attributes: dict[str, typing.Any] = {
-                "http.request.method": method,
-                "url.full": full_url,
-                "server.address": host,
-                "server.port": port,
-            }
+            attributes = dict(base_attributes)
             if attempt:
                 attributes["http.request.resend_count"] = attempt
             span = application.divak_tracer.start_span(
-                method, context=parent, kind=SpanKind.CLIENT, attributes=attributes
+                span_name, context=parent, kind=SpanKind.CLIENT, attributes=attributes
             )
             attempt_headers = httputil.HTTPHeaders(request_headers)
             if propagate:
@@ -257,27 +292,35 @@ class HttpClientMixin:
             error: BaseException | None = None
             response: httpclient.HTTPResponse | None = None
             try:
-                response = await httpclient.AsyncHTTPClient().fetch(
-                    request, raise_error=False
-                )
+                response = await client.fetch(request, raise_error=False)
             except Exception as exc:  # noqa: BLE001 - recorded, then retried or raised
                 error = exc
                 if span.is_recording():
                     span.record_exception(exc)
                     span.set_attribute("error.type", _error_type(exc))
-                    span.set_status(Status(StatusCode.ERROR, str(exc)))
+                    span.set_status(
+                        Status(StatusCode.ERROR, str(exc) or _error_type(exc))
+                    )
             else:
                 if span.is_recording():
                     span.set_attribute("http.response.status_code", response.code)
+                    if simple:  # Tornado's own client speaks HTTP/1.1 only
+                        span.set_attribute("network.protocol.version", "1.1")
                     if captured.response:
                         span.set_attributes(
                             captured.response_attributes(response.headers)
                         )
                     if response.code >= 400:
                         span.set_attribute("error.type", str(response.code))
-                        span.set_status(Status(StatusCode.ERROR))
+                        span.set_status(
+                            Status(StatusCode.ERROR, _status_line(response))
+                        )
             finally:
                 span.end()
+
+            cut = attempt_timeout < timeout and time.monotonic() - started >= deadline
+            if error is not None and previous is not None and cut:
+                return previous  # the deadline, not the server, cut it short
 
             retryable = (
                 _retryable_error(error)
@@ -290,7 +333,8 @@ class HttpClientMixin:
                 if wait is None:
                     cap = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt)
                     wait = random.uniform(0, cap)
-                if time.monotonic() - started + wait < deadline:
+                left = deadline - (time.monotonic() - started) - wait
+                if left >= min(min_attempt_time, timeout):
                     delay = wait
             if delay is None:
                 if error is not None:
@@ -306,4 +350,6 @@ class HttpClientMixin:
                 retries,
             )
             await asyncio.sleep(delay)
+            if response is not None:
+                previous = response
             attempt += 1

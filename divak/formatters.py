@@ -1,6 +1,6 @@
 """Log formatters: one record is one line, in text or in JSON.
 
-:func:`divak.logging.default_logging_config` uses them; they work with any
+:func:`divak.log.default_logging_config` uses them; they work with any
 :mod:`logging` configuration too, e.g. in a :func:`logging.config.dictConfig`
 dict as ``{"()": "divak.formatters.TextFormatter", "fmt": "..."}``.
 

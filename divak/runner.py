@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import logging.config
 import os
 import signal
 import socket
@@ -25,11 +24,11 @@ import threading
 import time
 import typing
 
-from tornado import ioloop, netutil, process, web
+from tornado import ioloop, netutil, web
 
-from divak import log as divak_log
-from divak.process import EXIT_FORCED, STOP_SIGNALS, flush_std_streams, fork_and_serve
+from divak.process import EXIT_FORCED, STOP_SIGNALS, flush_std_streams
 from divak.server import DrainingHTTPServer
+from divak.settings import number_setting, parse_bool, setting
 
 __all__ = ["Runner", "run", "parse_bool"]
 
@@ -37,29 +36,6 @@ logger = logging.getLogger(__name__)
 
 #: Exit status when the application could not start (``EX_SOFTWARE``).
 EXIT_START_FAILED = 70
-
-_TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
-_FALSE = frozenset({"0", "false", "no", "off", "n", "f", ""})
-
-
-def parse_bool(value: str | bool | int | None, name: str = "value") -> bool:
-    """Read a boolean the way people write it in the environment.
-
-    :param value: ``1``/``0``, ``true``/``false``, ``yes``/``no``,
-        ``on``/``off`` in any case, or a :class:`bool`; :data:`None` is false
-    :param name: what the value is, for the error message
-    :raises ValueError: for anything else
-    """
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int):
-        return value != 0
-    text = value.strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, not {value!r}")
 
 
 class Runner:
@@ -113,12 +89,13 @@ class Runner:
         ):
             if extra:
                 getattr(app, name).extend(extra)
-        self.shutdown_limit = float(app.settings.get("shutdown_limit", 5.0))
-        self.wait_timeout = float(app.settings.get("wait_timeout", 1.0))
+        self.shutdown_limit = number_setting(app.settings, "shutdown_limit", None, 5.0)
+        self.wait_timeout = number_setting(app.settings, "wait_timeout", None, 1.0)
         self.server: DrainingHTTPServer | None = None
         self.forced = False
         self.flush_abandoned = False
         self._stopping: asyncio.Event | None = None
+        self._starting: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _make_server(self) -> DrainingHTTPServer:
@@ -146,7 +123,7 @@ class Runner:
         """
         if number_of_procs != 1:
             raise ValueError("Runner.run serves one process; use divak.run to fork")
-        sockets = _bind(port_number, self.application.settings.get("address"))
+        sockets = _bind(port_number, _address(self.application.settings))
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
@@ -168,7 +145,7 @@ class Runner:
         :raises SystemExit: with status 70 when the application's ``start``
             (its ``before_run`` callbacks) raises
         """
-        self._start(sockets, asyncio.get_running_loop())
+        await self._start(sockets, asyncio.get_running_loop())
         await self._wait_and_drain()
 
     def start_server(self, port_number: int, number_of_procs: int = 1) -> None:
@@ -186,12 +163,16 @@ class Runner:
         """
         if number_of_procs != 1:
             raise ValueError("Runner serves one process; use divak.run to fork")
-        sockets = _bind(port_number, self.application.settings.get("address"))
+        sockets = _bind(port_number, _address(self.application.settings))
         io_loop = ioloop.IOLoop.current()
-        self._start(sockets, io_loop.asyncio_loop)  # type: ignore[attr-defined]
+        loop = io_loop.asyncio_loop  # type: ignore[attr-defined]
+        # The loop is not running yet: run the before_run callbacks now, so
+        # a failure exits here as sprockets.http does.
+        io_loop.run_sync(lambda: self._run_before_run(sockets, io_loop))
 
         async def serve_then_stop() -> None:
             try:
+                await self._start(sockets, loop, before_run=False)
                 await self._wait_and_drain()
             finally:
                 io_loop.stop()
@@ -202,34 +183,62 @@ class Runner:
         """Start the drain, as SIGTERM does (sprockets.http's name)."""
         self.stop()
 
-    def _start(
-        self, sockets: list[socket.socket], loop: asyncio.AbstractEventLoop
+    async def _run_before_run(
+        self, sockets: list[socket.socket], io_loop: ioloop.IOLoop
+    ) -> None:
+        run_callbacks = getattr(self.application, "run_before_run_callbacks", None)
+        start = getattr(self.application, "start", None)
+        try:
+            if run_callbacks is not None:
+                await run_callbacks(io_loop)
+            elif start is not None:  # another CallbackManager-like application
+                start(io_loop)
+        except Exception:
+            logger.critical("application failed to start, exiting")
+            for sock in sockets:
+                sock.close()
+            raise SystemExit(EXIT_START_FAILED) from None
+
+    async def _start(
+        self,
+        sockets: list[socket.socket],
+        loop: asyncio.AbstractEventLoop,
+        before_run: bool = True,
     ) -> None:
         io_loop = ioloop.IOLoop.current()
         self._stopping = asyncio.Event()
-        start = getattr(self.application, "start", None)
-        if start is not None:
-            try:
-                start(io_loop)
-            except Exception:
-                logger.critical("application failed to start, exiting")
-                for sock in sockets:
-                    sock.close()
-                raise SystemExit(EXIT_START_FAILED) from None
+        if before_run:
+            await self._run_before_run(sockets, io_loop)
         self.server = self._make_server()
         self.server.add_sockets(sockets)
         self._loop = loop
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self._on_signal, signum)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        ready = getattr(self.application, "ready_to_serve", None)
-        if ready is not None:
+        logger.info("serving on %s (pid %d)", _describe(sockets), os.getpid())
+        # SENTRY: sprockets.http initialises Sentry here when SENTRY_DSN is
+        # set; divak's Sentry set-up is called from this place once it exists.
+        if hasattr(self.application, "run_on_start_callbacks"):
+            self._starting = asyncio.ensure_future(self._on_start(io_loop))
+        else:
+            self._set_ready()
+
+    async def _on_start(self, io_loop: ioloop.IOLoop) -> None:
+        finished = await self.application.run_on_start_callbacks(io_loop)  # type: ignore[attr-defined]
+        if finished:
+            self._set_ready()
+        else:
+            logger.error("on_start callbacks did not finish, not ready to serve")
+
+    def _set_ready(self) -> None:
+        """Mark the application ready, unless it owns its readiness event."""
+        app = self.application
+        ready = getattr(app, "ready_to_serve", None)
+        if ready is None or getattr(app, "owns_readiness", False):
+            return
+        if not getattr(app, "draining", False):
             ready.set()
-        logger.info(
-            "serving on port %s (pid %d)",
-            ",".join(str(s.getsockname()[1]) for s in sockets),
-            os.getpid(),
-        )
+            logger.info("ready to serve")
 
     async def _wait_and_drain(self) -> None:
         assert self._stopping is not None and self._loop is not None
@@ -260,7 +269,9 @@ class Runner:
         """Stop accepting, finish in-flight work, run callbacks, flush spans.
 
         1. close the listening sockets (new connections are refused) and
-           flip ``ready_to_serve`` off (``/status`` answers 503);
+           set the application's ``draining`` flag (``/status`` answers
+           503); a ``ready_to_serve`` event the runner set is cleared, one
+           the application owns is left alone;
         2. close idle keep-alive connections;
         3. wait up to :attr:`shutdown_limit` seconds for in-flight requests
            (they answer with ``Connection: close``), then close whatever
@@ -271,9 +282,12 @@ class Runner:
         """
         app = self.application
         started = time.monotonic()
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()  # on_start callbacks still running
         if hasattr(app, "ready_to_serve"):
             app.draining = True  # type: ignore[attr-defined]
-            app.ready_to_serve.clear()
+            if not getattr(app, "owns_readiness", False):
+                app.ready_to_serve.clear()
         assert self.server is not None
         server = self.server
         idle = len(server.connections - server.busy.keys())
@@ -356,144 +370,22 @@ def _bind(
     return netutil.bind_sockets(port, address=address, reuse_port=reuse_port)
 
 
-def _configure_logging(log_config: dict[str, typing.Any] | None, debug: bool) -> None:
-    divak_log.install_log_ids()
-    if log_config is not None:
-        logging.config.dictConfig(log_config)
-    elif not logging.getLogger().handlers:
-        logging.config.dictConfig(divak_log.default_logging_config(debug))
+def _address(settings: typing.Mapping[str, typing.Any]) -> str | None:
+    """``settings['address']``, else ``ADDRESS``, else all interfaces."""
+    return setting(settings, "address", "ADDRESS", None)[0] or None
 
 
-def _serve_here(
-    create_application: typing.Callable[..., web.Application],
-    app_settings: dict[str, typing.Any],
-    sockets: list[socket.socket],
-) -> tuple[int, bool]:
-    """Build the application here and serve it; return the status and whether
-    the reporters stopped in time."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    runner: Runner | None = None
-    try:
-        try:
-            app = create_application(**app_settings)
-        except Exception:
-            logger.critical("creating the application failed, exiting", exc_info=True)
-            return EXIT_START_FAILED, True
-        runner = Runner(app)
-        loop.run_until_complete(runner.serve(sockets))
-    except SystemExit as exc:
-        return (exc.code if isinstance(exc.code, int) else 1), True
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-    return (EXIT_FORCED if runner.forced else 0), not runner.flush_abandoned
+def _describe(sockets: list[socket.socket]) -> str:
+    """``port 8000`` or ``127.0.0.1:8000``: each port once."""
+    addresses = sorted({sock.getsockname()[:2] for sock in sockets})
+    ports = sorted({port for _, port in addresses})
+    hosts = {host for host, _ in addresses}
+    if hosts <= {"0.0.0.0", "::"}:
+        return "port " + ",".join(map(str, ports))
+    return ",".join(
+        f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        for host, port in addresses
+    )
 
 
-def _setting(
-    settings: dict[str, typing.Any], key: str, env: str | None, default: typing.Any
-) -> typing.Any:
-    if settings.get(key) is not None:
-        return settings[key]
-    if env is not None and os.environ.get(env):
-        return os.environ[env]
-    return default
-
-
-def run(
-    create_application: typing.Callable[..., web.Application],
-    settings: dict[str, typing.Any] | None = None,
-    log_config: dict[str, typing.Any] | None = None,
-) -> None:
-    """Build the application, serve it, drain on SIGTERM/SIGINT, return.
-
-    :param create_application: called with the settings as keyword
-        arguments (an application class works as it is); in every child
-        process when forking, so each child builds its own tracer provider
-        and reporter threads
-    :param settings: application settings; the keys below are read here
-        and every key except ``port`` and ``number_of_procs`` is passed on
-        to *create_application*
-    :param log_config: a :func:`logging.config.dictConfig` dictionary.
-        Without it, and only when the root logger has no handlers yet,
-        divak applies :func:`divak.log.default_logging_config`.
-    :raises SystemExit: with a non-zero status when the application could
-        not be created or started (70), when a second signal cut the drain
-        short (1), or when a child process failed
-
-    When the span flush does not finish within ``shutdown_limit``, the
-    process exits right away (:func:`os._exit`) rather than wait for a
-    collector that does not answer.
-    :raises ValueError: for a malformed ``DEBUG``, ``PORT`` or setting
-
-    .. rubric:: settings['port']
-
-    The TCP port; default the ``PORT`` environment variable, else 8000.
-
-    .. rubric:: settings['address']
-
-    The address to listen on; default all interfaces.
-
-    .. rubric:: settings['debug']
-
-    Tornado's debug mode (autoreload, tracebacks, one process, DEBUG
-    logging); default the ``DEBUG`` environment variable, which accepts
-    1/0, true/false, yes/no, on/off.
-
-    .. rubric:: settings['number_of_procs']
-
-    Processes to serve from: 1 (the default) serves from this process;
-    another number forks that many children after binding the sockets
-    (with ``SO_REUSEPORT``); 0 forks one per CPU.  sprockets.http's default
-    is 0.
-
-    .. rubric:: settings['shutdown_limit']
-
-    Seconds to wait for in-flight requests on SIGTERM, then again for the
-    shutdown callbacks and for the span flush; default 5.
-
-    .. rubric:: settings['wait_timeout']
-
-    Seconds between progress checks while draining; default 1.
-
-    .. rubric:: settings['xheaders']
-
-    Trust ``X-Real-Ip``/``X-Forwarded-For`` for the client address;
-    default :data:`True` (services run behind a load balancer).
-
-    .. rubric:: settings['max_body_size'], settings['max_buffer_size']
-
-    Bytes, passed to :class:`tornado.httpserver.HTTPServer`.
-    """
-    app_settings = dict(settings or {})
-    debug = parse_bool(_setting(app_settings, "debug", "DEBUG", False), "DEBUG")
-    app_settings["debug"] = debug
-    port = int(_setting(app_settings, "port", "PORT", 8000))
-    app_settings.pop("port", None)
-    procs_setting = app_settings.pop("number_of_procs", None)
-    procs = 1 if procs_setting is None else int(procs_setting)
-    app_settings.setdefault("xheaders", True)
-    _configure_logging(log_config, debug)
-    if debug and procs != 1:
-        logger.warning("debug mode serves from one process, not %d", procs)
-        procs = 1
-    if procs == 0:
-        procs = process.cpu_count()
-    address = app_settings.get("address")
-    if procs == 1:
-        sockets = _bind(port, address)
-        status, clean = _serve_here(create_application, app_settings, sockets)
-        if not clean:
-            # The reporter thread is still blocked on its collector; the
-            # tracer provider's exit hook would wait for it again.
-            logger.warning("exiting without waiting for the reporters")
-            logging.shutdown()
-            flush_std_streams()
-            os._exit(status)
-    else:
-        sockets = _bind(port, address, reuse_port=True)
-        status = fork_and_serve(
-            _serve_here, create_application, app_settings, sockets, procs
-        )
-    if status:
-        raise SystemExit(status)
+from divak.serve import run  # noqa: E402 - divak.serve builds on Runner

@@ -226,7 +226,9 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
             self.app.start(self.io_loop)
             # Let the spawned on_start callbacks run up to their first wait.
             self.io_loop.run_sync(lambda: asyncio.sleep(0))
-        if getattr(self.app, "ready_to_serve", None) is not None:
+        if getattr(self.app, "ready_to_serve", None) is not None and not getattr(
+            self.app, "owns_readiness", False
+        ):
             self.app.ready_to_serve.set()
 
     def _record_spans(self, app: web.Application) -> None:

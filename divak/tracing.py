@@ -283,20 +283,7 @@ class Recorder(web.Application):
         ``settings['log_function']``.  See :func:`divak.access.write_access_log`
         for the wording and levels.  A logging error never loses the span.
         """
-        request_context = request_context_of(handler.request)
-        with activated(request_context):
-            try:
-                log_function = self.settings.get("log_function")
-                if log_function is not None:
-                    log_function(handler)
-                else:
-                    access.write_access_log(handler)
-            except Exception:  # noqa: BLE001 - a log handler must not lose the span
-                logger.debug("the access log failed", exc_info=True)
-        if request_context is not None:
-            self.divak_instrumentation.finish_request(
-                request_context, handler.get_status()
-            )
+        access.log_request(handler)
 
 
 class _Identity(web.OutputTransform):

@@ -12,7 +12,7 @@ from tornado import httpclient, ioloop, netutil, web
 
 import divak
 from divak.testing import SpanRecorder
-from tests.conftest import free_port, listen, run
+from tests.conftest import ROOT, free_port, listen, run
 
 
 class Traced(divak.Recorder, divak.Application):
@@ -244,3 +244,130 @@ def test_runner_start_server_and_stop_server() -> None:
         asyncio.set_event_loop(None)
         loop.close()
     assert events == ["200", "shutdown"]
+
+
+def test_divak_tornado_logger_alone_is_a_handler(
+    log_records: list[logging.LogRecord],
+) -> None:
+    """divak-tornado 0.0.3: ``class Ping(divak.api.Logger)`` is a handler."""
+    import divak.api
+
+    class Ping(divak.api.Logger):
+        def get(self) -> None:
+            self.logger.info("ping")
+            self.write("pong")
+
+    class App(divak.api.Recorder):
+        def __init__(self) -> None:
+            super().__init__([(r"/ping", Ping)])
+            self.add_divak_propagator(divak.api.RequestIdPropagator())
+
+    async def scenario() -> httpclient.HTTPResponse:
+        port = listen(App())
+        return await httpclient.AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{port}/ping", headers={"Request-Id": "ping-1"}
+        )
+
+    response = run(scenario())
+    assert response.code == 200 and response.body == b"pong"
+    assert response.headers["Request-Id"] == "ping-1"
+    ping = next(r for r in log_records if r.getMessage() == "ping")
+    assert ping.divak_request_id == "ping-1"  # type: ignore[attr-defined]
+
+
+def test_unknown_routes_answer_with_the_json_error_document(
+    log_records: list[logging.LogRecord],
+) -> None:
+    async def scenario() -> list[httpclient.HTTPResponse]:
+        app = make_app()
+        port = listen(app)
+        custom = Traced([], default_handler_class=Hello)
+        custom_port = listen(custom)
+        return [
+            await fetch(port, "/nowhere"),
+            await fetch(custom_port, "/nowhere"),
+        ]
+
+    default, custom = run(scenario())
+    assert default.code == 404
+    assert default.headers["Content-Type"].startswith("application/json")
+    document = json.loads(default.body)
+    assert document["message"] == "HTTP 404: Not Found"  # str(exc), as sprockets.http
+    assert len(document["trace_id"]) == 32
+    assert custom.code == 200 and custom.body == b"hello"  # the user's choice
+    warnings = [r for r in log_records if "failed with 404" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+
+
+def test_importing_next_to_divak_tornado_fails_clearly(tmp_path) -> None:
+    """Both distributions own the ``divak`` package: say so at import."""
+    import subprocess
+    import sys
+
+    info = tmp_path / "divak_tornado-0.0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: divak-tornado\nVersion: 0.0.3\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "import divak"],
+        env={**__import__("os").environ, "PYTHONPATH": f"{ROOT}:{tmp_path}"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "ImportError: divak cannot be imported while divak-tornado 0.0.3" in (
+        result.stderr
+    )
+    assert "pip uninstall divak-tornado" in result.stderr
+    clean = subprocess.run(
+        [sys.executable, "-c", "import divak"],
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert clean.returncode == 0, clean.stderr
+
+
+def test_runner_awaits_start_callbacks_and_bounds_them(
+    log_records: list[logging.LogRecord],
+) -> None:
+    events: list[str] = []
+    sockets = netutil.bind_sockets(0, "127.0.0.1")
+    port = sockets[0].getsockname()[1]
+
+    async def warm(app: web.Application, io_loop: ioloop.IOLoop) -> None:
+        await asyncio.sleep(0)
+        events.append("warm")
+
+    async def hang(app: web.Application, io_loop: ioloop.IOLoop) -> None:
+        events.append("hang")
+        await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        app = make_app(start_limit=0.2, shutdown_limit=1)
+        app.before_run_callbacks.append(warm)
+        app.on_start_callbacks.append(hang)
+        runner = divak.Runner(app)
+
+        async def client() -> None:
+            while not any(
+                "did not finish within" in r.getMessage() for r in log_records
+            ):
+                await asyncio.sleep(0.02)
+            events.append(str((await fetch(port, "/status")).code))
+            runner.stop()
+
+        task = asyncio.ensure_future(client())
+        await asyncio.wait_for(runner.serve(sockets), 30)
+        await task
+
+    run(scenario())
+    assert events == ["warm", "hang", "503"]  # never ready: on_start was cut off
+    messages = [r.getMessage() for r in log_records]
+    assert any("on_start callback" in m and "0.2s" in m for m in messages)
+    assert not any("was never awaited" in m for m in messages)

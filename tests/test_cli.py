@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import sys
 import urllib.request
 
@@ -36,7 +37,9 @@ from tests.conftest import free_port, start_service
         ('NAME="quoted # not a comment"', ("NAME", "quoted # not a comment")),
         ("NAME='single \"inner\"'", ("NAME", 'single "inner"')),
         ('NAME="value"  # comment', ("NAME", "value")),
-        ('NAME=""', ("NAME", "")),
+        ('NAME=""', ("NAME", None)),  # removes NAME, as sprockets.http does
+        ("NAME=''", ("NAME", None)),
+        ('NAME=" "', ("NAME", " ")),
         ("NAME=it's", ("NAME", "it's")),
         ("NAME=", ("NAME", None)),
         ("NAME=   ", ("NAME", None)),
@@ -132,9 +135,16 @@ def test_run_with_env_file_and_port(tmp_path: pathlib.Path) -> None:
         "FRAGMENT=http://host/page#top  # a comment\n"
         "INHERITED=from the file\n"
         "REMOVED=\n"
+        'QUOTED_EMPTY=""\n'
+        "SINGLE_EMPTY=''\n"
         "SHUTDOWN_LIMIT=1\n"
     )
-    env = {"INHERITED": "from the parent", "REMOVED": "present"}
+    env = {
+        "INHERITED": "from the parent",
+        "REMOVED": "present",
+        "QUOTED_EMPTY": "present",
+        "SINGLE_EMPTY": "present",
+    }
     process, _ = start_service(
         [
             "-m",
@@ -145,6 +155,8 @@ def test_run_with_env_file_and_port(tmp_path: pathlib.Path) -> None:
             str(env_file),
             "--port",
             str(port),
+            "--address",
+            "127.0.0.1",
         ],
         env=env,
         port=port,  # --port wins over the file's PORT
@@ -160,7 +172,12 @@ def test_run_with_env_file_and_port(tmp_path: pathlib.Path) -> None:
         assert variable("FRAGMENT") == "http://host/page#top"
         assert variable("INHERITED") == "from the file"
         assert variable("REMOVED") is None
+        assert variable("QUOTED_EMPTY") is None
+        assert variable("SINGLE_EMPTY") is None
         assert variable("PORT") == str(port)
+        assert variable("ADDRESS") == "127.0.0.1"
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.2", port), timeout=5).close()
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0

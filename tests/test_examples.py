@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
+import signal
+import socket
 import subprocess
 import sys
+import typing
 
-from .conftest import ROOT
+from .conftest import ROOT, start_service
+from .test_runner import Output
 
 
 def test_demo_prints_joined_traces() -> None:
@@ -31,3 +37,64 @@ def test_demo_prints_joined_traces() -> None:
     assert "trace 80f198ee56343ba864fe8b2a57d3eff7" in out  # the B3 parent's trace
     assert "request_id=demo-req-42" in out
     assert "services exited with [0, 0] after SIGTERM" in out
+
+
+def _request(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], typing.Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_sprockets_http_port() -> None:
+    """A sprockets.http service with only its imports changed."""
+    database = socket.socket()
+    database.bind(("127.0.0.1", 0))  # bound, not listening: refused for now
+    process, port = start_service(
+        ["examples/sprockets_port.py"],
+        {"DATABASE_PORT": str(database.getsockname()[1])},
+    )
+    output = Output(process)
+    try:
+        output.wait_for("connecting to the database")
+        assert _request(port, "/status")[::2] == (503, {"status": "connecting"})
+        database.listen()
+        output.wait_for("database connected")
+        assert _request(port, "/status")[::2] == (200, {"status": "ok"})
+
+        status, headers, body = _request(port, "/greeting/ann")
+        assert (status, body) == (200, {"greeting": "Hello, ann!"})
+        assert headers["Server"] == "greeter/1.0.0"
+        status, _, body = _request(port, "/greeting/nobody")
+        assert status == 404 and body["message"] == "HTTP 404: Unknown Name"
+        status, _, body = _request(port, "/no/such/route")  # JSON, not HTML
+        assert status == 404 and body["message"] == "HTTP 404: Not Found"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+        database.close()
+    assert code == 0, output.text
+    assert "greeting ann" in output.text
+    assert "no greeting for nobody" in output.text
+    assert "database connection closed" in output.text
+
+
+def test_divak_tornado_port() -> None:
+    """divak-tornado 0.0.3 classes, imported from divak.api."""
+    process, port = start_service(["examples/divak_tornado_port.py"])
+    output = Output(process)
+    try:
+        status, headers, body = _request(port, "/status", {"Request-Id": "port-req-7"})
+        assert status == 200 and body["status"] == "ok"
+        assert headers["Request-Id"] == "port-req-7"
+        output.wait_for("status requested {port-req-7}")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+    assert code == 0, output.text
+    assert "Traceback" not in output.text

@@ -307,7 +307,7 @@ def test_zipkin_endpoints_tags_and_error_reasons(collector: ZipkinCollector) -> 
     assert plain["remoteEndpoint"]["serviceName"] == "127.0.0.1"
     assert plain["remoteEndpoint"]["ipv4"] == "127.0.0.1"
     # a failed span without a status description gets a reason
-    assert plain["tags"]["error"] == "503"
+    assert plain["tags"]["error"] == "503 Service Unavailable"
     # peer.service wins, lower-cased as Zipkin stores it
     charge = by_name["charge"]
     assert charge["remoteEndpoint"] == {"serviceName": "billing", "port": 8443}

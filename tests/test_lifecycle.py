@@ -221,3 +221,18 @@ def test_run_in_divak_executor_keeps_the_context(
 )
 def test_route_templates(pattern: str, template: str) -> None:
     assert route_template(pattern) == template
+
+
+def test_the_order_of_the_application_bases_does_not_matter() -> None:
+    class RecorderLast(divak.Application, divak.Recorder):
+        pass
+
+    app = RecorderLast([(r"/plain", Plain)])
+    recorder = SpanRecorder()
+    app.add_divak_reporter(recorder)
+    app.set_divak_service("order")
+    (response,) = fetch(app, "/plain")
+    span = recorder.one("GET /plain")
+    assert span.attributes["http.response.status_code"] == 200
+    # The service named in code is the default Server header too.
+    assert response.headers["Server"] == "order"

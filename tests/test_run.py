@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import signal
-import time
 import urllib.request
 
 import pytest
@@ -14,6 +13,7 @@ from divak.runner import parse_bool
 from divak.testing import ZipkinCollector
 
 from .conftest import start_service
+from .test_runner import Output
 from .zipkin_schema import validate_spans
 
 
@@ -27,14 +27,15 @@ def test_sigterm_lets_the_in_flight_request_finish(collector: ZipkinCollector) -
         ["tests/services/slow_service.py"],
         {"OTEL_EXPORTER_ZIPKIN_ENDPOINT": collector.url + "/spans"},
     )
+    lines = Output(process)
     with concurrent.futures.ThreadPoolExecutor() as pool:
         pending = pool.submit(_get, f"http://127.0.0.1:{port}/slow?seconds=1.5")
-        time.sleep(0.5)  # the request is in flight now
+        lines.wait_for("sleeping 1.5s")  # the request is in flight now
         process.send_signal(signal.SIGTERM)
         status, body = pending.result()
     assert status == 200 and b"slept" in body
     assert process.wait(timeout=30) == 0
-    output = process.stdout.read()
+    output = lines.text
     spans = collector.wait_for(
         lambda spans: any(s["name"] == "GET /slow" for s in spans), timeout=5
     )
@@ -56,17 +57,20 @@ def test_two_services_drain_a_call_in_flight(collector: ZipkinCollector) -> None
         ["examples/frontend.py"],
         {**env, "BACKEND_URL": f"http://127.0.0.1:{backend_port}"},
     )
+    backend_lines = Output(backend)
     with concurrent.futures.ThreadPoolExecutor() as pool:
         pending = pool.submit(_get, f"http://127.0.0.1:{port}/hello/eve")
-        time.sleep(0.7)  # the call reached the backend and waits there
+        # the call reached the backend and waits there
+        backend_lines.wait_for("greeting eve")
         frontend.send_signal(signal.SIGTERM)
         backend.send_signal(signal.SIGTERM)
         status, body = pending.result()
     assert status == 200 and b"Hello, eve!" in body
     assert frontend.wait(timeout=30) == 0 and backend.wait(timeout=30) == 0
     spans = collector.wait_for(
-        lambda spans: {"GET /hello/{name}", "GET /greeting/{name}"}
-        <= {s["name"] for s in spans},
+        lambda spans: (
+            {"GET /hello/{name}", "GET /greeting/{name}"} <= {s["name"] for s in spans}
+        ),
         timeout=5,
     )
     validate_spans(spans)

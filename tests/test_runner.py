@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import typing
 
 import pytest
@@ -324,3 +325,136 @@ def test_a_collector_that_is_down_does_not_delay_exit() -> None:
     # Retrying would take the reporter's 10 s retry window.
     assert stop(process, timeout=6) == 0, output.text
     assert "spans not flushed" not in output.text
+
+
+READINESS = ["-m", "tests.services.readiness"]
+
+
+def status_of(port: int, path: str = "/status") -> tuple[int, dict[str, typing.Any]]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("own_event", ["1", "0"])
+def test_not_ready_until_the_start_callbacks_say_so(own_event: str) -> None:
+    """sprockets.http's pattern: 503 until the database is connected."""
+    database = socket.socket()
+    database.bind(("127.0.0.1", 0))
+    db_port = database.getsockname()[1]  # bound, not listening: refused
+    process, port = start_service(
+        READINESS, {"DB_PORT": str(db_port), "OWN_EVENT": own_event}
+    )
+    output = Output(process)
+    try:
+        output.wait_for("connecting to the database")
+        assert status_of(port) == (503, {"status": "starting"})
+        assert status_of(port, "/warm") == (200, {"warm": True})
+        database.listen()  # the database is up now
+        output.wait_for("database connected")
+        deadline = time.monotonic() + 30
+        while status_of(port)[0] != 200:
+            assert time.monotonic() < deadline, output.text
+            time.sleep(0.05)
+        assert status_of(port) == (200, {"status": "ok"})
+    finally:
+        database.close()
+        assert stop(process) == 0, output.text
+
+
+def test_coroutine_before_run_failure_exits_non_zero() -> None:
+    result = subprocess.run(
+        [sys.executable, *READINESS],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "FAIL_BEFORE_RUN": "1",
+            "DB_PORT": "9",
+            "PORT": str(free_port()),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 70, result.stdout + result.stderr
+    assert "RuntimeError: cache unreachable" in result.stdout
+    assert "was never awaited" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"PORT": "http"}, "PORT must be an integer, not 'http'"),
+        ({"SHUTDOWN_LIMIT": "soon"}, "settings['shutdown_limit'] must be a number"),
+    ],
+)
+def test_a_malformed_number_names_its_variable(
+    env: dict[str, str], message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN_WITH_SETTINGS],
+        cwd=ROOT,
+        env={**os.environ, "PORT": str(free_port()), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+# The lifecycle service reads SHUTDOWN_LIMIT with float(); this one hands
+# the raw text to divak.run as the setting.
+_RUN_WITH_SETTINGS = """
+import os, divak
+from tests.services.lifecycle import make_app
+settings = {}
+if os.environ.get("SHUTDOWN_LIMIT"):
+    settings["shutdown_limit"] = os.environ["SHUTDOWN_LIMIT"]
+divak.run(make_app, settings)
+"""
+
+
+def test_address_binds_only_there_and_the_port_is_logged_once() -> None:
+    process, port = start_service(SERVICE, {"ADDRESS": "127.0.0.1"})
+    output = Output(process)
+    try:
+        assert status_of(port)[0] == 200
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.2", port), timeout=5).close()
+    finally:
+        assert stop(process) == 0, output.text
+    assert f"serving on 127.0.0.1:{port} (pid" in output.text, output.text
+    assert f"{port},{port}" not in output.text
+
+
+def test_all_interfaces_log_each_port_once() -> None:
+    process, port, output = service()
+    assert stop(process) == 0, output.text
+    assert f"serving on port {port} (pid" in output.text, output.text
+
+
+def test_tornado_still_has_the_read_buffer_size() -> None:
+    """The drain reads IOStream's private ``_read_buffer_size``: fail loudly
+    if Tornado renames it (a pipelined request would then be dropped)."""
+    from tornado import iostream
+
+    from divak.server import _has_pending_request
+    from tests.conftest import run
+
+    async def scenario() -> tuple[bytes, bool]:
+        ours, theirs = socket.socketpair()
+        stream = iostream.IOStream(ours)
+        theirs.sendall(b"GET / HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n")
+        first = await stream.read_until(b"\r\n\r\n")
+        # the second request is in IOStream's buffer now, not in the socket
+        pending = _has_pending_request(types.SimpleNamespace(stream=stream))
+        stream.close()
+        theirs.close()
+        return first, pending
+
+    assert run(scenario()) == (b"GET / HTTP/1.1\r\n\r\n", True)

@@ -21,6 +21,7 @@ class GreetingHandler(divak.RequestTracker, divak.Logger, web.RequestHandler):
     """Speaks the demo backend's API, slowly: ``GREETING_DELAY`` seconds."""
 
     async def get(self, name: str) -> None:
+        self.logger.info("greeting %s", name)
         with self.record_operation("sleep"):
             await asyncio.sleep(float(os.environ.get("GREETING_DELAY", "0")))
         self.write({"greeting": f"Hello, {name}!"})
