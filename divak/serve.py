@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.config
-import os
 import socket
 import typing
 
 from tornado import process, web
 
 from divak import log as divak_log
-from divak.process import EXIT_FORCED, flush_std_streams, fork_and_serve
+from divak.process import EXIT_FORCED, fork_and_serve
 from divak.runner import EXIT_START_FAILED, Runner, _bind
 from divak.settings import number_setting, parse_bool, setting
 
@@ -85,8 +84,8 @@ def run(
         setting; the message names the variable or setting
 
     When the span flush does not finish within ``shutdown_limit``, the
-    process exits right away (:func:`os._exit`) rather than wait for a
-    collector that does not answer.
+    process exits without waiting any longer for a collector that does not
+    answer.
 
     .. rubric:: settings['port']
 
@@ -157,13 +156,10 @@ def run(
         sockets = _bind(port, address)
         status, clean = _serve_here(create_application, app_settings, sockets)
         if not clean:
-            # The reporter thread is still blocked on its collector, and the
-            # exit hook OpenTelemetry registers for every TracerProvider
-            # (shutdown_on_exit) would wait for it again: leave at once.
+            # The reporter thread (a daemon) is still blocked on its
+            # collector; divak's providers register no exit hook, and a
+            # span queue shuts down once, so nothing waits for it again.
             logger.warning("exiting without waiting for the reporters")
-            logging.shutdown()
-            flush_std_streams()
-            os._exit(status)
     else:
         sockets = _bind(port, address, reuse_port=True)
         status = fork_and_serve(
