@@ -27,6 +27,7 @@ import typing
 
 from tornado import ioloop, netutil, process, web
 
+from divak import environment
 from divak import logging as divak_logging
 from divak.process import EXIT_FORCED, STOP_SIGNALS, flush_std_streams, fork_and_serve
 from divak.server import DrainingHTTPServer
@@ -216,6 +217,7 @@ class Runner:
                 for sock in sockets:
                     sock.close()
                 raise SystemExit(EXIT_START_FAILED) from None
+        environment.warn_if_spans_go_to_log(self.application)
         self.server = self._make_server()
         self.server.add_sockets(sockets)
         self._loop = loop

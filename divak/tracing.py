@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httputil, log, routing, web
 
-from divak import export, headers, propagation, reporters, sampling
+from divak import environment, export, headers, propagation, reporters, sampling
 from divak.logging import REQUEST_CONTEXT_KEY
 
 __all__ = ["Recorder", "RequestContext", "RequestTracker", "route_template"]
@@ -198,6 +198,12 @@ class _B3DebugMarker(SpanProcessor):
         if otel_context.get_value(propagation.B3_DEBUG_KEY, parent_context):
             span.set_attribute(reporters.B3_DEBUG_ATTRIBUTE, True)
 
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        # Nothing is buffered.  The SDK's base method returned None before
+        # 1.40, which made the provider's force_flush stop at this
+        # processor and report failure without flushing the span queues.
+        return True
+
 
 class Recorder(web.Application):
     """Application mix-in that traces requests and exports the spans.
@@ -218,7 +224,8 @@ class Recorder(web.Application):
       spans, and a forked child builds its own;
     * the reporters, each behind a bounded :class:`~divak.export.SpanQueue`
       that counts the spans it drops (:attr:`divak_dropped_spans`);
-    * the propagators (default: :class:`~divak.TraceContextPropagation`);
+    * the propagators (default: the ``OTEL_PROPAGATORS`` environment variable,
+      else W3C Trace Context and Baggage);
     * an access log line per request (:meth:`log_request`);
     * a SERVER span even for requests whose handler does not mix in
       :class:`RequestTracker` (Tornado's 404 handler, for example).
@@ -294,7 +301,7 @@ class Recorder(web.Application):
             if not any(
                 not isinstance(p, propagation.RequestIdPropagation) for p in propagators
             ):
-                propagators.insert(0, propagation.TraceContextPropagation())
+                propagators[0:0] = environment.propagators()
             self._divak_propagation = propagation.Propagation(propagators)
         return self._divak_propagation
 
@@ -328,7 +335,7 @@ class Recorder(web.Application):
             sampler=propagation.PropagatedSampler(sampler), resource=resource
         )
         provider.add_span_processor(_B3DebugMarker())
-        span_reporters = self._divak_reporters or [_default_reporter()]
+        span_reporters = self._divak_reporters or environment.reporters_from_env()
         for reporter in span_reporters:
             queue = export.SpanQueue(reporter)
             self._divak_span_queues.append(queue)
@@ -641,14 +648,6 @@ class activated:  # noqa: N801 - used like the function it replaced
         if self.token is not None:
             otel_context.detach(self.token)  # type: ignore[arg-type]
             self.token = None
-
-
-def _default_reporter() -> SpanExporter:
-    import os
-
-    if os.environ.get("OTEL_EXPORTER_ZIPKIN_ENDPOINT"):
-        return reporters.ZipkinReporter()
-    return reporters.LoggingReporter()
 
 
 class RequestTracker:
