@@ -259,7 +259,7 @@ class HttpClientMixin:
         propagate = _host_allowed(
             host, application.settings.get("divak_propagation_hosts")
         )
-        captured = divak_headers.captured_headers(application)
+        captured = divak_headers.captured_headers(application, "client")
         if isinstance(self, RequestTracker):
             parent = self.divak_context.current_context()
         else:
