@@ -52,11 +52,9 @@ class CapturedHeaders:
     regular expressions that must match a whole header name, case
     ignored.
 
-    ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST`` /
-    ``..._SERVER_RESPONSE``
+    ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST`` and ``_RESPONSE``
         the headers of SERVER spans
-    ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST`` /
-    ``..._CLIENT_RESPONSE``
+    ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST`` and ``_RESPONSE``
         the headers of CLIENT spans
     ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS``
         regular expressions *found* in a header name (case ignored) whose
