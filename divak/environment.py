@@ -329,8 +329,9 @@ class BatchSettings:
 
     .. attribute:: schedule_delay
 
-       ``OTEL_BSP_SCHEDULE_DELAY``: seconds between uploads (default 5 in
-       the specification; the variable is in milliseconds).
+       ``OTEL_BSP_SCHEDULE_DELAY``: seconds between uploads (the variable
+       is in milliseconds; divak's default is 1 s, the specification's 5 s:
+       spans reach the collector sooner, in the same batches under load).
 
     .. attribute:: export_timeout
 
@@ -353,7 +354,7 @@ def batch_settings() -> BatchSettings:
     return BatchSettings(
         max_queue_size=_integer("OTEL_BSP_MAX_QUEUE_SIZE", 2048),
         max_export_batch_size=_integer("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512),
-        schedule_delay=_milliseconds("OTEL_BSP_SCHEDULE_DELAY", 5.0),
+        schedule_delay=_milliseconds("OTEL_BSP_SCHEDULE_DELAY", 1.0),
         export_timeout=_milliseconds("OTEL_BSP_EXPORT_TIMEOUT", 30.0),
     )
 
