@@ -314,10 +314,8 @@ def warn_if_spans_go_to_log(application: typing.Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class BatchSettings:
-    """The batch span processor settings of the ``OTEL_BSP_*`` variables.
-
-    :class:`~divak.export.SpanQueue` reads the sizes and the delay itself;
-    the export timeout is exposed here for the code that stops a service.
+    """The ``OTEL_BSP_*`` batch processor settings; the span queue reads
+    the sizes and the delay itself, the export timeout is exposed here.
 
     .. attribute:: max_queue_size
 
@@ -394,12 +392,6 @@ def excluded_urls(
             _get("OTEL_PYTHON_TORNADO_EXCLUDED_URLS")
             or _get("OTEL_PYTHON_EXCLUDED_URLS")
         )
-    if not patterns:
-        return _never
     for pattern in patterns:
         re.compile(pattern)  # a bad pattern fails at start-up, by name
     return otel_http.ExcludeList(patterns).url_disabled
-
-
-def _never(url: str) -> bool:
-    return False
