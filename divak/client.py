@@ -240,7 +240,7 @@ class HttpClientMixin:
         propagate = _host_allowed(
             host, application.settings.get("divak_propagation_hosts")
         )
-        captured = divak_headers.captured_headers(application)
+        captured = divak_headers.captured_headers(application, "client")
         request = getattr(self, "request", None)
         request_context = request_context_of(request) if request is not None else None
         if request_context is not None:

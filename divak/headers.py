@@ -1,13 +1,16 @@
 """Recording chosen HTTP headers on spans, with secrets redacted.
 
 Nothing is recorded unless the application lists header names in its
-settings (see :class:`CapturedHeaders`).  The lists are read once per
-application, so an application that captures nothing pays nothing per
-request.
+settings, or the deployment sets OpenTelemetry's
+``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*`` environment variables (see
+:class:`CapturedHeaders`).  The lists are read once per application, so an
+application that captures nothing pays nothing per request.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import typing
 
 __all__ = ["CapturedHeaders", "REDACTED", "REDACTED_HEADERS", "captured_headers"]
@@ -22,6 +25,8 @@ REDACTED_HEADERS = frozenset(
 
 #: Longest recorded header value, in characters; longer values are cut.
 MAX_VALUE_LENGTH = 256
+
+_ENV = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_"
 
 
 class CapturedHeaders:
@@ -42,37 +47,105 @@ class CapturedHeaders:
     ``Cookie``, ``Set-Cookie`` and ``Proxy-Authorization`` are always
     recorded as ``REDACTED``; other values are cut to 256 characters.
 
+    When a setting is not given, OpenTelemetry's environment variables
+    apply, as in its HTTP instrumentations: each a comma-separated list of
+    regular expressions that must match a whole header name, case
+    ignored.
+
+    ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST`` and ``_RESPONSE``
+        the headers of SERVER spans
+    ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST`` and ``_RESPONSE``
+        the headers of CLIENT spans
+    ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS``
+        regular expressions *found* in a header name (case ignored) whose
+        values are recorded as ``REDACTED``, in addition to the four above;
+        applies to headers captured by settings too
+
     :param settings: the application's settings
+    :param kind: ``"server"`` or ``"client"``: which environment variables
+        apply
+    :raises ValueError: for another *kind*
+    :raises re.error: when an environment variable holds an invalid
+        regular expression
+
+    .. attribute:: request
+
+       What request headers are recorded: true when any is.
+
+    .. attribute:: response
+
+       What response headers are recorded: true when any is.
     """
 
-    __slots__ = ("request", "response")
+    __slots__ = ("request", "response", "sanitize")
 
-    def __init__(self, settings: typing.Mapping[str, typing.Any]) -> None:
-        self.request = _names(settings.get("divak_capture_request_headers"))
-        self.response = _names(settings.get("divak_capture_response_headers"))
+    def __init__(
+        self, settings: typing.Mapping[str, typing.Any], kind: str = "server"
+    ) -> None:
+        if kind not in ("server", "client"):
+            raise ValueError(f"kind must be 'server' or 'client', not {kind!r}")
+        prefix = _ENV + kind.upper()
+        self.request = _selection(
+            settings.get("divak_capture_request_headers"), prefix + "_REQUEST"
+        )
+        self.response = _selection(
+            settings.get("divak_capture_response_headers"), prefix + "_RESPONSE"
+        )
+        patterns = _env_list(_ENV + "SANITIZE_FIELDS")
+        self.sanitize = re.compile("|".join(patterns), re.I) if patterns else None
 
     def request_attributes(self, headers: typing.Any) -> dict[str, list[str]]:
         """Span attributes for the listed request *headers*.
 
         :param headers: a :class:`tornado.httputil.HTTPHeaders`
         """
-        return _attributes("http.request.header.", self.request, headers)
+        return _attributes("http.request.header.", self.request, self.sanitize, headers)
 
     def response_attributes(self, headers: typing.Any) -> dict[str, list[str]]:
         """Span attributes for the listed response *headers*.
 
         :param headers: a :class:`tornado.httputil.HTTPHeaders`
         """
-        return _attributes("http.response.header.", self.response, headers)
+        return _attributes(
+            "http.response.header.", self.response, self.sanitize, headers
+        )
 
 
-def captured_headers(application: typing.Any) -> CapturedHeaders:
-    """Return *application*'s :class:`CapturedHeaders`, computed once."""
-    captured = application.__dict__.get("_divak_captured_headers")
+def captured_headers(application: typing.Any, kind: str = "server") -> CapturedHeaders:
+    """Return *application*'s :class:`CapturedHeaders`, computed once per kind.
+
+    :param application: a Tornado application
+    :param kind: ``"server"`` for the spans of the requests it answers,
+        ``"client"`` for the spans of its outgoing requests
+    """
+    key = "_divak_captured_headers" if kind == "server" else "_divak_captured_" + kind
+    captured = application.__dict__.get(key)
     if captured is None:
-        captured = CapturedHeaders(application.settings)
-        application._divak_captured_headers = captured
+        captured = CapturedHeaders(application.settings, kind)
+        setattr(application, key, captured)
     return captured
+
+
+class _Selection(typing.NamedTuple):
+    names: tuple[str, ...]
+    pattern: re.Pattern[str] | None
+
+    def __bool__(self) -> bool:
+        return bool(self.names or self.pattern)
+
+
+def _selection(setting: typing.Any, variable: str) -> _Selection:
+    if setting is not None:
+        return _Selection(_names(setting), None)
+    patterns = _env_list(variable)
+    if not patterns:
+        return _Selection((), None)
+    return _Selection((), re.compile("|".join(patterns), re.I))
+
+
+def _env_list(variable: str) -> list[str]:
+    value = os.environ.get(variable, "")
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def _names(value: typing.Any) -> tuple[str, ...]:
@@ -84,14 +157,25 @@ def _names(value: typing.Any) -> tuple[str, ...]:
 
 
 def _attributes(
-    prefix: str, names: tuple[str, ...], headers: typing.Any
+    prefix: str,
+    selection: _Selection,
+    sanitize: re.Pattern[str] | None,
+    headers: typing.Any,
 ) -> dict[str, list[str]]:
+    if selection.pattern is not None:
+        names = tuple(
+            dict.fromkeys(
+                name.lower() for name in headers if selection.pattern.fullmatch(name)
+            )
+        )
+    else:
+        names = selection.names
     attributes: dict[str, list[str]] = {}
     for name in names:
         values = headers.get_list(name)
         if not values:
             continue
-        if name in REDACTED_HEADERS:
+        if name in REDACTED_HEADERS or (sanitize is not None and sanitize.search(name)):
             values = [REDACTED for _ in values]
         else:
             values = [value[:MAX_VALUE_LENGTH] for value in values]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 import time
 import typing
@@ -30,7 +29,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httputil, web
 
-from divak import export, headers, propagation, redaction, reporters
+from divak import environment, export, headers, propagation, redaction
 from divak.context import RequestContext
 from divak.propagation.b3 import B3DebugMarker
 from divak.routes import RouteTable
@@ -110,6 +109,14 @@ class Instrumentation:
         #: Query parameter names whose values are redacted wherever a URL
         #: is logged or recorded (:func:`divak.redaction.redacted_query_params`).
         self.redacted_params = redaction.redacted_query_params(self.settings)
+        #: ``function(uri) -> bool``, true for a request left untraced
+        #: (:func:`divak.environment.excluded_urls`); :data:`None` when no
+        #: pattern is configured.
+        self.excluded: typing.Callable[[str], bool] | None = (
+            environment.excluded_urls(self.settings)
+            if environment.excluded_url_patterns(self.settings)
+            else None
+        )
         self._max_length = int(
             self.settings.get(
                 "divak_max_request_attribute_length", MAX_REQUEST_ATTRIBUTE_LENGTH
@@ -139,8 +146,9 @@ class Instrumentation:
     def propagation(self) -> propagation.Propagation:
         """The application's propagators, combined.
 
-        W3C Trace Context is added first when no trace-context propagator
-        was given.
+        When none but :class:`~divak.RequestIdPropagation` was given in
+        code, the ones ``OTEL_PROPAGATORS`` names come first (default: W3C
+        Trace Context and Baggage, as OpenTelemetry's SDK).
         """
         combined = self._propagation
         if combined is None:
@@ -148,7 +156,9 @@ class Instrumentation:
             if all(
                 isinstance(p, propagation.RequestIdPropagation) for p in propagators
             ):
-                propagators.insert(0, propagation.TraceContextPropagation())
+                # No trace context given in code: OTEL_PROPAGATORS, else W3C
+                # Trace Context and Baggage, as OpenTelemetry's SDK.
+                propagators[0:0] = environment.propagators()
             combined = self._propagation = propagation.Propagation(propagators)
         return combined
 
@@ -173,7 +183,7 @@ class Instrumentation:
         from divak import __version__
 
         name = self.service or self.settings.get("service")
-        span_reporters = self.reporters or [_default_reporter()]
+        span_reporters = self.reporters or environment.reporters_from_env()
         self.span_queues = [export.SpanQueue(reporter) for reporter in span_reporters]
         current = trace.get_tracer_provider()
         use_global = self.settings.get("divak_global_provider", True)
@@ -265,7 +275,14 @@ class Instrumentation:
         method = request.method or "GET"
         known = method if method in _KNOWN_METHODS else "_OTHER"
         name = _span_name(known, route)
-        span: trace.Span | None = self._unsampled_span(name, parent)
+        excluded = self.excluded
+        span: trace.Span | None
+        if excluded is not None and excluded(request.uri or ""):
+            # Not traced: the upstream trace context goes on unchanged.
+            request_context.set_span(trace.get_current_span(parent))
+            request_context.ended = True
+            return request_context
+        span = self._unsampled_span(name, parent)
         if span is None:
             span = tracer.start_span(
                 name,
@@ -350,11 +367,11 @@ class Instrumentation:
         with the time of the response, so an exception raised after the
         response still marks it.
         """
-        if request_context.ended or request_context.status_code is not None:
+        if request_context.status_code is not None:
             return
         request_context.status_code = status_code
-        if not request_context.span.is_recording():
-            # Nothing to mark on an unsampled span: done now.
+        if request_context.ended or not request_context.span.is_recording():
+            # Nothing to mark on an unsampled or untraced request: done now.
             request_context.ended = True
             request_context.context = request_context.task = None
             return
@@ -461,12 +478,6 @@ def _default_sampler() -> sampling.Sampler:
     from divak.sampling import default_sampler
 
     return default_sampler()
-
-
-def _default_reporter() -> SpanExporter:
-    if os.environ.get("OTEL_EXPORTER_ZIPKIN_ENDPOINT"):
-        return reporters.ZipkinReporter()
-    return reporters.LoggingReporter()
 
 
 _warned_tornado = False

@@ -26,6 +26,7 @@ import typing
 
 from tornado import ioloop, netutil, web
 
+from divak import environment
 from divak.process import EXIT_FORCED, STOP_SIGNALS, flush_std_streams
 from divak.server import DrainingHTTPServer
 from divak.settings import number_setting, parse_bool, setting
@@ -209,6 +210,7 @@ class Runner:
         self._stopping = asyncio.Event()
         if before_run:
             await self._run_before_run(sockets, io_loop)
+        environment.warn_if_spans_go_to_log(self.application)
         self.server = self._make_server()
         self.server.add_sockets(sockets)
         self._loop = loop
@@ -216,8 +218,6 @@ class Runner:
             loop.add_signal_handler(signum, self._on_signal, signum)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         logger.info("serving on %s (pid %d)", _describe(sockets), os.getpid())
-        # SENTRY: sprockets.http initialises Sentry here when SENTRY_DSN is
-        # set; divak's Sentry set-up is called from this place once it exists.
         if hasattr(self.application, "run_on_start_callbacks"):
             self._starting = asyncio.ensure_future(self._on_start(io_loop))
         else:

@@ -1,6 +1,8 @@
 """Sampling: which traces an application records and exports.
 
-Without a sampler mix-in an application samples every trace that is not
+Without a sampler mix-in an application uses the sampler that the
+``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG`` environment
+variables name; when they are not set, it samples every trace that is not
 already decided upstream: OpenTelemetry's ``ParentBased(ALWAYS_ON)``.
 """
 
@@ -10,6 +12,8 @@ import typing
 
 from opentelemetry.sdk.trace import sampling
 
+from divak import environment
+
 if typing.TYPE_CHECKING:
     from divak.instrumentation import Instrumentation
 
@@ -17,8 +21,13 @@ __all__ = ["ProbabilisticSampler", "default_sampler"]
 
 
 def default_sampler() -> sampling.Sampler:
-    """``ParentBased(ALWAYS_ON)``: follow the parent, sample new traces."""
-    return sampling.ParentBased(sampling.ALWAYS_ON)
+    """The sampler of an application that sets none in code.
+
+    The one ``OTEL_TRACES_SAMPLER`` names (see
+    :func:`divak.environment.sampler`), by default ``ParentBased(ALWAYS_ON)``:
+    follow the parent, sample new traces.
+    """
+    return environment.sampler()
 
 
 class ProbabilisticSampler:
@@ -28,7 +37,8 @@ class ProbabilisticSampler:
 
     * mix it into a :class:`divak.Recorder` application;
     * call :meth:`set_divak_sample_probability` in the application's
-      ``__init__``.
+      ``__init__``; the probability set in code wins over
+      ``OTEL_TRACES_SAMPLER``.
 
     The sampler is OpenTelemetry's ``ParentBased(TraceIdRatioBased(p))``:
     an upstream sampling decision (W3C ``sampled`` flag, B3 sampled or

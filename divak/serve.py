@@ -17,6 +17,7 @@ import typing
 from tornado import process, web
 
 from divak import log as divak_log
+from divak import sentry
 from divak.process import EXIT_FORCED, fork_and_serve
 from divak.runner import EXIT_START_FAILED, Runner, _bind
 from divak.settings import number_setting, parse_bool, setting
@@ -147,6 +148,7 @@ def run(
             app_settings[key] = number_setting(app_settings, key, None, 0.0)
     app_settings.setdefault("xheaders", True)
     _configure_logging(log_config, debug)
+    sentry.install()  # only when SENTRY_DSN is set, as sprockets.http
     if debug and procs != 1:
         logger.warning("debug mode serves from one process, not %d", procs)
         procs = 1
