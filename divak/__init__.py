@@ -19,6 +19,8 @@ install_record_factory()
 from divak.app import Application, CallbackManager, StatusHandler  # noqa: E402
 from divak.client import HttpClientMixin  # noqa: E402
 from divak.handlers import Logger  # noqa: E402
+from divak.metrics_export import MetricsHandler  # noqa: E402
+from divak.metrics_otlp import OTLPMetricsReporter  # noqa: E402
 from divak.mixins import ErrorLogger, ErrorWriter, LoggingHandler  # noqa: E402
 from divak.propagation import (  # noqa: E402
     BaggagePropagation,
@@ -43,6 +45,8 @@ __all__ = [
     "Logger",
     "LoggingHandler",
     "LoggingReporter",
+    "MetricsHandler",
+    "OTLPMetricsReporter",
     "OTLPReporter",
     "ProbabilisticSampler",
     "Recorder",
