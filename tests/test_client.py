@@ -101,11 +101,11 @@ def test_retries_until_success_with_one_span_per_attempt():
     spans = client_spans(app)
     assert len(spans) == 3
     assert [s.attributes.get("http.request.resend_count") for s in spans] == [
-        None,
-        1,
-        2,
+        None, 1, 2
     ]
-    assert [s.attributes["http.response.status_code"] for s in spans] == [503, 503, 200]
+    assert [s.attributes["http.response.status_code"] for s in spans] == [
+        503, 503, 200
+    ]
     assert {s.parent.span_id for s in spans} == {parent.get_span_context().span_id}
     assert spans[0].status.status_code is StatusCode.ERROR
     assert spans[0].attributes["error.type"] == "503"
@@ -232,9 +232,7 @@ def test_post_is_not_retried_unless_asked():
             f"{base}/x?key=a&fail=1", "POST", body=b"payload"
         )
         retried = await caller.send_request(
-            f"{base}/x?key=b&fail=1",
-            "POST",
-            body=b"payload",
+            f"{base}/x?key=b&fail=1", "POST", body=b"payload",
             retry_non_idempotent=True,
         )
         return once, retried, log

@@ -46,52 +46,26 @@ TRACEPARENT_ROWS = [
     ("W3C-TC 3.2.2: version 00 not sampled", f"00-{TRACE}-{SPAN}-00", TRACE, 0),
     ("W3C-TC 3.2.2.5: random-trace-id flag kept", f"00-{TRACE}-{SPAN}-03", TRACE, 3),
     ("W3C-TC 3.2.2.5: other flags set to zero", f"00-{TRACE}-{SPAN}-ff", TRACE, 3),
-    (
-        "W3C-TC 3.2.2: HEXDIGLC, upper-case trace-id",
-        f"00-{TRACE.upper()}-{SPAN}-01",
-        None,
-        None,
-    ),
-    (
-        "W3C-TC 3.2.2: HEXDIGLC, upper-case parent-id",
-        f"00-{TRACE}-{SPAN.upper()}-01",
-        None,
-        None,
-    ),
-    ("W3C-TC 3.2.2: HEXDIGLC, upper-case version", f"0A-{TRACE}-{SPAN}-01", None, None),
-    (
-        "W3C-TC 3.2.2.3: all-zero trace-id invalid",
-        f"00-{'0' * 32}-{SPAN}-01",
-        None,
-        None,
-    ),
-    (
-        "W3C-TC 3.2.2.4: all-zero parent-id invalid",
-        f"00-{TRACE}-{'0' * 16}-01",
-        None,
-        None,
-    ),
+    ("W3C-TC 3.2.2: HEXDIGLC, upper-case trace-id", f"00-{TRACE.upper()}-{SPAN}-01",
+     None, None),
+    ("W3C-TC 3.2.2: HEXDIGLC, upper-case parent-id", f"00-{TRACE}-{SPAN.upper()}-01",
+     None, None),
+    ("W3C-TC 3.2.2: HEXDIGLC, upper-case version", f"0A-{TRACE}-{SPAN}-01",
+     None, None),
+    ("W3C-TC 3.2.2.3: all-zero trace-id invalid", f"00-{'0' * 32}-{SPAN}-01",
+     None, None),
+    ("W3C-TC 3.2.2.4: all-zero parent-id invalid", f"00-{TRACE}-{'0' * 16}-01",
+     None, None),
     ("W3C-TC 3.2.2.1: version ff invalid", f"ff-{TRACE}-{SPAN}-01", None, None),
-    ("W3C-TC 3.2.2: version 00 with trailing data invalid", f"{TP}-extra", None, None),
+    ("W3C-TC 3.2.2: version 00 with trailing data invalid", f"{TP}-extra",
+     None, None),
     ("W3C-TC 3.2.2: version 00 with trailing dot invalid", f"{TP}.", None, None),
-    (
-        "W3C-TC 3.2.4: higher version parsed by position",
-        f"cc-{TRACE}-{SPAN}-01",
-        TRACE,
-        1,
-    ),
-    (
-        "W3C-TC 3.2.4: higher version with more fields",
-        f"cc-{TRACE}-{SPAN}-01-what",
-        TRACE,
-        1,
-    ),
-    (
-        "W3C-TC 3.2.4: higher version, flags not followed by dash",
-        f"cc-{TRACE}-{SPAN}-01.what",
-        None,
-        None,
-    ),
+    ("W3C-TC 3.2.4: higher version parsed by position", f"cc-{TRACE}-{SPAN}-01",
+     TRACE, 1),
+    ("W3C-TC 3.2.4: higher version with more fields", f"cc-{TRACE}-{SPAN}-01-what",
+     TRACE, 1),
+    ("W3C-TC 3.2.4: higher version, flags not followed by dash",
+     f"cc-{TRACE}-{SPAN}-01.what", None, None),
     ("W3C-TC 3.2.4: version not 2 hex digits", f"0-{TRACE}-{SPAN}-01", None, None),
     ("W3C-TC 3.2.4: version of 3 digits", f"000-{TRACE}-{SPAN}-01", None, None),
     ("W3C-TC 3.2.2.3: trace-id too short", f"00-{TRACE[:-1]}-{SPAN}-01", None, None),
@@ -99,12 +73,8 @@ TRACEPARENT_ROWS = [
     ("W3C-TC 3.2.2.5: flags too short", f"00-{TRACE}-{SPAN}-1", None, None),
     ("W3C-TC 3.2.2.5: flags not hex", f"00-{TRACE}-{SPAN}-.0", None, None),
     ("W3C-TC 3.2: OWS around the value", f" \t{TP}\t ", TRACE, 1),
-    (
-        "W3C-TC 3.2: two traceparent headers invalid",
-        [TP, f"00-{SPAN * 2}-{SPAN}-01"],
-        None,
-        None,
-    ),
+    ("W3C-TC 3.2: two traceparent headers invalid", [TP, f"00-{SPAN * 2}-{SPAN}-01"],
+     None, None),
 ]
 
 
@@ -137,64 +107,42 @@ def test_traceparent(rule, value, trace_id, flags):
 LONG = "x" * 130
 TRACESTATE_ROWS = [
     ("W3C-TC 3.3.1: list of members", ["a=1,b=2"], "a=1,b=2"),
-    (
-        "W3C-TC 3.3.1: multiple headers combined in order",
-        ["a=1,b=2", "c=3"],
-        "a=1,b=2,c=3",
-    ),
+    ("W3C-TC 3.3.1: multiple headers combined in order", ["a=1,b=2", "c=3"],
+     "a=1,b=2,c=3"),
     ("W3C-TC 3.3.1: empty header accepted", [""], ""),
     ("W3C-TC 3.3.1: empty members allowed", ["a=1,, ,b=2"], "a=1,b=2"),
     ("W3C-TC 3.3.1: OWS around members ignored", ["a=1 \t, \tb=2"], "a=1,b=2"),
-    (
-        "W3C-TC 3.3.1.3.1: Level 2 key may start with a digit",
-        ["1vendor=x"],
-        "1vendor=x",
-    ),
-    (
-        "W3C-TC 3.3.1.3.1: Level 2 key with @ anywhere",
-        ["a@b@c=1,tenant@sys=2"],
-        "a@b@c=1,tenant@sys=2",
-    ),
+    ("W3C-TC 3.3.1.3.1: Level 2 key may start with a digit", ["1vendor=x"],
+     "1vendor=x"),
+    ("W3C-TC 3.3.1.3.1: Level 2 key with @ anywhere", ["a@b@c=1,tenant@sys=2"],
+     "a@b@c=1,tenant@sys=2"),
     ("W3C-TC 3.3.1.3.1: key may end with @", ["foo@=1"], "foo@=1"),
     ("W3C-TC 3.3.1.3.1: key must not start with @", ["@foo=1,b=2"], "b=2"),
     ("W3C-TC 3.3.1.3.1: upper-case key invalid, others kept", ["FOO=1,b=2"], "b=2"),
     ("W3C-TC 3.3.1.3.1: key longer than 256 invalid", ["k" * 257 + "=1,b=2"], "b=2"),
     ("W3C-TC 3.3.1.3.2: value keeps leading spaces", ["a= x"], "a= x"),
-    ("W3C-TC 3.3.1.3.2: value of 256 characters", ["a=" + "v" * 256], "a=" + "v" * 256),
-    (
-        "W3C-TC 3.3.1.3.2: value of 257 characters invalid",
-        ["a=" + "v" * 257 + ",b=2"],
-        "b=2",
-    ),
+    ("W3C-TC 3.3.1.3.2: value of 256 characters", ["a=" + "v" * 256],
+     "a=" + "v" * 256),
+    ("W3C-TC 3.3.1.3.2: value of 257 characters invalid", ["a=" + "v" * 257 + ",b=2"],
+     "b=2"),
     ("W3C-TC 3.3.1.3.2: empty value invalid", ["a=,b=2"], "b=2"),
     ("W3C-TC 3.3.1.3.2: value with = invalid", ["a=x=y,b=2"], "b=2"),
     ("W3C-TC 4.3: invalid member discarded alone", ["a=1,garbage,b=2"], "a=1,b=2"),
-    (
-        "W3C-TC 3.3.1.4: duplicate key, first (left-most) kept",
-        ["a=1,b=2,a=3"],
-        "a=1,b=2",
-    ),
+    ("W3C-TC 3.3.1.4: duplicate key, first (left-most) kept", ["a=1,b=2,a=3"],
+     "a=1,b=2"),
     ("W3C-TC 3.3.1.4: duplicate across headers, first kept", ["a=1", "a=2"], "a=1"),
-    (
-        "W3C-TC 3.3.1.5: 32 members kept",
-        [",".join(f"k{i}=v" for i in range(32))],
-        ",".join(f"k{i}=v" for i in range(32)),
-    ),
-    (
-        "W3C-TC 3.3.1.5: over 32 members truncated from the end",
-        [",".join(f"k{i}=v" for i in range(40))],
-        ",".join(f"k{i}=v" for i in range(32)),
-    ),
-    (
-        "W3C-TC 3.3.1.5: members over 128 characters removed first",
-        [",".join(f"k{i}=v" for i in range(32)) + f",long={LONG}"],
-        ",".join(f"k{i}=v" for i in range(32)),
-    ),
-    (
-        "W3C-TC 3.3.1.5: long member removed before short ones",
-        [f"long={LONG}," + ",".join(f"k{i}=v" for i in range(32))],
-        ",".join(f"k{i}=v" for i in range(32)),
-    ),
+    ("W3C-TC 3.3.1.5: 32 members kept",
+     [",".join(f"k{i}=v" for i in range(32))],
+     ",".join(f"k{i}=v" for i in range(32))),
+    ("W3C-TC 3.3.1.5: over 32 members truncated from the end",
+     [",".join(f"k{i}=v" for i in range(40))],
+     ",".join(f"k{i}=v" for i in range(32))),
+    ("W3C-TC 3.3.1.5: members over 128 characters removed first",
+     [",".join(f"k{i}=v" for i in range(32)) + f",long={LONG}"],
+     ",".join(f"k{i}=v" for i in range(32))),
+    ("W3C-TC 3.3.1.5: long member removed before short ones",
+     [f"long={LONG}," + ",".join(f"k{i}=v" for i in range(32))],
+     ",".join(f"k{i}=v" for i in range(32))),
 ]
 
 
@@ -232,207 +180,57 @@ B3_PARENT = "05e3ac9a4f6e3b90"
 
 B3_ROWS = [
     # (rule, headers, trace id, sampled, debug, deferred, decision)
-    (
-        "B3 single: accept",
-        {"b3": f"{B3_TRACE}-{B3_SPAN}-1"},
-        B3_TRACE,
-        True,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3 single: deny",
-        {"b3": f"{B3_TRACE}-{B3_SPAN}-0"},
-        B3_TRACE,
-        False,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3 single: debug d implies accept",
-        {"b3": f"{B3_TRACE}-{B3_SPAN}-d"},
-        B3_TRACE,
-        True,
-        True,
-        False,
-        None,
-    ),
-    (
-        "B3 single: defer is absence of the sampling field",
-        {"b3": f"{B3_TRACE}-{B3_SPAN}"},
-        B3_TRACE,
-        False,
-        False,
-        True,
-        None,
-    ),
-    (
-        "B3 single: with ParentSpanId",
-        {"b3": f"{B3_TRACE}-{B3_SPAN}-1-{B3_PARENT}"},
-        B3_TRACE,
-        True,
-        False,
-        False,
-        None,
-    ),
+    ("B3 single: accept", {"b3": f"{B3_TRACE}-{B3_SPAN}-1"}, B3_TRACE, True, False,
+     False, None),
+    ("B3 single: deny", {"b3": f"{B3_TRACE}-{B3_SPAN}-0"}, B3_TRACE, False, False,
+     False, None),
+    ("B3 single: debug d implies accept", {"b3": f"{B3_TRACE}-{B3_SPAN}-d"},
+     B3_TRACE, True, True, False, None),
+    ("B3 single: defer is absence of the sampling field",
+     {"b3": f"{B3_TRACE}-{B3_SPAN}"}, B3_TRACE, False, False, True, None),
+    ("B3 single: with ParentSpanId", {"b3": f"{B3_TRACE}-{B3_SPAN}-1-{B3_PARENT}"},
+     B3_TRACE, True, False, False, None),
     ("B3 single: lone deny b3: 0", {"b3": "0"}, None, None, False, False, False),
     ("B3 single: lone accept b3: 1", {"b3": "1"}, None, None, False, False, True),
     ("B3 single: lone debug b3: d", {"b3": "d"}, None, None, True, False, True),
-    (
-        "B3 single: 64-bit trace id left-padded",
-        {"b3": f"{B3_TRACE[16:]}-{B3_SPAN}-1"},
-        "0" * 16 + B3_TRACE[16:],
-        True,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3 single: takes precedence over multi",
-        {
-            "b3": f"{B3_TRACE}-{B3_SPAN}-1",
-            "X-B3-TraceId": B3_SPAN * 2,
-            "X-B3-SpanId": B3_PARENT,
-            "X-B3-Sampled": "0",
-        },
-        B3_TRACE,
-        True,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3 single: invalid sampling state",
-        {"b3": f"{B3_TRACE}-{B3_SPAN}-x"},
-        None,
-        None,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3 single: invalid ParentSpanId",
-        {"b3": f"{B3_TRACE}-{B3_SPAN}-1-xyz"},
-        None,
-        None,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3 single: too many fields",
-        {"b3": f"{B3_TRACE}-{B3_SPAN}-1-{B3_PARENT}-1"},
-        None,
-        None,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3: lower-hex ids only",
-        {"b3": f"{B3_TRACE.upper()}-{B3_SPAN}-1"},
-        None,
-        None,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3: all-zero trace id invalid",
-        {"b3": f"{'0' * 32}-{B3_SPAN}-1"},
-        None,
-        None,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3: trace id of 20 digits invalid",
-        {"b3": f"{B3_TRACE[:20]}-{B3_SPAN}-1"},
-        None,
-        None,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3 multi: accept",
-        {"X-B3-TraceId": B3_TRACE, "X-B3-SpanId": B3_SPAN, "X-B3-Sampled": "1"},
-        B3_TRACE,
-        True,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3 multi: deny",
-        {"X-B3-TraceId": B3_TRACE, "X-B3-SpanId": B3_SPAN, "X-B3-Sampled": "0"},
-        B3_TRACE,
-        False,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3 multi: lenient true",
-        {"X-B3-TraceId": B3_TRACE, "X-B3-SpanId": B3_SPAN, "X-B3-Sampled": "true"},
-        B3_TRACE,
-        True,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3 multi: defer when X-B3-Sampled is absent",
-        {
-            "X-B3-TraceId": B3_TRACE,
-            "X-B3-SpanId": B3_SPAN,
-            "X-B3-ParentSpanId": B3_PARENT,
-        },
-        B3_TRACE,
-        False,
-        False,
-        True,
-        None,
-    ),
-    (
-        "B3 multi: debug is X-B3-Flags: 1",
-        {"X-B3-TraceId": B3_TRACE, "X-B3-SpanId": B3_SPAN, "X-B3-Flags": "1"},
-        B3_TRACE,
-        True,
-        True,
-        False,
-        None,
-    ),
-    (
-        "B3 multi: 64-bit trace id left-padded",
-        {"X-B3-TraceId": B3_TRACE[16:], "X-B3-SpanId": B3_SPAN, "X-B3-Sampled": "1"},
-        "0" * 16 + B3_TRACE[16:],
-        True,
-        False,
-        False,
-        None,
-    ),
-    (
-        "B3 multi: TraceId and SpanId required",
-        {"X-B3-TraceId": B3_TRACE, "X-B3-Sampled": "1"},
-        None,
-        None,
-        False,
-        False,
-        True,
-    ),
-    (
-        "B3 multi: deny without ids",
-        {"X-B3-Sampled": "0"},
-        None,
-        None,
-        False,
-        False,
-        False,
-    ),
+    ("B3 single: 64-bit trace id left-padded", {"b3": f"{B3_TRACE[16:]}-{B3_SPAN}-1"},
+     "0" * 16 + B3_TRACE[16:], True, False, False, None),
+    ("B3 single: takes precedence over multi",
+     {"b3": f"{B3_TRACE}-{B3_SPAN}-1", "X-B3-TraceId": B3_SPAN * 2,
+      "X-B3-SpanId": B3_PARENT, "X-B3-Sampled": "0"},
+     B3_TRACE, True, False, False, None),
+    ("B3 single: invalid sampling state", {"b3": f"{B3_TRACE}-{B3_SPAN}-x"},
+     None, None, False, False, None),
+    ("B3 single: invalid ParentSpanId", {"b3": f"{B3_TRACE}-{B3_SPAN}-1-xyz"},
+     None, None, False, False, None),
+    ("B3 single: too many fields", {"b3": f"{B3_TRACE}-{B3_SPAN}-1-{B3_PARENT}-1"},
+     None, None, False, False, None),
+    ("B3: lower-hex ids only", {"b3": f"{B3_TRACE.upper()}-{B3_SPAN}-1"},
+     None, None, False, False, None),
+    ("B3: all-zero trace id invalid", {"b3": f"{'0' * 32}-{B3_SPAN}-1"},
+     None, None, False, False, None),
+    ("B3: trace id of 20 digits invalid", {"b3": f"{B3_TRACE[:20]}-{B3_SPAN}-1"},
+     None, None, False, False, None),
+    ("B3 multi: accept", {"X-B3-TraceId": B3_TRACE, "X-B3-SpanId": B3_SPAN,
+                          "X-B3-Sampled": "1"}, B3_TRACE, True, False, False, None),
+    ("B3 multi: deny", {"X-B3-TraceId": B3_TRACE, "X-B3-SpanId": B3_SPAN,
+                        "X-B3-Sampled": "0"}, B3_TRACE, False, False, False, None),
+    ("B3 multi: lenient true", {"X-B3-TraceId": B3_TRACE, "X-B3-SpanId": B3_SPAN,
+                                "X-B3-Sampled": "true"},
+     B3_TRACE, True, False, False, None),
+    ("B3 multi: defer when X-B3-Sampled is absent",
+     {"X-B3-TraceId": B3_TRACE, "X-B3-SpanId": B3_SPAN,
+      "X-B3-ParentSpanId": B3_PARENT}, B3_TRACE, False, False, True, None),
+    ("B3 multi: debug is X-B3-Flags: 1",
+     {"X-B3-TraceId": B3_TRACE, "X-B3-SpanId": B3_SPAN, "X-B3-Flags": "1"},
+     B3_TRACE, True, True, False, None),
+    ("B3 multi: 64-bit trace id left-padded",
+     {"X-B3-TraceId": B3_TRACE[16:], "X-B3-SpanId": B3_SPAN, "X-B3-Sampled": "1"},
+     "0" * 16 + B3_TRACE[16:], True, False, False, None),
+    ("B3 multi: TraceId and SpanId required",
+     {"X-B3-TraceId": B3_TRACE, "X-B3-Sampled": "1"}, None, None, False, False, True),
+    ("B3 multi: deny without ids", {"X-B3-Sampled": "0"}, None, None, False, False,
+     False),
 ]
 
 
@@ -480,50 +278,25 @@ def _child_headers(values: dict[str, str], single: bool, sampler=None) -> dict:
 
 B3_INJECT_ROWS = [
     # (rule, incoming, local sampler, single, expected headers besides ids)
-    (
-        "B3 multi: accept sent as X-B3-Sampled: 1",
-        {"b3": f"{B3_TRACE}-{B3_SPAN}-1"},
-        None,
-        False,
-        {"x-b3-sampled": "1"},
-    ),
-    (
-        "B3 multi: deny sent as X-B3-Sampled: 0",
-        {"b3": f"{B3_TRACE}-{B3_SPAN}-0"},
-        None,
-        False,
-        {"x-b3-sampled": "0"},
-    ),
-    (
-        "B3 multi: debug sent as X-B3-Flags: 1 without X-B3-Sampled",
-        {"b3": f"{B3_TRACE}-{B3_SPAN}-d"},
-        sampling.ALWAYS_OFF,
-        False,
-        {"x-b3-flags": "1"},
-    ),
-    (
-        "B3 defer: the local sampler decides (accept)",
-        {"X-B3-TraceId": B3_TRACE, "X-B3-SpanId": B3_SPAN},
-        None,
-        False,
-        {"x-b3-sampled": "1"},
-    ),
-    (
-        "B3 defer: a local deny is sent on still deferred, never X-B3-Sampled: 0",
-        {"X-B3-TraceId": B3_TRACE, "X-B3-SpanId": B3_SPAN},
-        sampling.ParentBased(sampling.ALWAYS_OFF),
-        False,
-        {},
-    ),
+    ("B3 multi: accept sent as X-B3-Sampled: 1",
+     {"b3": f"{B3_TRACE}-{B3_SPAN}-1"}, None, False, {"x-b3-sampled": "1"}),
+    ("B3 multi: deny sent as X-B3-Sampled: 0",
+     {"b3": f"{B3_TRACE}-{B3_SPAN}-0"}, None, False, {"x-b3-sampled": "0"}),
+    ("B3 multi: debug sent as X-B3-Flags: 1 without X-B3-Sampled",
+     {"b3": f"{B3_TRACE}-{B3_SPAN}-d"}, sampling.ALWAYS_OFF, False,
+     {"x-b3-flags": "1"}),
+    ("B3 defer: the local sampler decides (accept)",
+     {"X-B3-TraceId": B3_TRACE, "X-B3-SpanId": B3_SPAN}, None, False,
+     {"x-b3-sampled": "1"}),
+    ("B3 defer: a local deny is sent on still deferred, never X-B3-Sampled: 0",
+     {"X-B3-TraceId": B3_TRACE, "X-B3-SpanId": B3_SPAN},
+     sampling.ParentBased(sampling.ALWAYS_OFF), False, {}),
     ("B3 single: accept", {"b3": f"{B3_TRACE}-{B3_SPAN}-1"}, None, True, "1"),
-    ("B3 single: debug sent as d", {"b3": f"{B3_TRACE}-{B3_SPAN}-d"}, None, True, "d"),
-    (
-        "B3 single: defer sent without sampling state",
-        {"b3": f"{B3_TRACE}-{B3_SPAN}"},
-        sampling.ParentBased(sampling.ALWAYS_OFF),
-        True,
-        None,
-    ),
+    ("B3 single: debug sent as d", {"b3": f"{B3_TRACE}-{B3_SPAN}-d"}, None, True,
+     "d"),
+    ("B3 single: defer sent without sampling state",
+     {"b3": f"{B3_TRACE}-{B3_SPAN}"}, sampling.ParentBased(sampling.ALWAYS_OFF),
+     True, None),
 ]
 
 
@@ -547,9 +320,8 @@ def test_b3_inject(rule, incoming, sampler, single, expected):
     assert carrier.pop("x-b3-spanid") == client
     # X-B3-ParentSpanId: the span that caused the request (recorded spans).
     parent = carrier.pop("x-b3-parentspanid", None)
-    assert parent == (
-        server if expected.get("x-b3-sampled") != "0" and expected else None
-    )
+    assert parent == (server if expected.get("x-b3-sampled") != "0" and expected
+                      else None)
     assert carrier == expected
 
 
@@ -576,32 +348,22 @@ def test_b3_defer_uses_the_trace_id_for_the_ratio_sampler():
 BAGGAGE_ROWS = [
     ("W3C-BAGGAGE: list-members", ["a=1,b=2"], {"a": "1", "b": "2"}),
     ("W3C-BAGGAGE: multiple headers combined", ["a=1", "b=2"], {"a": "1", "b": "2"}),
-    (
-        "W3C-BAGGAGE: OWS trimmed around key and value",
-        [" a = 1 , b=2"],
-        {"a": "1", "b": "2"},
-    ),
-    (
-        "W3C-BAGGAGE: value is percent-encoded UTF-8",
-        ["k=DF%2028%C3%A9"],
-        {"k": "DF 28\u00e9"},
-    ),
+    ("W3C-BAGGAGE: OWS trimmed around key and value", [" a = 1 , b=2"],
+     {"a": "1", "b": "2"}),
+    ("W3C-BAGGAGE: value is percent-encoded UTF-8", ["k=DF%2028%C3%A9"],
+     {"k": "DF 28\u00e9"}),
     ("W3C-BAGGAGE: plus is not a space", ["k=a+b"], {"k": "a+b"}),
     ("W3C-BAGGAGE: value may contain =", ["k=a=b"], {"k": "a=b"}),
     ("W3C-BAGGAGE: properties accepted", ["k=v;p1;p2=x,b=2"], {"k": "v", "b": "2"}),
     ("W3C-BAGGAGE: invalid key dropped alone", ["bad key=1,b=2"], {"b": "2"}),
     ("W3C-BAGGAGE: invalid value dropped alone", ['k="q",b=2'], {"b": "2"}),
     ("W3C-BAGGAGE: invalid UTF-8 dropped alone", ["k=%ff,b=2"], {"b": "2"}),
-    (
-        "W3C-BAGGAGE: at least 64 members propagated",
-        [",".join(f"k{i}=v" for i in range(70))],
-        {f"k{i}": "v" for i in range(64)},
-    ),
-    (
-        "W3C-BAGGAGE: at least 8192 bytes propagated, whole members only",
-        [",".join(f"k{i}={'v' * 1000}" for i in range(9))],
-        {f"k{i}": "v" * 1000 for i in range(8)},
-    ),
+    ("W3C-BAGGAGE: at least 64 members propagated",
+     [",".join(f"k{i}=v" for i in range(70))],
+     {f"k{i}": "v" for i in range(64)}),
+    ("W3C-BAGGAGE: at least 8192 bytes propagated, whole members only",
+     [",".join(f"k{i}={'v' * 1000}" for i in range(9))],
+     {f"k{i}": "v" * 1000 for i in range(8)}),
 ]
 
 
@@ -666,7 +428,9 @@ def test_first_valid_trace_context_wins_and_b3_state_does_not_leak():
     combined = propagation.Propagation(
         [divak.TraceContextPropagation(), divak.ZipkinPropagation()]
     )
-    context = combined.extract(headers(traceparent=TP, b3=f"{B3_TRACE}-{B3_SPAN}-d"))
+    context = combined.extract(
+        headers(traceparent=TP, b3=f"{B3_TRACE}-{B3_SPAN}-d")
+    )
     assert trace.format_trace_id(remote(context).trace_id) == TRACE
     assert not context.get(propagation.B3_DEBUG_KEY)
     context = combined.extract(
@@ -781,18 +545,13 @@ def test_w3c_restart_and_baggage_end_to_end(collector):
         client = httpclient.AsyncHTTPClient()
         await client.fetch(
             f"http://127.0.0.1:{port}/call",
-            headers={
-                "traceparent": f"ff-{TRACE}-{SPAN}-01",
-                "tracestate": "a=1",
-                "baggage": "user=alice+bob,x=%20y",
-            },
+            headers={"traceparent": f"ff-{TRACE}-{SPAN}-01", "tracestate": "a=1",
+                     "baggage": "user=alice+bob,x=%20y"},
         )
         await client.fetch(
             f"http://127.0.0.1:{port}/call",
-            headers={
-                "traceparent": f"cc-{TRACE}-{SPAN}-01-later",
-                "tracestate": "bad key=1,tenant@sys=2",
-            },
+            headers={"traceparent": f"cc-{TRACE}-{SPAN}-01-later",
+                     "tracestate": "bad key=1,tenant@sys=2"},
         )
         await flush(app)
         return seen
@@ -847,11 +606,8 @@ def test_captured_headers_on_server_and_client_spans(collector):
         )
         await httpclient.AsyncHTTPClient().fetch(
             f"http://127.0.0.1:{port}/call",
-            headers={
-                "X-Tenant": "t" * 300,
-                "Authorization": "Bearer secret",
-                "X-Other": "not recorded",
-            },
+            headers={"X-Tenant": "t" * 300, "Authorization": "Bearer secret",
+                     "X-Other": "not recorded"},
         )
         await flush(app)
 

@@ -119,10 +119,7 @@ def test_drop_summary_per_interval_then_recovery(log_records):
 
     slow = Slow()
     queue = SpanQueue(
-        slow,
-        max_queue_size=5,
-        max_batch_size=5,
-        schedule_delay=0.02,
+        slow, max_queue_size=5, max_batch_size=5, schedule_delay=0.02,
         summary_interval=0.4,
     )
     provider = TracerProvider()

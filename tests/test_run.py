@@ -65,9 +65,8 @@ def test_two_services_drain_a_call_in_flight(collector: ZipkinCollector) -> None
     assert status == 200 and b"Hello, eve!" in body
     assert frontend.wait(timeout=30) == 0 and backend.wait(timeout=30) == 0
     spans = collector.wait_for(
-        lambda spans: (
-            {"GET /hello/{name}", "GET /greeting/{name}"} <= {s["name"] for s in spans}
-        ),
+        lambda spans: {"GET /hello/{name}", "GET /greeting/{name}"}
+        <= {s["name"] for s in spans},
         timeout=5,
     )
     validate_spans(spans)
