@@ -1,24 +1,16 @@
 """Metrics: each application's ``MeterProvider`` and the instruments divak records.
 
 :class:`ApplicationMetrics` owns one OpenTelemetry SDK ``MeterProvider``
-per application (never the global one; a forked child builds its own) and
-the instruments of OpenTelemetry's stable HTTP semantic conventions:
-
-* ``http.server.request.duration`` (histogram, seconds),
-* ``http.server.active_requests`` (up-down counter),
-* ``http.client.request.duration`` (histogram, seconds),
-
-plus divak's own ``divak.operation.duration`` (histogram, seconds),
-``divak.events`` (counter) and the histograms handlers record with
-:meth:`ApplicationMetrics.record_value`.  The SDK aggregates; divak binds
-the attribute sets once per method, route and status, bounds attribute
-values and the number of series per instrument, and passes the request's
-context so that histogram samples of sampled requests carry the trace id
-as an exemplar.  Metrics never depend on the trace sampling rate.
+per application (never the global one; a forked child builds its own), the
+instruments of the stable HTTP semantic conventions and divak's own.  The
+SDK aggregates; measurements carry the request's context, so samples of
+sampled requests get the trace id as exemplar.  Metrics never depend on
+the trace sampling rate.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import typing
@@ -32,18 +24,17 @@ from opentelemetry.sdk.metrics.export import (
     MetricExporter,
     MetricReader,
     MetricsData,
-    PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
 from tornado import httputil
 
+from divak import metric_series, metrics_otlp
+
 __all__ = [
     "ACTIVE_REQUESTS",
     "CLIENT_DURATION",
-    "DURATION_BUCKETS",
     "EVENTS",
     "OPERATION_DURATION",
-    "OVERFLOW_ATTRIBUTES",
     "SERVER_DURATION",
     "ApplicationMetrics",
     "add_metrics_reporter",
@@ -58,85 +49,11 @@ CLIENT_DURATION = "http.client.request.duration"
 OPERATION_DURATION = "divak.operation.duration"
 EVENTS = "divak.events"
 
-#: Bucket boundaries (seconds) the HTTP semantic conventions recommend for
-#: ``http.server.request.duration`` and ``http.client.request.duration``.
-DURATION_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-)
-
-#: The attribute set a measurement is recorded under once its instrument
-#: reached the cardinality limit (OpenTelemetry metrics SDK specification).
-OVERFLOW_ATTRIBUTES: typing.Mapping[str, typing.Any] = {"otel.metric.overflow": True}
-
-#: Longest attribute value kept (characters); longer strings are cut.
-MAX_VALUE_LENGTH = 128
-#: Most attributes a handler may add to one event or value; more are dropped.
-MAX_ATTRIBUTES = 8
 #: Most histograms :meth:`ApplicationMetrics.record_value` creates.
 MAX_CUSTOM_INSTRUMENTS = 100
-
-_KNOWN_METHODS = frozenset(
-    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
-)
 _ACTIVE_ATTRIBUTE = "_divak_active_attributes"
-
-Attributes = typing.Mapping[str, typing.Any]
-
-
-class _Series:
-    """The bound attribute sets of one instrument, at most *limit* of them."""
-
-    __slots__ = ("instrument", "limit", "bound", "warned")
-
-    def __init__(self, instrument: str, limit: int) -> None:
-        self.instrument = instrument
-        self.limit = limit
-        self.bound: dict[typing.Hashable, Attributes] = {}
-        self.warned = False
-
-    def bind(
-        self, key: typing.Hashable, build: typing.Callable[[], Attributes]
-    ) -> Attributes:
-        attributes = self.bound.get(key)
-        if attributes is not None:
-            return attributes
-        if len(self.bound) >= self.limit:
-            if not self.warned:
-                self.warned = True
-                logger.warning(
-                    "%s reached %d attribute sets: new ones are recorded as"
-                    " otel.metric.overflow=true",
-                    self.instrument,
-                    self.limit,
-                )
-            return OVERFLOW_ATTRIBUTES
-        attributes = self.bound[key] = build()
-        return attributes
-
-
-def _bounded(value: typing.Any) -> typing.Any:
-    if isinstance(value, bool | int | float):
-        return value
-    text = value if isinstance(value, str) else str(value)
-    return text[:MAX_VALUE_LENGTH]
-
-
-def _method(method: str | None) -> str:
-    method = method or "GET"
-    return method if method in _KNOWN_METHODS else "_OTHER"
+_BUCKETS = metric_series.DURATION_BUCKETS
+Attributes = metric_series.Attributes
 
 
 class ApplicationMetrics:
@@ -155,7 +72,7 @@ class ApplicationMetrics:
         receive metrics (each reader costs a share of every measurement)
     :param cardinality_limit: attribute sets per instrument; measurements
         with a new set beyond it are recorded under
-        :data:`OVERFLOW_ATTRIBUTES` and one WARNING is logged
+        :data:`~divak.metric_series.OVERFLOW_ATTRIBUTES` and one WARNING is logged
     :param enabled: :data:`False` makes every method do nothing
 
     .. attribute:: provider
@@ -189,21 +106,13 @@ class ApplicationMetrics:
         #: The endpoint sibling processes read this one's metrics from.
         self.peer: typing.Any = None
         self._custom: dict[tuple[str, str], otel_metrics.Histogram] = {}
-        self._series: dict[str, _Series] = {}
+        self._series: dict[str, metric_series.Series] = {}
         readers: list[MetricReader] = []
         if enabled and scrape:
             self.reader = InMemoryMetricReader()
             readers.append(self.reader)
-        for reporter in reporters if enabled else ():
-            interval = float(getattr(reporter, "interval", 60.0))
-            timeout = float(getattr(reporter, "timeout", 10.0))
-            readers.append(
-                PeriodicExportingMetricReader(
-                    reporter,
-                    export_interval_millis=interval * 1000,
-                    export_timeout_millis=timeout * 1000,
-                )
-            )
+        if enabled:
+            readers.extend(map(metrics_otlp.periodic_reader, reporters))
         attributes = {SERVICE_INSTANCE_ID: str(uuid.uuid4())}
         if service_name:
             attributes[SERVICE_NAME] = service_name
@@ -216,37 +125,29 @@ class ApplicationMetrics:
         else:
             meter = otel_metrics.NoOpMeter("divak")
         self.meter = meter
-        self.server_duration = meter.create_histogram(
-            SERVER_DURATION,
-            unit="s",
-            description="Duration of HTTP server requests.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        histogram = functools.partial(
+            meter.create_histogram, explicit_bucket_boundaries_advisory=_BUCKETS
+        )
+        self.server_duration = histogram(
+            SERVER_DURATION, "s", "Duration of HTTP server requests."
         )
         self.active_requests = meter.create_up_down_counter(
-            ACTIVE_REQUESTS,
-            unit="{request}",
-            description="Number of active HTTP server requests.",
+            ACTIVE_REQUESTS, "{request}", "Number of active HTTP server requests."
         )
-        self.client_duration = meter.create_histogram(
-            CLIENT_DURATION,
-            unit="s",
-            description="Duration of HTTP client requests.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        self.client_duration = histogram(
+            CLIENT_DURATION, "s", "Duration of HTTP client requests."
         )
-        self.operation_duration = meter.create_histogram(
-            OPERATION_DURATION,
-            unit="s",
-            description="Duration of the operations handlers recorded.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        self.operation_duration = histogram(
+            OPERATION_DURATION, "s", "Duration of operations handlers recorded."
         )
         self.events = meter.create_counter(
-            EVENTS, unit="{event}", description="Interesting events handlers counted."
+            EVENTS, "{event}", "Interesting events handlers counted."
         )
 
-    def _series_of(self, instrument: str) -> _Series:
+    def _series_of(self, instrument: str) -> metric_series.Series:
         series = self._series.get(instrument)
         if series is None:
-            series = self._series[instrument] = _Series(
+            series = self._series[instrument] = metric_series.Series(
                 instrument, self.cardinality_limit
             )
         return series
@@ -264,7 +165,10 @@ class ApplicationMetrics:
         method, scheme = request.method, request.protocol
         attributes = self._series_of(ACTIVE_REQUESTS).bind(
             (method, scheme),
-            lambda: {"http.request.method": _method(method), "url.scheme": scheme},
+            lambda: {
+                "http.request.method": metric_series.method_attribute(method),
+                "url.scheme": scheme,
+            },
         )
         self.active_requests.add(1, attributes)
         request.__dict__[_ACTIVE_ATTRIBUTE] = attributes
@@ -302,7 +206,7 @@ class ApplicationMetrics:
         method, scheme, version = request.method, request.protocol, request.version
         attributes = self._series_of(SERVER_DURATION).bind(
             (method, route, status_code, error_type, scheme, version),
-            lambda: _server_attributes(
+            lambda: metric_series.server_attributes(
                 method, route, status_code, error_type, scheme, version
             ),
         )
@@ -337,7 +241,9 @@ class ApplicationMetrics:
             error_type = str(status_code)
         attributes = self._series_of(CLIENT_DURATION).bind(
             (method, host, port, status_code, error_type),
-            lambda: _client_attributes(method, host, port, status_code, error_type),
+            lambda: metric_series.client_attributes(
+                method, host, port, status_code, error_type
+            ),
         )
         self.client_duration.record(seconds, attributes, context)
 
@@ -357,7 +263,7 @@ class ApplicationMetrics:
         if not self.enabled:
             return
         attributes = self._series_of(OPERATION_DURATION).bind(
-            name, lambda: {"divak.operation.name": _bounded(name)}
+            name, lambda: {"divak.operation.name": metric_series.bounded(name)}
         )
         self.operation_duration.record(seconds, attributes, context)
 
@@ -368,15 +274,18 @@ class ApplicationMetrics:
 
         :param name: ``divak.event.name``, e.g. ``"cache.miss"``
         :param value: a non-negative amount
-        :param attributes: more attributes; at most :data:`MAX_ATTRIBUTES`,
-            values cut to :data:`MAX_VALUE_LENGTH` characters
+        :param attributes: more attributes, bounded (see
+            :mod:`divak.metric_series`)
         :raises ValueError: when *value* is negative
         """
         if value < 0:
             raise ValueError("an event count cannot be negative")
         if not self.enabled:
             return
-        bound = self._bind_custom(EVENTS, {"divak.event.name": name}, attributes)
+        key, build = metric_series.custom_attributes(
+            EVENTS, {"divak.event.name": name}, attributes
+        )
+        bound = self._series_of(EVENTS).bind(key, build)
         self.events.add(value, bound)
 
     def record_value(
@@ -393,7 +302,7 @@ class ApplicationMetrics:
         :param name: the instrument name, e.g. ``"queue.wait"``
         :param value: the measurement
         :param unit: UCUM unit, e.g. ``"s"`` or ``"By"``; with ``"s"`` the
-            histogram uses :data:`DURATION_BUCKETS`
+            histogram uses :data:`~divak.metric_series.DURATION_BUCKETS`
         :param attributes: as for :meth:`count_event`
         :param context: the current request's context (exemplar)
         :param boundaries: bucket boundaries, used when the histogram is
@@ -407,38 +316,17 @@ class ApplicationMetrics:
                 logger.warning("too many histograms, not recording %s", name)
                 return
             if boundaries is None and unit == "s":
-                boundaries = DURATION_BUCKETS
+                boundaries = metric_series.DURATION_BUCKETS
             histogram = self._custom[(name, unit)] = self.meter.create_histogram(
                 name,
                 unit=unit,
                 description=f"Values of {name} handlers recorded.",
                 explicit_bucket_boundaries_advisory=boundaries,
             )
-        bound = self._bind_custom(name, {}, attributes)
+        key, build = metric_series.custom_attributes(name, {}, attributes)
+        bound = self._series_of(name).bind(key, build)
         histogram.record(value, bound, context)
 
-    def _bind_custom(
-        self, instrument: str, fixed: Attributes, attributes: Attributes | None
-    ) -> Attributes:
-        extra = tuple(sorted(attributes.items())) if attributes else ()
-        key = (tuple(fixed.items()), extra)
-
-        def build() -> Attributes:
-            built = {k: _bounded(v) for k, v in fixed.items()}
-            if len(extra) > MAX_ATTRIBUTES:
-                logger.warning(
-                    "%s: keeping %d of %d attributes",
-                    instrument,
-                    MAX_ATTRIBUTES,
-                    len(extra),
-                )
-            for attribute, value in extra[:MAX_ATTRIBUTES]:
-                built[str(attribute)[:MAX_VALUE_LENGTH]] = _bounded(value)
-            return built
-
-        return self._series_of(instrument).bind(key, build)
-
-    # -- reading, flushing --------------------------------------------------
     def collect(self) -> MetricsData | None:
         """Read the current (cumulative) state from the scrape reader."""
         if self.reader is None:
@@ -468,47 +356,6 @@ class ApplicationMetrics:
         provider, self.provider = self.provider, None
         if provider is not None:
             provider.shutdown(int(timeout * 1000))
-
-
-def _server_attributes(
-    method: str | None,
-    route: str | None,
-    status_code: int | None,
-    error_type: str | None,
-    scheme: str,
-    version: str,
-) -> Attributes:
-    attributes: dict[str, typing.Any] = {
-        "http.request.method": _method(method),
-        "url.scheme": scheme,
-        "network.protocol.version": version.partition("/")[2] or "1.1",
-    }
-    if route:
-        attributes["http.route"] = _bounded(route)
-    if status_code is not None:
-        attributes["http.response.status_code"] = status_code
-    if error_type:
-        attributes["error.type"] = _bounded(error_type)
-    return attributes
-
-
-def _client_attributes(
-    method: str,
-    host: str,
-    port: int,
-    status_code: int | None,
-    error_type: str | None,
-) -> Attributes:
-    attributes: dict[str, typing.Any] = {
-        "http.request.method": _method(method),
-        "server.address": _bounded(host),
-        "server.port": port,
-    }
-    if status_code is not None:
-        attributes["http.response.status_code"] = status_code
-    if error_type:
-        attributes["error.type"] = _bounded(error_type)
-    return attributes
 
 
 def application_metrics(application: typing.Any) -> ApplicationMetrics:

@@ -11,11 +11,12 @@ from opentelemetry.sdk.metrics.export import (
     MetricExporter,
     MetricExportResult,
     MetricsData,
+    PeriodicExportingMetricReader,
 )
 
 from divak.export import describe_error
 
-__all__ = ["OTLPMetricsReporter"]
+__all__ = ["OTLPMetricsReporter", "periodic_reader"]
 
 logger = logging.getLogger("divak.reporters")
 
@@ -128,3 +129,19 @@ class OTLPMetricsReporter(MetricExporter):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.endpoint!r})"
+
+
+def periodic_reader(reporter: MetricExporter) -> PeriodicExportingMetricReader:
+    """The SDK reader that pushes to *reporter* every ``reporter.interval`` seconds.
+
+    :param reporter: any ``MetricExporter``; its ``interval`` and
+        ``timeout`` attributes (seconds) are used when it has them,
+        else 60 s and 10 s
+    """
+    interval = float(getattr(reporter, "interval", 60.0))
+    timeout = float(getattr(reporter, "timeout", 10.0))
+    return PeriodicExportingMetricReader(
+        reporter,
+        export_interval_millis=interval * 1000,
+        export_timeout_millis=timeout * 1000,
+    )

@@ -14,7 +14,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from tornado import httpclient
 
-from divak import metrics
+from divak import metric_series, metrics
 from tests.conftest import listen, run
 from tests.services.metrics_service import Application
 
@@ -256,7 +256,7 @@ def test_events_values_bounded_attributes_and_overflow(
         waits = samples(families, "queue_wait_seconds", "queue_wait_seconds_count")
         assert sum(s.value for s in waits) == 5
         queues = {s.labels.get("queue") for s in waits}
-        assert "q" * metrics.MAX_VALUE_LENGTH in queues
+        assert "q" * metric_series.MAX_VALUE_LENGTH in queues
         warnings = [
             r
             for r in log_records
