@@ -35,7 +35,7 @@ import tempfile
 import threading
 import typing
 
-from tornado import gen, iostream, netutil, tcpserver
+from tornado import iostream, netutil, tcpserver
 
 __all__ = ["ENVIRONMENT_VARIABLE", "Peer", "gather", "join", "shared_directory"]
 
@@ -180,11 +180,14 @@ async def _read(
     if os.path.exists(path):
         stream = iostream.IOStream(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
         try:
-            deadline = asyncio.get_running_loop().time() + timeout
-            await gen.with_timeout(deadline, stream.connect(path))
-            data = await gen.with_timeout(deadline, stream.read_until_close())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            await asyncio.wait_for(stream.connect(path), timeout)
+            data = await asyncio.wait_for(
+                stream.read_until_close(), max(0.0, deadline - loop.time())
+            )
             return typing.cast(dict[str, typing.Any], json.loads(data))
-        except (OSError, iostream.StreamClosedError, gen.TimeoutError, ValueError):
+        except (OSError, iostream.StreamClosedError, TimeoutError, ValueError):
             pass  # busy or gone: its last saved snapshot below
         finally:
             stream.close()
