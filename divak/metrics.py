@@ -39,6 +39,7 @@ __all__ = [
     "ApplicationMetrics",
     "add_metrics_reporter",
     "application_metrics",
+    "shutdown_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -333,16 +334,6 @@ class ApplicationMetrics:
             return None
         return self.reader.get_metrics_data()
 
-    def force_flush(self, timeout: float = 5.0) -> bool:
-        """Push the reporters' pending metrics now; blocks the calling thread.
-
-        :param timeout: seconds to wait at most
-        :returns: :data:`True` when every reporter finished in time
-        """
-        if self.provider is None:
-            return True
-        return self.provider.force_flush(int(timeout * 1000))
-
     def shutdown(self, timeout: float = 5.0) -> None:
         """Push the last metrics to the reporters and stop them.
 
@@ -396,3 +387,13 @@ def add_metrics_reporter(application: typing.Any, reporter: MetricExporter) -> N
     if application.__dict__.get("_divak_metrics") is not None:
         raise RuntimeError("metrics already started for this application")
     application.__dict__.setdefault("_divak_metrics_reporters", []).append(reporter)
+
+
+def shutdown_metrics(application: typing.Any, timeout: float = 5.0) -> None:
+    """Flush and stop *application*'s metrics, if it has any; for the runner.
+
+    Blocks the calling thread, about *timeout* seconds at most.
+    """
+    metrics: ApplicationMetrics | None = application.__dict__.get("_divak_metrics")
+    if metrics is not None and metrics.pid == os.getpid():
+        metrics.shutdown(timeout)

@@ -81,6 +81,14 @@ class OTLPMetricsReporter(MetricExporter):
         self.failed_exports = 0
         self._last_complaint = -complain_interval
         self._lock = threading.Lock()
+        # The exporter logs every failed attempt; keep its last word for the
+        # rate-limited line instead.
+        self._last_reason = _LastMessage()
+        client = getattr(self.exporter, "_client", None)
+        if client is not None and hasattr(client, "_logger"):
+            quiet = logging.Logger("divak.otlp-metrics")
+            quiet.addHandler(self._last_reason)
+            client._logger = quiet
 
     @property
     def endpoint(self) -> str:
@@ -95,8 +103,9 @@ class OTLPMetricsReporter(MetricExporter):
     ) -> MetricExportResult:
         """Push *metrics_data*; count the result; never raises."""
         try:
+            self._last_reason.message = ""
             result = self.exporter.export(metrics_data, timeout_millis=timeout_millis)
-            reason = "the collector refused them"
+            reason = self._last_reason.message or "the collector refused them"
         except Exception as error:  # noqa: BLE001 - export must never raise
             result = MetricExportResult.FAILURE
             reason = describe_error(error)
@@ -129,6 +138,15 @@ class OTLPMetricsReporter(MetricExporter):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.endpoint!r})"
+
+
+class _LastMessage(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.message = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.message = " ".join(record.getMessage().split())
 
 
 def periodic_reader(reporter: MetricExporter) -> PeriodicExportingMetricReader:
