@@ -79,7 +79,9 @@ def otel_app(zipkin: str, probability: float) -> tuple[web.Application, typing.A
     return plain_app(), provider
 
 
-def divak_app(zipkin: str, probability: float, metrics: bool = False) -> web.Application:
+def divak_app(
+    zipkin: str, probability: float, metrics: bool = False
+) -> web.Application:
     """The divak variant; with *metrics*, the metrics API is called explicitly
     from the standard hooks, as the mix-ins will (arrival, end of request)."""
     import divak

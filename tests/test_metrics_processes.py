@@ -65,3 +65,47 @@ def test_scrapes_of_two_children_are_monotonic_and_complete() -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, process.stdout.read()
+
+
+def test_a_sibling_that_is_gone_counts_with_its_last_saved_state() -> None:
+    import asyncio
+    import json
+    import os
+    import socket
+
+    from divak import metrics, metrics_export, metrics_peers
+
+    async def main() -> None:
+        with metrics_peers.shared_directory() as directory:
+            app_metrics = metrics.ApplicationMetrics("x")
+            metrics_peers.join(app_metrics)
+            assert app_metrics.peer is not None
+            app_metrics.count_event("cache.miss", 2)
+            # a sibling that saved 5 misses, then died: its socket is stale
+            gone = {
+                "divak.events": {
+                    "kind": "counter",
+                    "description": "",
+                    "unit": "{event}",
+                    "points": {
+                        json.dumps([["divak.event.name", "cache.miss"]]): {
+                            "attributes": [["divak.event.name", "cache.miss"]],
+                            "value": 5,
+                        }
+                    },
+                }
+            }
+            with open(os.path.join(directory, "999999.json"), "w") as file:
+                json.dump(gone, file)
+            stale = socket.socket(socket.AF_UNIX)
+            stale.bind(os.path.join(directory, "999999.sock"))
+            stale.close()  # bound, never listening: connecting is refused
+            peers = await metrics_peers.gather(app_metrics, timeout=1.0)
+            total = metrics_export.merge([metrics_export.snapshot(app_metrics), *peers])
+            [point] = total["divak.events"]["points"].values()
+            assert point["value"] == 7
+            app_metrics.peer.server.stop()
+        assert not os.path.exists(directory)
+        assert metrics_peers.ENVIRONMENT_VARIABLE not in os.environ
+
+    asyncio.run(main())
