@@ -4,6 +4,7 @@ Handler side: :class:`RequestTracker`, :class:`Logger`,
 :class:`HttpClientMixin`.  Application side: :class:`Recorder`,
 :class:`ProbabilisticSampler`, :class:`Application`.  Reporters:
 :class:`ZipkinReporter`, :class:`OTLPReporter`, :class:`LoggingReporter`.
+Metrics: :class:`MetricsHandler` (Prometheus), :class:`OTLPMetricsReporter`.
 Propagators: :class:`TraceContextPropagation`, :class:`ZipkinPropagation`,
 :class:`RequestIdPropagation`, :class:`BaggagePropagation`.  And :func:`run`.
 
