@@ -28,7 +28,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
 from tornado import httputil
 
-from divak import metric_series, metrics_otlp
+from divak import metric_events, metric_series, metrics_otlp
 
 __all__ = [
     "ACTIVE_REQUESTS",
@@ -47,17 +47,15 @@ logger = logging.getLogger(__name__)
 SERVER_DURATION = "http.server.request.duration"
 ACTIVE_REQUESTS = "http.server.active_requests"
 CLIENT_DURATION = "http.client.request.duration"
-OPERATION_DURATION = "divak.operation.duration"
-EVENTS = "divak.events"
+OPERATION_DURATION = metric_events.OPERATION_DURATION
+EVENTS = metric_events.EVENTS
 
-#: Most histograms :meth:`ApplicationMetrics.record_value` creates.
-MAX_CUSTOM_INSTRUMENTS = 100
 _ACTIVE_ATTRIBUTE = "_divak_active_attributes"
 _BUCKETS = metric_series.DURATION_BUCKETS
 Attributes = metric_series.Attributes
 
 
-class ApplicationMetrics:
+class ApplicationMetrics(metric_events.HandlerMeasurements):
     """One application's ``MeterProvider`` and instruments.
 
     Create it with :func:`application_metrics`, which keeps one per
@@ -269,86 +267,6 @@ class ApplicationMetrics:
             ),
         )
         self.client_duration.record(seconds, attributes, context)
-
-    # -- what handlers add --------------------------------------------------
-    def record_operation(
-        self,
-        name: str,
-        seconds: float,
-        context: otel_context.Context | None = None,
-    ) -> None:
-        """Record an operation's duration into ``divak.operation.duration``.
-
-        :param name: ``divak.operation.name``, e.g. ``"query-db"``
-        :param seconds: the duration
-        :param context: the context of the operation's span (exemplar)
-        """
-        if not self.enabled:
-            return
-        attributes = self._series_of(OPERATION_DURATION).bind(
-            name, lambda: {"divak.operation.name": metric_series.bounded(name)}
-        )
-        self.operation_duration.record(seconds, attributes, context)
-
-    def count_event(
-        self, name: str, value: int | float = 1, attributes: Attributes | None = None
-    ) -> None:
-        """Add *value* to the ``divak.events`` counter.
-
-        :param name: ``divak.event.name``, e.g. ``"cache.miss"``
-        :param value: a non-negative amount
-        :param attributes: more attributes, bounded (see
-            :mod:`divak.metric_series`)
-        :raises ValueError: when *value* is negative
-        """
-        if value < 0:
-            raise ValueError("an event count cannot be negative")
-        if not self.enabled:
-            return
-        key, build = metric_series.custom_attributes(
-            EVENTS, {"divak.event.name": name}, attributes
-        )
-        bound = self._series_of(EVENTS).bind(key, build)
-        self.events.add(value, bound)
-
-    def record_value(
-        self,
-        name: str,
-        value: float,
-        unit: str = "",
-        attributes: Attributes | None = None,
-        context: otel_context.Context | None = None,
-        boundaries: typing.Sequence[float] | None = None,
-    ) -> None:
-        """Record *value* into the histogram *name*, created on first use.
-
-        :param name: the instrument name, e.g. ``"queue.wait"``
-        :param value: the measurement
-        :param unit: UCUM unit, e.g. ``"s"`` or ``"By"``; with ``"s"`` the
-            histogram uses :data:`~divak.metric_series.DURATION_BUCKETS`
-        :param attributes: as for :meth:`count_event`
-        :param context: the current request's context (exemplar)
-        :param boundaries: bucket boundaries, used when the histogram is
-            created
-        """
-        if not self.enabled:
-            return
-        histogram = self._custom.get((name, unit))
-        if histogram is None:
-            if len(self._custom) >= MAX_CUSTOM_INSTRUMENTS:
-                logger.warning("too many histograms, not recording %s", name)
-                return
-            if boundaries is None and unit == "s":
-                boundaries = metric_series.DURATION_BUCKETS
-            histogram = self._custom[(name, unit)] = self.meter.create_histogram(
-                name,
-                unit=unit,
-                description=f"Values of {name} handlers recorded.",
-                explicit_bucket_boundaries_advisory=boundaries,
-            )
-        key, build = metric_series.custom_attributes(name, {}, attributes)
-        bound = self._series_of(name).bind(key, build)
-        histogram.record(value, bound, context)
 
     def collect(self) -> MetricsData | None:
         """Read the current (cumulative) state from the scrape reader."""

@@ -133,7 +133,7 @@ class OTLPMetricsReporter(MetricExporter):
         return True
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: typing.Any) -> None:
-        """Close the exporter's HTTP session."""
+        """Close the exporter's HTTP connections."""
         self.exporter.shutdown(timeout_millis=timeout_millis)
 
     def __repr__(self) -> str:
