@@ -225,11 +225,10 @@ class ApplicationMetrics(metric_events.HandlerMeasurements):
         if error_type is None and status_code is not None and status_code >= 500:
             error_type = str(status_code)
         method, scheme, version = request.method, request.protocol, request.version
-        attributes = self._series_of(SERVER_DURATION).bind(
-            (method, route, status_code, error_type, scheme, version),
-            lambda: metric_series.server_attributes(
-                method, route, status_code, error_type, scheme, version
-            ),
+        key = (method, route, status_code, error_type, scheme, version)
+        series = self._series_of(SERVER_DURATION)
+        attributes = series.bound.get(key) or series.bind(
+            key, lambda: metric_series.server_attributes(*key)
         )
         self.server_duration.record(request.request_time(), attributes, context)
 
