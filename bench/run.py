@@ -40,7 +40,15 @@ from tornado import httpserver, netutil, web
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-DEFAULT_VARIANTS = ["plain", "divak", "divak-0.1%", "otel", "otel-0.1%"]
+DEFAULT_VARIANTS = [
+    "plain",
+    "divak",
+    "divak-0.1%",
+    "divak+m",
+    "divak-0.1%+m",
+    "otel",
+    "otel-0.1%",
+]
 
 
 # -- a Zipkin endpoint that only counts -----------------------------------

@@ -21,7 +21,15 @@ import typing
 
 from tornado import httpserver, netutil, web
 
-VARIANTS = ("plain", "divak", "divak-0.1%", "otel", "otel-0.1%")
+VARIANTS = (
+    "plain",
+    "divak",
+    "divak-0.1%",
+    "divak+m",
+    "divak-0.1%+m",
+    "otel",
+    "otel-0.1%",
+)
 LOG_FORMAT = (
     "%(asctime)s %(levelname)s %(name)s: %(message)s "
     "[trace_id=%(otelTraceID)s request_id=%(divak_request_id)s]"
@@ -71,11 +79,27 @@ def otel_app(zipkin: str, probability: float) -> tuple[web.Application, typing.A
     return plain_app(), provider
 
 
-def divak_app(zipkin: str, probability: float) -> web.Application:
+def divak_app(
+    zipkin: str, probability: float, metrics: bool = False
+) -> web.Application:
+    """The divak variant; with *metrics*, the metrics API is called explicitly
+    from the standard hooks, as the mix-ins will (arrival, end of request)."""
     import divak
+    from divak.metrics import application_metrics
 
     class Handler(divak.Logger, divak.RequestTracker, Hello):
-        pass
+        if metrics:
+
+            def on_finish(self) -> None:
+                context = self.divak_context
+                application_metrics(self.application).request_finished(
+                    self.request,
+                    self.application.divak_route(self),
+                    self.get_status(),
+                    context.exception_type,
+                    context.context,
+                )
+                super().on_finish()
 
     class Application(divak.ProbabilisticSampler, divak.Recorder, divak.Application):
         def __init__(self, **settings: typing.Any) -> None:
@@ -85,6 +109,12 @@ def divak_app(zipkin: str, probability: float) -> web.Application:
             self.add_divak_reporter(divak.ZipkinReporter(zipkin))
             self.add_divak_propagator(divak.TraceContextPropagation())
             self.add_divak_propagator(divak.RequestIdPropagation())
+            if metrics:
+                self.add_transform(self._arrived)
+
+        def _arrived(self, request: typing.Any) -> web.OutputTransform:
+            application_metrics(self).request_started(request)
+            return web.OutputTransform(request)
 
     return Application()
 
@@ -119,13 +149,13 @@ def stats(app: typing.Any) -> dict[str, typing.Any]:
 def main() -> None:
     variant, port, zipkin, log_file = sys.argv[1:5]
     configure_logging(log_file)
-    probability = 0.001 if variant.endswith("0.1%") else 1.0
+    probability = 0.001 if variant.removesuffix("+m").endswith("0.1%") else 1.0
     sockets = netutil.bind_sockets(int(port), "127.0.0.1")
     provider = None
     if variant.startswith("divak"):
         import divak
 
-        app = divak_app(zipkin, probability)
+        app = divak_app(zipkin, probability, metrics=variant.endswith("+m"))
         runner = divak.Runner(app)
         runner.shutdown_limit = 10.0
         asyncio.run(runner.serve(sockets))

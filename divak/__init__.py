@@ -4,6 +4,7 @@ Handler side: :class:`RequestTracker`, :class:`Logger`,
 :class:`HttpClientMixin`.  Application side: :class:`Recorder`,
 :class:`ProbabilisticSampler`, :class:`Application`.  Reporters:
 :class:`ZipkinReporter`, :class:`OTLPReporter`, :class:`LoggingReporter`.
+Metrics: :class:`MetricsHandler` (Prometheus), :class:`OTLPMetricsReporter`.
 Propagators: :class:`TraceContextPropagation`, :class:`ZipkinPropagation`,
 :class:`RequestIdPropagation`, :class:`BaggagePropagation`.  And :func:`run`.
 
@@ -20,6 +21,8 @@ from divak.client import HttpClientMixin
 from divak.context import RequestContext
 from divak.handlers import Logger
 from divak.log import install_log_ids
+from divak.metrics_export import MetricsHandler
+from divak.metrics_otlp import OTLPMetricsReporter
 from divak.mixins import ErrorLogger, ErrorWriter, LoggingHandler
 from divak.propagation import (
     BaggagePropagation,
@@ -44,6 +47,8 @@ __all__ = [
     "Logger",
     "LoggingHandler",
     "LoggingReporter",
+    "MetricsHandler",
+    "OTLPMetricsReporter",
     "OTLPReporter",
     "ProbabilisticSampler",
     "Recorder",
