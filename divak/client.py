@@ -259,6 +259,8 @@ class HttpClientMixin:
             base_attributes["url.template"] = url_template
         if peer_service:
             base_attributes["peer.service"] = peer_service
+        instrumentation = getattr(application, "divak_instrumentation", None)
+        metrics = instrumentation.metrics if instrumentation is not None else None
         client = httpclient.AsyncHTTPClient()
         simple = isinstance(client, simple_httpclient.SimpleAsyncHTTPClient)
         started = time.monotonic()
@@ -291,6 +293,7 @@ class HttpClientMixin:
             )
             error: BaseException | None = None
             response: httpclient.HTTPResponse | None = None
+            attempt_started = time.monotonic()
             try:
                 response = await client.fetch(request, raise_error=False)
             except Exception as exc:  # noqa: BLE001 - recorded, then retried or raised
@@ -317,6 +320,17 @@ class HttpClientMixin:
                         )
             finally:
                 span.end()
+            if metrics is not None:
+                code = response.code if response is not None else None
+                metrics.client_request_finished(
+                    method,
+                    host,
+                    port,
+                    code if code != 599 else None,
+                    time.monotonic() - attempt_started,
+                    _error_type(error) if error is not None else None,
+                    trace.set_span_in_context(span, parent),
+                )
 
             cut = attempt_timeout < timeout and time.monotonic() - started >= deadline
             if error is not None and previous is not None and cut:

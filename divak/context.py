@@ -85,6 +85,7 @@ class RequestContext:
         "end_time",
         "ended",
         "task",
+        "request",
         "_log_ids",
         "__weakref__",
     )
@@ -109,6 +110,8 @@ class RequestContext:
         #: The task that runs the handler's methods, once a handler mix-in
         #: recorded it; the span then ends when that task is done.
         self.task: asyncio.Task[typing.Any] | None = None
+        #: The request, until its span ended (for its metrics).
+        self.request: typing.Any = None
         self._log_ids: dict[str, typing.Any] | None = None
 
     def set_span(self, span: trace.Span) -> None:

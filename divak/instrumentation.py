@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import time
 import typing
@@ -29,7 +30,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httputil, web
 
-from divak import environment, export, headers, propagation, redaction
+from divak import environment, export, headers, metrics, propagation, redaction
 from divak.context import RequestContext
 from divak.propagation.b3 import B3DebugMarker
 from divak.routes import RouteTable
@@ -106,6 +107,7 @@ class Instrumentation:
         self._provider: TracerProvider | None = None
         self._own_provider = False
         self._tracer: trace.Tracer | None = None
+        self._metrics: metrics.ApplicationMetrics | None = None
         #: Query parameter names whose values are redacted wherever a URL
         #: is logged or recorded (:func:`divak.redaction.redacted_query_params`).
         self.redacted_params = redaction.redacted_query_params(self.settings)
@@ -223,6 +225,19 @@ class Instrumentation:
         _warn_if_tornado_instrumented()
 
     @property
+    def metrics(self) -> metrics.ApplicationMetrics:
+        """The application's :class:`~divak.metrics.ApplicationMetrics`.
+
+        Made on first use, after the provider (for the service name), and
+        again in a forked child.
+        """
+        current = self._metrics
+        if current is None or current.pid != os.getpid():
+            self.provider  # noqa: B018 - the service name first
+            current = self._metrics = metrics.application_metrics(self.application)
+        return current
+
+    @property
     def dropped_spans(self) -> int:
         """Finished, sampled spans that never reached a collector."""
         return sum(q.dropped_spans + q.failed_spans for q in self.span_queues)
@@ -243,7 +258,13 @@ class Instrumentation:
         )
 
     def shutdown(self) -> None:
-        """Flush and stop the reporters (not a provider divak did not make)."""
+        """Flush and stop the reporters (not a provider divak did not make).
+
+        The application's metrics are flushed and stopped too.
+        """
+        current = self._metrics
+        if current is not None and current.pid == os.getpid():
+            current.shutdown()
         if self._provider is None:
             return
         if self._own_provider:
@@ -270,6 +291,8 @@ class Instrumentation:
         request_id = propagation.get_request_id(parent)
         route = self.routes.template(handler_class, request.path)
         request_context = RequestContext(parent, request_id, self.service_name, route)
+        request_context.request = request
+        self.metrics.request_started(request)
         request.divak_context = request_context  # type: ignore[attr-defined]
         request.divak_request_id = request_id  # type: ignore[attr-defined]
         method = request.method or "GET"
@@ -372,8 +395,10 @@ class Instrumentation:
         request_context.status_code = status_code
         if request_context.ended or not request_context.span.is_recording():
             # Nothing to mark on an unsampled or untraced request: done now.
+            self._measure(request_context)
             request_context.ended = True
             request_context.context = request_context.task = None
+            request_context.request = None
             return
         request_context.end_time = time.time_ns()
         self.record_exception(request_context, sys.exc_info()[1])
@@ -395,6 +420,7 @@ class Instrumentation:
         """
         if request_context.ended:
             return
+        self._measure(request_context)
         request_context.ended = True
         span = request_context.span
         status_code = request_context.status_code
@@ -410,6 +436,7 @@ class Instrumentation:
             span.end(request_context.end_time)
         # Drop the references that would keep the request alive in a cycle.
         request_context.context = request_context.task = None
+        request_context.request = None
 
     def client_disconnected(self, request_context: RequestContext) -> None:
         """The client closed the connection before the response was sent.
@@ -417,7 +444,19 @@ class Instrumentation:
         The span ends now, without ``http.response.status_code``, with
         status ERROR and ``error.type`` ``"client_disconnected"``.
         """
-        if request_context.ended or request_context.status_code is not None:
+        if request_context.status_code is not None:
+            return
+        request = request_context.request
+        if request is not None:
+            self.metrics.request_finished(
+                request,
+                request_context.route,
+                None,
+                CLIENT_DISCONNECTED,
+                request_context.context,
+            )
+            request_context.request = None
+        if request_context.ended:
             return
         request_context.ended = True
         span = request_context.span
@@ -426,6 +465,25 @@ class Instrumentation:
             span.set_status(Status(StatusCode.ERROR, "client closed the connection"))
             span.end()
         request_context.context = request_context.task = None
+        request_context.request = None
+
+    def _measure(self, request_context: RequestContext) -> None:
+        """Record the finished request's duration (``http.server.*`` metrics)."""
+        request = request_context.request
+        if request is None:
+            return
+        end_time = request_context.end_time
+        seconds = None
+        if end_time is not None:
+            seconds = request.request_time() - (time.time_ns() - end_time) / 1e9
+        self.metrics.request_finished(
+            request,
+            request_context.route,
+            request_context.status_code,
+            request_context.exception_type,
+            request_context.context,
+            seconds,
+        )
 
     def _server_attributes(
         self, request: httputil.HTTPServerRequest, method: str, route: str | None

@@ -201,6 +201,7 @@ class ApplicationMetrics(metric_events.HandlerMeasurements):
         status_code: int | None,
         error_type: str | None = None,
         context: otel_context.Context | None = None,
+        seconds: float | None = None,
     ) -> None:
         """Record the duration of *request* and count it as no longer active.
 
@@ -217,6 +218,8 @@ class ApplicationMetrics(metric_events.HandlerMeasurements):
             recorded with the status as ``error.type``
         :param context: the request's OpenTelemetry context, so that a
             sampled request's trace id becomes the sample's exemplar
+        :param seconds: the request's duration; default: from its arrival
+            until now
         """
         active = request.__dict__.pop(_ACTIVE_ATTRIBUTE, None)
         if active is None:
@@ -230,7 +233,9 @@ class ApplicationMetrics(metric_events.HandlerMeasurements):
         attributes = series.bound.get(key) or series.bind(
             key, lambda: metric_series.server_attributes(*key)
         )
-        self.server_duration.record(request.request_time(), attributes, context)
+        if seconds is None:
+            seconds = request.request_time()
+        self.server_duration.record(seconds, attributes, context)
 
     # -- client requests ----------------------------------------------------
     def client_request_finished(

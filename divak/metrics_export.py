@@ -84,7 +84,8 @@ def from_metrics_data(data: MetricsData | None) -> Snapshot:
                     continue
                 for point in metric.data.data_points:
                     attributes = sorted(
-                        (str(k), _label_value(v)) for k, v in point.attributes.items()
+                        (str(k), _label_value(v))
+                        for k, v in (point.attributes or {}).items()
                     )
                     key = json.dumps(attributes)
                     if isinstance(point, HistogramDataPoint):
@@ -97,7 +98,10 @@ def from_metrics_data(data: MetricsData | None) -> Snapshot:
                             "exemplars": _exemplars(point),
                         }
                     else:
-                        points[key] = {"attributes": attributes, "value": point.value}
+                        points[key] = {
+                            "attributes": attributes,
+                            "value": point.value,  # type: ignore[union-attr]
+                        }
                 result[metric.name] = {
                     "kind": kind,
                     "description": metric.description,
@@ -237,9 +241,9 @@ def to_families(total: Snapshot) -> list[Metric]:
             given = dict(point["attributes"])
             values = [given.get(k, "") for k in keys]
             if kind == "histogram":
-                family.add_metric(values, _buckets(point), point["sum"])  # type: ignore[attr-defined]
+                family.add_metric(values, _buckets(point), point["sum"])  # type: ignore[attr-defined,arg-type,call-arg]
             else:
-                family.add_metric(values, point["value"])  # type: ignore[attr-defined]
+                family.add_metric(values, point["value"])  # type: ignore[attr-defined,arg-type,call-arg]
         families.append(family)
     return families
 

@@ -17,7 +17,7 @@ import typing
 from tornado import process, web
 
 from divak import log as divak_log
-from divak import sentry
+from divak import metrics_peers, sentry
 from divak.process import EXIT_FORCED, fork_and_serve
 from divak.runner import EXIT_START_FAILED, Runner, _bind
 from divak.settings import number_setting, parse_bool, setting
@@ -164,8 +164,10 @@ def run(
             logger.warning("exiting without waiting for the reporters")
     else:
         sockets = _bind(port, address, reuse_port=True)
-        status = fork_and_serve(
-            _serve_here, create_application, app_settings, sockets, procs
-        )
+        # Each child answers /metrics with the sum over all of them.
+        with metrics_peers.shared_directory():
+            status = fork_and_serve(
+                _serve_here, create_application, app_settings, sockets, procs
+            )
     if status:
         raise SystemExit(status)

@@ -19,15 +19,17 @@ import contextlib
 import contextvars
 import functools
 import logging
+import time
 import typing
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from tornado import httputil, web
 
-from divak import access, export, headers, propagation
+from divak import access, export, headers, metrics, propagation
 from divak.context import RequestContext, activated, request_context_of
 from divak.instrumentation import Instrumentation
 from divak.log import install_log_ids
@@ -178,6 +180,15 @@ class Recorder(web.Application):
             ``TextMapPropagator``
         """
         self.divak_instrumentation.add_propagator(propagator)
+
+    def add_divak_metrics_reporter(self, reporter: typing.Any) -> None:
+        """Push the application's metrics to *reporter* periodically.
+
+        :param reporter: an OpenTelemetry ``MetricExporter``, e.g.
+            :class:`divak.OTLPMetricsReporter`
+        :raises RuntimeError: once the metrics were created (first request)
+        """
+        metrics.add_metrics_reporter(self, reporter)
 
     # -- runtime ---------------------------------------------------------
     @property
@@ -427,14 +438,57 @@ class RequestTracker:
         it.  An exception leaving the block is recorded on the span, which
         then has status ERROR, and re-raised.
 
-        :param name: the operation's name, e.g. ``"query-db"``
+        Its duration, in seconds, is also recorded into the
+        ``divak.operation.duration`` histogram with ``divak.operation.name``
+        (sampled or not; see :doc:`metrics`).
+
+        :param name: the operation's name, e.g. ``"query-db"``; keep it
+            low-cardinality
         :param attributes: initial span attributes
         :returns: the child span
         """
-        with self.application.divak_tracer.start_as_current_span(
-            name, context=self.divak_context.current_context(), attributes=attributes
-        ) as span:
-            yield span
+        instrumentation = self.application.divak_instrumentation
+        started = time.perf_counter()
+        try:
+            with instrumentation.tracer.start_as_current_span(
+                name,
+                context=self.divak_context.current_context(),
+                attributes=attributes,
+            ) as span:
+                yield span
+        finally:
+            instrumentation.metrics.record_operation(
+                name, time.perf_counter() - started, otel_context.get_current()
+            )
+
+    def count_divak_event(
+        self, name: str, value: float = 1, **attributes: typing.Any
+    ) -> None:
+        """Add *value* to the ``divak.events`` counter ("counting interesting events").
+
+        :param name: ``divak.event.name``, e.g. ``"cache.miss"``
+        :param value: a non-negative amount, default 1
+        :param attributes: more attributes of the series (bounded in length
+            and number, see :mod:`divak.metric_series`)
+        :raises ValueError: when *value* is negative
+        """
+        self.application.divak_instrumentation.metrics.count_event(
+            name, value, attributes
+        )
+
+    def record_divak_value(
+        self, name: str, value: float, unit: str = "", **attributes: typing.Any
+    ) -> None:
+        """Record *value* into the histogram *name* (created on first use).
+
+        :param name: the instrument's name, e.g. ``"queue.wait"``
+        :param value: the measurement, in *unit*
+        :param unit: UCUM unit, e.g. ``"s"`` or ``"By"``
+        :param attributes: attributes of the series (bounded)
+        """
+        self.application.divak_instrumentation.metrics.record_value(
+            name, value, unit, attributes, otel_context.get_current()
+        )
 
     def add_divak_tag(self, name: str, value: typing.Any) -> None:
         """Set an attribute on the innermost open operation, else the request span.
