@@ -39,6 +39,7 @@ class Application(divak.Recorder, divak.ProbabilisticSampler, divak.Application)
             [
                 (r"/greeting/(?P<name>[^/]+)", GreetingHandler),
                 (r"/status", divak.StatusHandler),
+                (r"/metrics", divak.MetricsHandler),
             ],
             **settings,
         )

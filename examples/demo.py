@@ -77,6 +77,29 @@ def wait_ready(port: int, timeout: float = 20.0) -> None:
             time.sleep(0.1)
 
 
+METRIC_LINES = (
+    "http_server_request_duration_seconds_count",
+    "http_client_request_duration_seconds_count",
+    "divak_operation_duration_seconds_count",
+)
+
+
+def scrape(port: int, service: str) -> list[str]:
+    """The count lines of the service's ``/metrics`` (Prometheus text format)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return [
+        f"{service:<9} {line}"
+        for line in text.splitlines()
+        if line.startswith(METRIC_LINES) and "/status" not in line
+    ]
+
+
+def _housekeeping(span: dict) -> bool:
+    """A span of the readiness checks and scrapes, not of the demo's requests."""
+    return span.get("tags", {}).get("url.path") in ("/status", "/metrics")
+
+
 def print_tree(spans: list[dict]) -> None:
     children = defaultdict(list)
     ids = {span["id"] for span in spans}
@@ -118,6 +141,10 @@ def main() -> int:
                 )
                 with urllib.request.urlopen(request, timeout=10) as response:
                     answers.append((title, path, response.status, response.read()))
+            scrapes = [
+                scrape(frontend_port, "frontend"),
+                scrape(backend_port, "backend"),
+            ]
         finally:
             for process in (frontend, backend):
                 process.send_signal(signal.SIGTERM)
@@ -126,11 +153,11 @@ def main() -> int:
         expected = 5 * len(REQUESTS)
         spans = collector.wait_for(
             lambda spans: (
-                sum("/status" not in s.get("name", "") for s in spans) >= expected
+                sum(not _housekeeping(s) for s in spans) >= expected
             ),
             timeout=15,
         )
-    spans = [s for s in spans if s.get("tags", {}).get("url.path") != "/status"]
+    spans = [s for s in spans if not _housekeeping(s)]
     traces: dict[str, list[dict]] = defaultdict(list)
     for span in spans:
         traces[span["traceId"]].append(span)
@@ -145,6 +172,11 @@ def main() -> int:
             if trace_id in line:
                 print("    " + line.rstrip())
         print()
+    print("== metrics (Prometheus scrapes of /metrics), request counts by route:")
+    for lines in scrapes:
+        for line in lines:
+            print("   " + line)
+    print()
     print(f"services exited with {codes} after SIGTERM")
     return 0 if codes == [0, 0] else 1
 

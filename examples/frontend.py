@@ -27,7 +27,9 @@ class HelloHandler(
     async def get(self, name: str) -> None:
         backend = self.settings["backend_url"]
         self.logger.info("asking the backend to greet %s", name)
-        response = await self.send_request(f"{backend}/greeting/{name}")
+        response = await self.send_request(
+            f"{backend}/greeting/{name}", url_template="/greeting/{name}"
+        )
         if response.code != 200:
             raise web.HTTPError(502, "backend answered %s", response.code)
         self.write({"message": json.loads(response.body)["greeting"]})
@@ -42,6 +44,7 @@ class Application(divak.Recorder, divak.ProbabilisticSampler, divak.Application)
             [
                 (r"/hello/(?P<name>[^/]+)", HelloHandler),
                 (r"/status", divak.StatusHandler),
+                (r"/metrics", divak.MetricsHandler),
             ],
             **settings,
         )
