@@ -25,7 +25,7 @@ def test_demo_prints_joined_traces() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert out.count("== ") == 4
+    assert out.count("== ") == 5  # four requests, then the metrics
     # every trace joins both services: frontend SERVER > CLIENT > backend SERVER
     trees = re.findall(
         r"frontend +SERVER +GET /hello/\{name\}.*\n +frontend +CLIENT +GET .*\n"
@@ -34,6 +34,9 @@ def test_demo_prints_joined_traces() -> None:
     )
     assert len(trees) == 4, out
     assert "trace 4bf92f3577b34da6a3ce929d0e0e4736" in out  # the W3C parent's trace
+    # the scrapes count the four requests per route, in both services
+    assert re.search(r"frontend .*http_route=\"/hello/\{name\}\".* 4\.0", out), out
+    assert re.search(r"backend .*http_route=\"/greeting/\{name\}\".* 4\.0", out), out
     assert "trace 80f198ee56343ba864fe8b2a57d3eff7" in out  # the B3 parent's trace
     assert "request_id=demo-req-42" in out
     assert "services exited with [0, 0] after SIGTERM" in out
