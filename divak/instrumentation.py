@@ -347,7 +347,7 @@ class Instrumentation:
         if result.decision.is_recording():
             return None
         if valid:
-            random_id = parent_context.trace_flags.random_trace_id
+            random_id = getattr(parent_context.trace_flags, "random_trace_id", False)
         else:
             random_id = getattr(ids, "is_trace_id_random", bool)()
         return trace.NonRecordingSpan(
