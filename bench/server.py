@@ -82,39 +82,21 @@ def otel_app(zipkin: str, probability: float) -> tuple[web.Application, typing.A
 def divak_app(
     zipkin: str, probability: float, metrics: bool = False
 ) -> web.Application:
-    """The divak variant; with *metrics*, the metrics API is called explicitly
-    from the standard hooks, as the mix-ins will (arrival, end of request)."""
+    """The divak variant; request metrics on with *metrics* (the default of
+    a real application), off (``settings['metrics'] = False``) without."""
     import divak
-    from divak.metrics import application_metrics
 
     class Handler(divak.Logger, divak.RequestTracker, Hello):
-        if metrics:
-
-            def on_finish(self) -> None:
-                context = self.divak_context
-                application_metrics(self.application).request_finished(
-                    self.request,
-                    self.application.divak_route(self),
-                    self.get_status(),
-                    context.exception_type,
-                    context.context,
-                )
-                super().on_finish()
+        pass
 
     class Application(divak.ProbabilisticSampler, divak.Recorder, divak.Application):
         def __init__(self, **settings: typing.Any) -> None:
-            super().__init__([(r"/", Handler)], **settings)
+            super().__init__([(r"/", Handler)], metrics=metrics, **settings)
             self.set_divak_service("bench-divak")
             self.set_divak_sample_probability(probability)
             self.add_divak_reporter(divak.ZipkinReporter(zipkin))
             self.add_divak_propagator(divak.TraceContextPropagation())
             self.add_divak_propagator(divak.RequestIdPropagation())
-            if metrics:
-                self.add_transform(self._arrived)
-
-        def _arrived(self, request: typing.Any) -> web.OutputTransform:
-            application_metrics(self).request_started(request)
-            return web.OutputTransform(request)
 
     return Application()
 
