@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import sys
+import threading
 import time
 import typing
 import weakref
@@ -27,6 +28,7 @@ from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httputil, web
 
@@ -205,6 +207,7 @@ class Instrumentation:
             provider = TracerProvider(
                 sampler=propagation.PropagatedSampler(sampler),
                 resource=resource,
+                id_generator=_PresetTraceIds(),
                 shutdown_on_exit=False,
                 span_limits=SpanLimits(
                     max_span_attribute_length=self.settings.get(
@@ -342,9 +345,17 @@ class Instrumentation:
             return None
         parent_context = trace.get_current_span(parent).get_span_context()
         valid = parent_context.is_valid
-        trace_id = parent_context.trace_id if valid else ids.generate_trace_id()
+        if valid:
+            trace_id = parent_context.trace_id
+        elif isinstance(ids, _PresetTraceIds):
+            trace_id = ids.generate_trace_id()
+        else:  # a provider of the user's: its ids, its way
+            return None
         result = sampler.should_sample(parent, trace_id, name, SpanKind.SERVER)
         if result.decision.is_recording():
+            if not valid:
+                # The SDK starts the span: with the trace id just decided on.
+                ids.preset(trace_id)
             return None
         if valid:
             random_id = getattr(parent_context.trace_flags, "random_trace_id", False)
@@ -521,6 +532,30 @@ class Instrumentation:
         if user_agent:
             attributes["user_agent.original"] = user_agent[:limit]
         return attributes
+
+
+class _PresetTraceIds(RandomIdGenerator):
+    """Random ids, as the SDK's default; the next trace id may be set first.
+
+    The unsampled fast path asks the sampler with a new trace id; when the
+    answer is "sample", the SDK must start the span with that same id, or
+    the sampler would decide again on another one.
+    """
+
+    def __init__(self) -> None:
+        self._next = threading.local()
+
+    def preset(self, trace_id: int) -> None:
+        """Make *trace_id* the next trace id this thread generates."""
+        self._next.value = trace_id
+
+    def generate_trace_id(self) -> int:
+        """The preset trace id, once, else a random one."""
+        value = getattr(self._next, "value", None)
+        if value is not None:
+            self._next.value = None
+            return value
+        return super().generate_trace_id()
 
 
 def _split_host(host: str) -> tuple[str, int | None]:

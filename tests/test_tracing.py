@@ -463,6 +463,24 @@ def test_sampling_probability(probability: float, expected: int) -> None:
     assert len(recorder.spans) == expected
 
 
+def test_a_fractional_probability_samples_that_share_of_new_traces() -> None:
+    recorder = SpanRecorder()
+
+    async def scenario():
+        app = App("half", recorder, probability=0.5)
+        port = listen(app)
+        for _ in range(200):
+            assert (await _fetch(port, "/missing")).code == 404
+        await flush(app)
+
+    run(scenario())
+    # Binomial(200, 0.5): outside 60..140 once in about 10^8 runs.
+    assert 60 <= len(recorder.spans) <= 140
+    # and each sampled trace id is one the ratio sampler accepts
+    bound = round(0.5 * (2**64 - 1))
+    assert all(s.context.trace_id & 0xFFFFFFFFFFFFFFFF < bound for s in recorder.spans)
+
+
 def test_upstream_sampled_flag_wins_over_probability_zero() -> None:
     recorder = SpanRecorder()
 
