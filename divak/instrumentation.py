@@ -235,9 +235,10 @@ class Instrumentation:
         again in a forked child.
         """
         current = self._metrics
-        if current is None or current.pid != os.getpid():
+        if current is None:
             self.provider  # noqa: B018 - the service name first
             current = self._metrics = metrics.application_metrics(self.application)
+            _forget_metrics_in_children(self)
         return current
 
     @property
@@ -532,6 +533,28 @@ class Instrumentation:
         if user_agent:
             attributes["user_agent.original"] = user_agent[:limit]
         return attributes
+
+
+#: Instrumentations whose metrics a forked child must make anew.
+_METERED: weakref.WeakSet[Instrumentation] = weakref.WeakSet()
+_fork_hook = False
+
+
+def _forget_metrics_in_children(instrumentation: Instrumentation) -> None:
+    """After a fork, *instrumentation* makes its metrics again, in the child.
+
+    Checked once per fork rather than once per request (``os.getpid``).
+    """
+    global _fork_hook
+    if not _fork_hook and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook = True
+    _METERED.add(instrumentation)
+
+
+def _after_fork_in_child() -> None:
+    for instrumentation in list(_METERED):
+        instrumentation._metrics = None
 
 
 class _PresetTraceIds(RandomIdGenerator):
