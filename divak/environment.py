@@ -1,11 +1,9 @@
 """The ``OTEL_*`` environment variables a deployment sets, read the standard way.
 
-OpenTelemetry's SDK specification names the environment variables that
-configure tracing (sampler, propagators, exporter, batch processor).  divak
-builds its own ``TracerProvider`` per application, so it reads them here,
-once per application, with the same names, values and defaults, and the
-same rule for invalid values: log a warning and use the default.  What the
-application sets in code always wins over the environment.
+divak builds each application's ``TracerProvider`` itself, so it reads the
+variables of OpenTelemetry's SDK specification here, once per application,
+with their names, values and defaults, and the same rule for invalid
+values: log a warning and use the default.  Code always wins.
 
 See :doc:`/opentelemetry` for the full list of variables and their status.
 """
@@ -15,20 +13,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import threading
 import typing
 
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import sampling
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
-from opentelemetry.util import http as otel_http
 
 from divak import propagation, reporters
+from divak.excluded import excluded_url_patterns, excluded_urls
 
 __all__ = [
     "BatchSettings",
     "batch_settings",
+    "excluded_url_patterns",
     "excluded_urls",
     "propagators",
     "reporters_from_env",
@@ -355,50 +353,3 @@ def batch_settings() -> BatchSettings:
         schedule_delay=_milliseconds("OTEL_BSP_SCHEDULE_DELAY", 1.0),
         export_timeout=_milliseconds("OTEL_BSP_EXPORT_TIMEOUT", 30.0),
     )
-
-
-def _patterns(value: typing.Any) -> list[str]:
-    if isinstance(value, str):
-        value = value.split(",")
-    return [str(item).strip() for item in value or () if str(item).strip()]
-
-
-def excluded_url_patterns(settings: typing.Mapping[str, typing.Any]) -> list[str]:
-    """The patterns of :func:`excluded_urls`: the setting, else the variables.
-
-    :param settings: the application's settings
-    :returns: the regular expressions, empty when nothing is excluded
-    """
-    configured = settings.get("divak_excluded_urls")
-    if configured is not None:
-        return _patterns(configured)
-    return _patterns(
-        _get("OTEL_PYTHON_TORNADO_EXCLUDED_URLS") or _get("OTEL_PYTHON_EXCLUDED_URLS")
-    )
-
-
-def excluded_urls(
-    settings: typing.Mapping[str, typing.Any],
-) -> typing.Callable[[str], bool]:
-    """A test for the request URLs that must not be traced.
-
-    The patterns come from the application setting ``divak_excluded_urls``
-    (a list of regular expressions, or one comma-separated string) when it
-    is set, else from ``OTEL_PYTHON_TORNADO_EXCLUDED_URLS``, else from
-    ``OTEL_PYTHON_EXCLUDED_URLS``.  As in OpenTelemetry's instrumentations
-    (``opentelemetry.util.http.ExcludeList``, which does the matching), a
-    URL is excluded when any pattern is *found* in it (:func:`re.search`),
-    so ``/status`` also excludes ``/status/ready``; anchor it
-    (``^/status$``) to exclude one path only.  Call the result with the
-    request's ``uri`` (path and query), as OpenTelemetry's Tornado
-    instrumentation does.
-
-    :param settings: the application's settings
-    :returns: ``function(uri) -> bool``, :data:`True` for a URL to leave
-        untraced
-    :raises re.error: when a pattern is not a valid regular expression
-    """
-    patterns = excluded_url_patterns(settings)
-    for pattern in patterns:
-        re.compile(pattern)  # a bad pattern fails at start-up, by name
-    return otel_http.ExcludeList(patterns).url_disabled

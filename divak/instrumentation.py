@@ -15,69 +15,31 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
-import threading
 import time
 import typing
-import weakref
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider, sampling
+from opentelemetry.sdk.resources import SERVICE_NAME
+from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httputil, web
 
-from divak import environment, export, headers, metrics, propagation, redaction
+from divak import environment, export, headers, metrics, propagation, redaction, semconv
 from divak.context import RequestContext
 from divak.propagation.b3 import B3DebugMarker
+from divak.provider import tracer_provider, unsampled_span, warn_if_tornado_instrumented
 from divak.routes import RouteTable
 
-__all__ = ["CLIENT_DISCONNECTED", "Instrumentation", "exception_type"]
+__all__ = ["CLIENT_DISCONNECTED", "Instrumentation"]
 
 logger = logging.getLogger(__name__)
 
 #: ``error.type`` of a SERVER span whose client closed the connection
 #: before the response was finished.
 CLIENT_DISCONNECTED = "client_disconnected"
-
-#: Longest value, in characters, of a span attribute taken from the
-#: request (``user_agent.original``, ``server.address``, ``url.path``...);
-#: ``settings['divak_max_request_attribute_length']`` changes it.
-MAX_REQUEST_ATTRIBUTE_LENGTH = 256
-
-_KNOWN_METHODS = frozenset(
-    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
-)
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-_DEFAULT_FLAGS = trace.TraceFlags(trace.TraceFlags.DEFAULT)
-_RANDOM_FLAGS = trace.TraceFlags(
-    trace.TraceFlags.DEFAULT | getattr(trace.TraceFlags, "RANDOM_TRACE_ID", 0)
-)
-
-#: Providers divak made; another application never adopts one of them.
-_OWN_PROVIDERS: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
-
-
-def exception_type(value: BaseException) -> str:
-    """``error.type`` of an exception: its fully qualified class name."""
-    cls = type(value)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-@functools.lru_cache(maxsize=1024)
-def _span_name(method: str, route: str | None) -> str:
-    """``"{METHOD} {route}"`` (``HTTP`` for a method outside the known set)."""
-    if method == "_OTHER":
-        method = "HTTP"
-    return f"{method} {route}" if route else method
 
 
 class Instrumentation:
@@ -123,7 +85,8 @@ class Instrumentation:
         )
         self._max_length = int(
             self.settings.get(
-                "divak_max_request_attribute_length", MAX_REQUEST_ATTRIBUTE_LENGTH
+                "divak_max_request_attribute_length",
+                semconv.MAX_REQUEST_ATTRIBUTE_LENGTH,
             )
         )
 
@@ -189,43 +152,17 @@ class Instrumentation:
         name = self.service or self.settings.get("service")
         span_reporters = self.reporters or environment.reporters_from_env()
         self.span_queues = [export.SpanQueue(reporter) for reporter in span_reporters]
-        current = trace.get_tracer_provider()
-        use_global = self.settings.get("divak_global_provider", True)
-        if (
-            use_global
-            and isinstance(current, TracerProvider)
-            and current not in _OWN_PROVIDERS
-        ):
-            # An OpenTelemetry set-up of the user's own: one pipeline.
-            provider = current
-            self._own_provider = False
-            if name and not self.service and not self.settings.get("service"):
-                name = None
-        else:
-            resource = Resource.create({SERVICE_NAME: name} if name else {})
-            sampler = self.sampler or _default_sampler()
-            provider = TracerProvider(
-                sampler=propagation.PropagatedSampler(sampler),
-                resource=resource,
-                id_generator=_PresetTraceIds(),
-                shutdown_on_exit=False,
-                span_limits=SpanLimits(
-                    max_span_attribute_length=self.settings.get(
-                        "divak_max_attribute_length"
-                    )
-                ),
-            )
-            _OWN_PROVIDERS.add(provider)
-            self._own_provider = True
-            if use_global and isinstance(current, trace.ProxyTracerProvider):
-                trace.set_tracer_provider(provider)
-        provider.add_span_processor(B3DebugMarker())
+        sdk_provider, self._own_provider = tracer_provider(
+            self.settings, name, self.sampler
+        )
+        sdk_provider.add_span_processor(B3DebugMarker())
         for queue in self.span_queues:
-            provider.add_span_processor(queue)
-        self.service_name = str(provider.resource.attributes.get(SERVICE_NAME, ""))
-        self._tracer = provider.get_tracer("divak", __version__)
-        self._provider = provider
-        _warn_if_tornado_instrumented()
+            sdk_provider.add_span_processor(queue)
+        resource = sdk_provider.resource
+        self.service_name = str(resource.attributes.get(SERVICE_NAME, ""))
+        self._tracer = sdk_provider.get_tracer("divak", __version__)
+        self._provider = sdk_provider
+        warn_if_tornado_instrumented()
 
     @property
     def metrics(self) -> metrics.ApplicationMetrics:
@@ -235,10 +172,9 @@ class Instrumentation:
         again in a forked child.
         """
         current = self._metrics
-        if current is None:
+        if current is None or current.forked:
             self.provider  # noqa: B018 - the service name first
             current = self._metrics = metrics.application_metrics(self.application)
-            _forget_metrics_in_children(self)
         return current
 
     @property
@@ -267,7 +203,7 @@ class Instrumentation:
         The application's metrics are flushed and stopped too.
         """
         current = self._metrics
-        if current is not None and current.pid == os.getpid():
+        if current is not None and not current.forked:
             current.shutdown()
         if self._provider is None:
             return
@@ -300,8 +236,8 @@ class Instrumentation:
         request.divak_context = request_context  # type: ignore[attr-defined]
         request.divak_request_id = request_id  # type: ignore[attr-defined]
         method = request.method or "GET"
-        known = method if method in _KNOWN_METHODS else "_OTHER"
-        name = _span_name(known, route)
+        known = method if method in semconv.KNOWN_METHODS else "_OTHER"
+        name = semconv.span_name(known, route)
         excluded = self.excluded
         span: trace.Span | None
         if excluded is not None and excluded(request.uri or ""):
@@ -309,7 +245,7 @@ class Instrumentation:
             request_context.set_span(trace.get_current_span(parent))
             request_context.ended = True
             return request_context
-        span = self._unsampled_span(name, parent)
+        span = unsampled_span(tracer, name, parent)
         if span is None:
             span = tracer.start_span(
                 name,
@@ -318,7 +254,16 @@ class Instrumentation:
                 start_time=time.time_ns() - int(request.request_time() * 1e9),
             )
             if span.is_recording():
-                span.set_attributes(self._server_attributes(request, known, route))
+                span.set_attributes(
+                    semconv.server_attributes(
+                        request,
+                        known,
+                        route,
+                        xheaders=bool(self.settings.get("xheaders")),
+                        limit=self._max_length,
+                        redacted=self.redacted_params,
+                    )
+                )
                 if request_id:
                     span.set_attribute("divak.request_id", request_id)
                 captured = headers.captured_headers(self.application)
@@ -326,51 +271,6 @@ class Instrumentation:
                     span.set_attributes(captured.request_attributes(request.headers))
         request_context.set_span(span)
         return request_context
-
-    def _unsampled_span(
-        self, name: str, parent: otel_context.Context
-    ) -> trace.NonRecordingSpan | None:
-        """The span of a request the sampler drops, made without the SDK's span.
-
-        The same decision and ids the SDK's ``Tracer.start_span`` would
-        make (the provider's own sampler and id generator, the parent's
-        trace id, sampled flag off, the W3C Level 2 random flag as the SDK
-        sets it), for a fraction of the cost.  :data:`None` when the trace
-        is sampled (the SDK then starts the span) or the tracer is not the
-        SDK's (``OTEL_SDK_DISABLED``).
-        """
-        tracer = self._tracer
-        sampler = getattr(tracer, "sampler", None)
-        ids = getattr(tracer, "id_generator", None)
-        if sampler is None or ids is None:
-            return None
-        parent_context = trace.get_current_span(parent).get_span_context()
-        valid = parent_context.is_valid
-        if valid:
-            trace_id = parent_context.trace_id
-        elif isinstance(ids, _PresetTraceIds):
-            trace_id = ids.generate_trace_id()
-        else:  # a provider of the user's: its ids, its way
-            return None
-        result = sampler.should_sample(parent, trace_id, name, SpanKind.SERVER)
-        if result.decision.is_recording():
-            if not valid:
-                # The SDK starts the span: with the trace id just decided on.
-                ids.preset(trace_id)
-            return None
-        if valid:
-            random_id = getattr(parent_context.trace_flags, "random_trace_id", False)
-        else:
-            random_id = getattr(ids, "is_trace_id_random", bool)()
-        return trace.NonRecordingSpan(
-            trace.SpanContext(
-                trace_id,
-                ids.generate_span_id(),
-                is_remote=False,
-                trace_flags=_RANDOM_FLAGS if random_id else _DEFAULT_FLAGS,
-                trace_state=result.trace_state,
-            )
-        )
 
     def record_exception(
         self, request_context: RequestContext, value: BaseException | None
@@ -387,7 +287,7 @@ class Instrumentation:
             or request_context.ended
         ):
             return
-        request_context.exception_type = exception_type(value)
+        request_context.exception_type = semconv.exception_type(value)
         span = request_context.span
         if span.is_recording():
             span.record_exception(value)
@@ -496,121 +396,3 @@ class Instrumentation:
             request_context.context,
             seconds,
         )
-
-    def _server_attributes(
-        self, request: httputil.HTTPServerRequest, method: str, route: str | None
-    ) -> dict[str, typing.Any]:
-        limit = self._max_length
-        headers = request.headers
-        host = request.host
-        if self.settings.get("xheaders"):
-            host = headers.get("X-Forwarded-Host", host).split(",")[0].strip()
-        address, port = _split_host(host)
-        attributes: dict[str, typing.Any] = {
-            "http.request.method": method,
-            "url.path": redaction.redact_uri(request.path, self.redacted_params)[
-                :limit
-            ],
-            "url.scheme": request.protocol,
-            "server.address": address[:limit],
-            "server.port": port or _DEFAULT_PORTS.get(request.protocol, 80),
-            "client.address": request.remote_ip,
-            "network.protocol.version": request.version.partition("/")[2] or "1.1",
-        }
-        if request.query:
-            attributes["url.query"] = redaction.redact_query(
-                request.query, self.redacted_params
-            )[:limit]
-        if method == "_OTHER":
-            attributes["http.request.method_original"] = request.method[:limit]
-        if route:
-            attributes["http.route"] = route
-        peer = getattr(getattr(request.connection, "context", None), "address", None)
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            attributes["network.peer.address"] = str(peer[0])
-            attributes["network.peer.port"] = peer[1]
-        user_agent = headers.get("User-Agent")
-        if user_agent:
-            attributes["user_agent.original"] = user_agent[:limit]
-        return attributes
-
-
-#: Instrumentations whose metrics a forked child must make anew.
-_METERED: weakref.WeakSet[Instrumentation] = weakref.WeakSet()
-_fork_hook = False
-
-
-def _forget_metrics_in_children(instrumentation: Instrumentation) -> None:
-    """After a fork, *instrumentation* makes its metrics again, in the child.
-
-    Checked once per fork rather than once per request (``os.getpid``).
-    """
-    global _fork_hook
-    if not _fork_hook and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        _fork_hook = True
-    _METERED.add(instrumentation)
-
-
-def _after_fork_in_child() -> None:
-    for instrumentation in list(_METERED):
-        instrumentation._metrics = None
-
-
-class _PresetTraceIds(RandomIdGenerator):
-    """Random ids, as the SDK's default; the next trace id may be set first.
-
-    The unsampled fast path asks the sampler with a new trace id; when the
-    answer is "sample", the SDK must start the span with that same id, or
-    the sampler would decide again on another one.
-    """
-
-    def __init__(self) -> None:
-        self._next = threading.local()
-
-    def preset(self, trace_id: int) -> None:
-        """Make *trace_id* the next trace id this thread generates."""
-        self._next.value = trace_id
-
-    def generate_trace_id(self) -> int:
-        """The preset trace id, once, else a random one."""
-        value = getattr(self._next, "value", None)
-        if value is not None:
-            self._next.value = None
-            return value
-        return super().generate_trace_id()
-
-
-def _split_host(host: str) -> tuple[str, int | None]:
-    if host.startswith("["):  # [IPv6]:port
-        address, _, rest = host[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        address, _, port = host.rpartition(":") if ":" in host else (host, "", "")
-    return address, int(port) if port.isdigit() and len(port) <= 5 else None
-
-
-def _default_sampler() -> sampling.Sampler:
-    from divak.sampling import default_sampler
-
-    return default_sampler()
-
-
-_warned_tornado = False
-
-
-def _warn_if_tornado_instrumented() -> None:
-    """One WARNING when OpenTelemetry's tornado instrumentation is active too."""
-    global _warned_tornado
-    module = sys.modules.get("opentelemetry.instrumentation.tornado")
-    if _warned_tornado or module is None:
-        return
-    instrumentor = getattr(module, "TornadoInstrumentor", None)
-    if instrumentor is None or not instrumentor().is_instrumented_by_opentelemetry:
-        return
-    _warned_tornado = True
-    logger.warning(
-        "OpenTelemetry's tornado instrumentation is active: it adds a second "
-        "span to every request divak traces; divak traces Tornado itself, so "
-        "disable it (OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=tornado)"
-    )

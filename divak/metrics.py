@@ -15,6 +15,7 @@ import logging
 import os
 import typing
 import uuid
+import weakref
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics
@@ -99,6 +100,10 @@ class ApplicationMetrics(metric_events.HandlerMeasurements):
         self.reader: InMemoryMetricReader | None = None
         self.provider: MeterProvider | None = None
         self.pid = os.getpid()
+        #: :data:`True` in a process forked after this object was made:
+        #: the child makes its own (set once, at the fork).
+        self.forked = False
+        _watch_forks(self)
         #: The last snapshot, taken by :meth:`shutdown` when the process
         #: serves with siblings (see :mod:`divak.metrics_peers`).
         self.final_snapshot: dict[str, typing.Any] | None = None
@@ -291,6 +296,24 @@ class ApplicationMetrics(metric_events.HandlerMeasurements):
         provider, self.provider = self.provider, None
         if provider is not None:
             provider.shutdown(int(timeout * 1000))
+
+
+#: Every ApplicationMetrics of this process, flagged ``forked`` in a child.
+_ALIVE: weakref.WeakSet[ApplicationMetrics] = weakref.WeakSet()
+_fork_hook = False
+
+
+def _watch_forks(metrics: ApplicationMetrics) -> None:
+    global _fork_hook
+    if not _fork_hook and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook = True
+    _ALIVE.add(metrics)
+
+
+def _after_fork_in_child() -> None:
+    for metrics in list(_ALIVE):
+        metrics.forked = True
 
 
 def application_metrics(application: typing.Any) -> ApplicationMetrics:
