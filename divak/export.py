@@ -143,7 +143,10 @@ class SpanQueue(SpanProcessor):
         :param max_queue_size: spans that may wait, more are dropped;
             default ``OTEL_BSP_MAX_QUEUE_SIZE``, else 2048
         :param max_batch_size: spans per upload; default
-            ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, else 512
+            ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, else 64 (the specification
+            says 512; smaller batches keep the export thread from holding
+            the interpreter for long, which halved the gap between p99 and
+            p50 latency in ``bench/``)
         :param schedule_delay: seconds between uploads when less than a
             batch waits; default ``OTEL_BSP_SCHEDULE_DELAY`` (which the
             OpenTelemetry specification gives in milliseconds), else 1 s
@@ -156,7 +159,7 @@ class SpanQueue(SpanProcessor):
         if max_queue_size is None:
             max_queue_size = _env_number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
         if max_batch_size is None:
-            max_batch_size = _env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
+            max_batch_size = _env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 64)
         if schedule_delay is None:
             schedule_delay = _env_number("OTEL_BSP_SCHEDULE_DELAY", 1000) / 1000
         if max_queue_bytes is None:

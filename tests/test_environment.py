@@ -359,7 +359,7 @@ def test_batch_settings_read_the_bsp_variables(monkeypatch):
     settings = environment.batch_settings()
     assert settings == environment.BatchSettings(
         max_queue_size=64,
-        max_export_batch_size=512,
+        max_export_batch_size=64,  # divak's default, the value is invalid
         schedule_delay=0.25,
         export_timeout=1.5,
     )
