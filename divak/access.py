@@ -134,7 +134,8 @@ def write_access_log(handler: web.RequestHandler) -> None:
         )
         return
     started_at = datetime.datetime.fromtimestamp(time.time() - seconds, datetime.UTC)
-    # Tornado keeps the reason phrase in a private attribute only.
+    # Tornado keeps the reason phrase in a private attribute only
+    # (tests/test_private_names.py watches it).
     reason = getattr(handler, "_reason", None) or httputil.responses.get(status, "-")
     bytes_written: typing.Any = getattr(handler, "response_bytes_written", "-")
     log.access_log.log(

@@ -88,7 +88,11 @@ def _milliseconds(name: str, default: float) -> float:
     return number / 1000
 
 
-def _integer(name: str, default: int) -> int:
+def integer_variable(name: str, default: int) -> int:
+    """The positive integer in the environment variable *name*, else *default*.
+
+    An invalid value is logged as a WARNING and *default* is used.
+    """
     value = _get(name)
     if not value:
         return default
@@ -349,8 +353,8 @@ def batch_settings() -> BatchSettings:
         for what is not set
     """
     return BatchSettings(
-        max_queue_size=_integer("OTEL_BSP_MAX_QUEUE_SIZE", 2048),
-        max_export_batch_size=_integer("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 64),
+        max_queue_size=integer_variable("OTEL_BSP_MAX_QUEUE_SIZE", 2048),
+        max_export_batch_size=integer_variable("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 64),
         schedule_delay=_milliseconds("OTEL_BSP_SCHEDULE_DELAY", 1.0),
         export_timeout=_milliseconds("OTEL_BSP_EXPORT_TIMEOUT", 30.0),
     )

@@ -1,12 +1,10 @@
 """The span queue between an application's tracer and each reporter.
 
-:class:`SpanQueue` is the span processor :class:`divak.Recorder` puts in
-front of every reporter: finished spans are appended to a bounded queue on
-the thread that ended them (the IOLoop), and a background thread uploads
-them in batches.  When the queue is full (in spans or in bytes), spans are
-dropped and counted, never logged one by one.  The queue is the one place
-that counts what was exported, failed or dropped: reporters only answer
-success or failure.
+:class:`SpanQueue` is the span processor in front of every reporter: a
+bounded queue (in spans and bytes) filled on the thread that ends spans,
+emptied in batches by a background thread.  Spans that do not fit are
+dropped and counted, never logged one by one; the queue is the one place
+that counts exported, failed and dropped spans.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from divak import environment
 from divak.ratelimit import RateLimitedLog, describe_error, safe_log
 
 __all__ = ["DEFAULT_MAX_QUEUE_BYTES", "SpanQueue", "estimate_span_size"]
@@ -67,15 +66,6 @@ def estimate_span_size(span: ReadableSpan) -> int:
     for link in span.links:
         size += _ITEM_OVERHEAD + 32 + _mapping_size(link.attributes)
     return size
-
-
-def _env_number(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    try:
-        return int(value) if value else default
-    except ValueError:
-        logger.warning("ignoring %s=%r: not an integer", name, value)
-        return default
 
 
 class SpanQueue(SpanProcessor):
@@ -144,9 +134,7 @@ class SpanQueue(SpanProcessor):
             default ``OTEL_BSP_MAX_QUEUE_SIZE``, else 2048
         :param max_batch_size: spans per upload; default
             ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, else 64 (the specification
-            says 512; smaller batches keep the export thread from holding
-            the interpreter for long, which halved the gap between p99 and
-            p50 latency in ``bench/``)
+            says 512; see ``bench/README.rst`` for why divak's is smaller)
         :param schedule_delay: seconds between uploads when less than a
             batch waits; default ``OTEL_BSP_SCHEDULE_DELAY`` (which the
             OpenTelemetry specification gives in milliseconds), else 1 s
@@ -156,14 +144,15 @@ class SpanQueue(SpanProcessor):
             :data:`DEFAULT_MAX_QUEUE_BYTES` (16 MiB)
         :raises ValueError: when a size is smaller than 1
         """
+        defaults = environment.batch_settings()
         if max_queue_size is None:
-            max_queue_size = _env_number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+            max_queue_size = defaults.max_queue_size
         if max_batch_size is None:
-            max_batch_size = _env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 64)
+            max_batch_size = defaults.max_export_batch_size
         if schedule_delay is None:
-            schedule_delay = _env_number("OTEL_BSP_SCHEDULE_DELAY", 1000) / 1000
+            schedule_delay = defaults.schedule_delay
         if max_queue_bytes is None:
-            max_queue_bytes = _env_number(
+            max_queue_bytes = environment.integer_variable(
                 "DIVAK_SPAN_QUEUE_MAX_BYTES", DEFAULT_MAX_QUEUE_BYTES
             )
         if max_queue_size < 1 or max_batch_size < 1 or max_queue_bytes < 1:
@@ -242,17 +231,22 @@ class SpanQueue(SpanProcessor):
                 self._queued_bytes += size
         if full:
             if announce:  # once per episode, not per span
-                safe_log(
-                    logger,
-                    logging.WARNING,
-                    "span queue of %r is full (%d spans or %d bytes): dropping"
-                    " spans until the reporter catches up; a summary follows"
-                    " every %g s",
-                    self.reporter,
-                    self.max_queue_size,
-                    self.max_queue_bytes,
-                    self.summary_interval,
-                )
+                # The queue's warning: not the ids of the request ending now.
+                token = otel_context.attach(otel_context.Context())
+                try:
+                    safe_log(
+                        logger,
+                        logging.WARNING,
+                        "span queue of %r is full (%d spans or %d bytes): dropping"
+                        " spans until the reporter catches up; a summary follows"
+                        " every %g s",
+                        self.reporter,
+                        self.max_queue_size,
+                        self.max_queue_bytes,
+                        self.summary_interval,
+                    )
+                finally:
+                    otel_context.detach(token)
             return
         if len(queue) >= self.max_batch_size:
             self._wake.set()

@@ -114,6 +114,7 @@ class ZipkinReporter(ZipkinExporter):
         :returns: ``SUCCESS`` when the collector accepted it, else
             ``FAILURE``
         """
+        # ZipkinExporter._closed (private): tests/test_private_names.py.
         if self._closed or not spans:
             return SpanExportResult.FAILURE if spans else SpanExportResult.SUCCESS
         service_name = spans[0].resource.attributes.get("service.name")
@@ -209,6 +210,7 @@ class OTLPReporter(SpanExporter):
     @property
     def endpoint(self) -> str:
         """The URL spans are sent to."""
+        # No public accessor; tests/test_private_names.py watches the name.
         return str(getattr(self.exporter, "_endpoint", ""))
 
     def export(self, spans: typing.Sequence[ReadableSpan]) -> SpanExportResult:

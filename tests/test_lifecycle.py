@@ -236,3 +236,64 @@ def test_the_order_of_the_application_bases_does_not_matter() -> None:
     assert span.attributes["http.response.status_code"] == 200
     # The service named in code is the default Server header too.
     assert response.headers["Server"] == "order"
+
+
+def test_secrets_never_reach_the_access_log_or_error_lines(
+    log_records: list[logging.LogRecord],
+) -> None:
+    app, _ = make_app()
+    fetch(app, "/plain?page=2&token=s3cret", "/nowhere?api_key=k3y;password=pw")
+    lines = [r.getMessage() for r in log_records]
+    text = "\n".join(lines)
+    for secret in ("s3cret", "k3y", "=pw"):
+        assert secret not in text
+    (access,) = [
+        r
+        for r in log_records
+        if r.name == "tornado.access" and "/plain" in r.getMessage()
+    ]
+    assert '"GET /plain?page=2&token=REDACTED"' in access.getMessage()
+    (error,) = [r for r in log_records if "failed with 404" in r.getMessage()]
+    assert "/nowhere?api_key=REDACTED;password=REDACTED" in error.getMessage()
+    # the access record carries its fields for structured logs
+    assert access.__dict__["http.route"] == "/plain"
+    assert access.__dict__["http.response.status_code"] == 200
+
+
+def test_the_queue_full_warning_carries_no_request_ids(
+    monkeypatch, log_records: list[logging.LogRecord]
+) -> None:
+    import threading
+
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    release = threading.Event()
+
+    class Stuck(SpanExporter):
+        def export(self, spans):
+            release.wait(10)
+            return SpanExportResult.SUCCESS
+
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "1")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1")
+
+    class App(divak.Recorder, divak.Application):
+        pass
+
+    app = App([(r"/plain", Plain)])
+    app.add_divak_reporter(Stuck())
+
+    async def go() -> None:
+        port = listen(app)
+        client = httpclient.AsyncHTTPClient()
+        for _ in range(6):
+            await client.fetch(f"http://127.0.0.1:{port}/plain")
+        app._test_server.stop()
+
+    try:
+        run(go())
+    finally:
+        release.set()
+        app.divak_shutdown()
+    (warning,) = [r for r in log_records if "is full" in r.getMessage()]
+    assert warning.otelTraceID == "0" and warning.divak_request_id == ""

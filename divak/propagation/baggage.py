@@ -55,7 +55,7 @@ class BaggagePropagation(W3CBaggagePropagator):
         """Return *context* with the valid baggage entries added."""
         if context is None:
             context = Context()
-        header = _joined(getter.get(carrier, self._BAGGAGE_HEADER_NAME))
+        header = _joined(getter.get(carrier, "baggage"))
         if not header:
             return context
         count = 0
@@ -108,4 +108,4 @@ class BaggagePropagation(W3CBaggagePropagator):
             length += len(member) + (1 if members else 0)
             members.append(member)
         if members:
-            setter.set(carrier, self._BAGGAGE_HEADER_NAME, ",".join(members))
+            setter.set(carrier, "baggage", ",".join(members))

@@ -29,8 +29,11 @@ class _ParsedTraceState(trace.TraceState):
 
     def __init__(self, members: typing.Sequence[tuple[str, str]]) -> None:
         super().__init__()
-        # OpenTelemetry's constructor applies the Level 1 key grammar, which
-        # rejects Level 2 keys; the members were checked against Level 2.
+        # OpenTelemetry's constructor (and add()) apply the Level 1 key
+        # grammar, which rejects Level 2 keys; the members were checked
+        # against Level 2.  No public way to set them exists, so the private
+        # mapping is filled; tests/test_private_names.py fails loudly if
+        # OpenTelemetry renames it.
         self._dict = dict(members)
 
 
@@ -67,7 +70,7 @@ class TraceContextPropagation(tracecontext.TraceContextTextMapPropagator):
         if extracted is context or not span_context.is_valid:
             return context
         state = self.parse_tracestate(
-            _joined(getter.get(carrier, self._TRACESTATE_HEADER_NAME))
+            _joined(getter.get(carrier, "tracestate"))
         )
         span_context = trace.SpanContext(
             trace_id=span_context.trace_id,
