@@ -101,3 +101,38 @@ def test_divak_tornado_port() -> None:
         code = process.wait(30)
     assert code == 0, output.text
     assert "Traceback" not in output.text
+
+
+def test_the_readme_example_serves() -> None:
+    """The application of README.rst, as written, answers over a real socket."""
+    import asyncio
+
+    from tornado import httpclient
+
+    from .conftest import listen
+
+    text = (ROOT / "README.rst").read_text()
+    block = text.split(".. code-block:: python\n", 1)[1].split("\nWhat you get", 1)[0]
+    code = "\n".join(line[3:] for line in block.splitlines())
+    namespace: dict = {"__name__": "readme_example"}
+    exec(compile(code, "README.rst", "exec"), namespace)  # noqa: S102
+    app = namespace["Application"]()
+
+    async def go() -> tuple[int, str, int]:
+        port = listen(app)
+        client = httpclient.AsyncHTTPClient()
+        missing = await client.fetch(f"http://127.0.0.1:{port}/nope", raise_error=False)
+        scrape = await client.fetch(f"http://127.0.0.1:{port}/metrics")
+        return scrape.code, scrape.body.decode(), missing.code
+
+    try:
+        code_, body, missing = asyncio.run(go())
+    finally:
+        app.divak_shutdown()
+    assert missing == 404
+    assert code_ == 200
+    assert re.search(
+        r"http_server_request_duration_seconds_count\{[^}]*"
+        r'http_response_status_code="404"[^}]*\} 1\.0',
+        body,
+    ), body
