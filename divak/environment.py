@@ -163,22 +163,36 @@ def propagators() -> list[TextMapPropagator]:
     :returns: new propagator instances, in the listed order
     """
     value = _get("OTEL_PROPAGATORS") or _DEFAULT_PROPAGATORS
+    result: list[TextMapPropagator] = [
+        _PROPAGATORS[name]() for name in _known("OTEL_PROPAGATORS", value, _PROPAGATORS)
+    ]
+    return result
+
+
+def _known(
+    variable: str, value: str, known: typing.Mapping[str, typing.Any]
+) -> list[str]:
+    """The names listed in *value* (a comma-separated variable), once each.
+
+    ``none`` anywhere gives none; a name outside *known* is logged once as
+    a WARNING and skipped.
+    """
     names = [name.strip().lower() for name in value.split(",") if name.strip()]
     if "none" in names:
         return []
-    result: list[TextMapPropagator] = []
+    valid = []
     for name in dict.fromkeys(names):
-        factory = _PROPAGATORS.get(name)
-        if factory is None:
+        if name in known:
+            valid.append(name)
+        else:
             _warn_once(
-                "propagator:" + name,
-                "ignoring %r in OTEL_PROPAGATORS: divak knows %s",
+                f"{variable}:{name}",
+                "ignoring %r in %s: divak knows %s",
                 name,
-                ", ".join([*_PROPAGATORS, "none"]),
+                variable,
+                ", ".join([*known, "none"]),
             )
-            continue
-        result.append(factory())
-    return result
+    return valid
 
 
 def _zipkin() -> SpanExporter:
@@ -251,20 +265,9 @@ def reporters_from_env() -> list[SpanExporter]:
             value = "otlp"
         else:
             return [reporters.LoggingReporter()]
-    names = [name.strip() for name in value.split(",") if name.strip()]
-    if "none" in names:
-        return []
     result: list[SpanExporter] = []
-    for name in dict.fromkeys(names):
-        factory = _EXPORTERS.get(name)
-        if factory is None:
-            _warn_once(
-                "exporter:" + name,
-                "ignoring %r in OTEL_TRACES_EXPORTER: divak knows %s",
-                name,
-                ", ".join([*_EXPORTERS, "none"]),
-            )
-            continue
+    for name in _known("OTEL_TRACES_EXPORTER", value, _EXPORTERS):
+        factory = _EXPORTERS[name]
         try:
             result.append(factory())
         except ImportError as error:
