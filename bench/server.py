@@ -21,15 +21,6 @@ import typing
 
 from tornado import httpserver, netutil, web
 
-VARIANTS = (
-    "plain",
-    "divak",
-    "divak-0.1%",
-    "divak+m",
-    "divak-0.1%+m",
-    "otel",
-    "otel-0.1%",
-)
 LOG_FORMAT = (
     "%(asctime)s %(levelname)s %(name)s: %(message)s "
     "[trace_id=%(otelTraceID)s request_id=%(divak_request_id)s]"

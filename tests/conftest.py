@@ -43,6 +43,40 @@ def log_records() -> typing.Iterator[list[logging.LogRecord]]:
         root.setLevel(old_level)
 
 
+class ThreadedServer:
+    """A Tornado application served on 127.0.0.1 from a thread of its own.
+
+    For fake collectors that must answer while the test's own loop blocks.
+    """
+
+    def __init__(self, app: typing.Any) -> None:
+        import threading
+
+        from tornado import httpserver, netutil
+
+        sockets = netutil.bind_sockets(0, "127.0.0.1")
+        self.port = sockets[0].getsockname()[1]
+        ready = threading.Event()
+
+        def serve() -> None:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            server = httpserver.HTTPServer(app)
+            server.add_sockets(sockets)
+            self.loop.call_soon(ready.set)
+            self.loop.run_forever()
+            server.stop()
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -7,16 +7,15 @@ import logging
 import os
 import re
 import signal
-import threading
 import urllib.request
 
 import pytest
-from tornado import httpclient, httpserver, netutil, web
+from tornado import httpclient, web
 
 import divak
 from divak import environment
 
-from .conftest import flush, listen, run, start_service
+from .conftest import ThreadedServer, flush, listen, run, start_service
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 UNSAMPLED_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
@@ -274,14 +273,11 @@ def test_zipkin_timeout_is_in_milliseconds(monkeypatch):
         assert len(slowish.spans) == 2
 
 
-class _OTLPCollector:
+class _OTLPCollector(ThreadedServer):
     """A real OTLP/HTTP endpoint on 127.0.0.1 that keeps what it receives."""
 
     def __init__(self) -> None:
         self.posts: list[tuple[str, dict[str, str], bytes]] = []
-        sockets = netutil.bind_sockets(0, "127.0.0.1")
-        self.port = sockets[0].getsockname()[1]
-        ready = threading.Event()
         posts = self.posts
 
         class Traces(web.RequestHandler):
@@ -291,25 +287,7 @@ class _OTLPCollector:
                 )
                 self.set_header("Content-Type", "application/x-protobuf")
 
-        def serve() -> None:
-            import asyncio
-
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self.loop = loop
-            server = httpserver.HTTPServer(web.Application([(r"/.*", Traces)]))
-            server.add_sockets(sockets)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-            server.stop()
-
-        self.thread = threading.Thread(target=serve, daemon=True)
-        self.thread.start()
-        ready.wait(10)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        super().__init__(web.Application([(r"/.*", Traces)]))
 
 
 def test_exporter_otlp_uses_the_otlp_endpoint_headers_and_timeout(monkeypatch):

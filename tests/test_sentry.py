@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import signal
@@ -12,11 +11,11 @@ import urllib.request
 import zlib
 
 import pytest
-from tornado import httpserver, netutil, web
+from tornado import web
 
 import divak.sentry
 
-from .conftest import start_service
+from .conftest import ThreadedServer, start_service
 
 pytest.importorskip("sentry_sdk")
 
@@ -24,16 +23,13 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 
 
-class FakeSentry:
+class FakeSentry(ThreadedServer):
     """A Sentry ingest endpoint on 127.0.0.1 that keeps the envelopes' events."""
 
     def __init__(self) -> None:
         self.events: list[dict] = []
         self.paths: list[str] = []
         self.received = threading.Condition()
-        sockets = netutil.bind_sockets(0, "127.0.0.1")
-        self.port = sockets[0].getsockname()[1]
-        ready = threading.Event()
         sentry = self
 
         class Envelope(web.RequestHandler):
@@ -47,20 +43,7 @@ class FakeSentry:
                 sentry.add(self.request.path, body)
                 self.write({"id": "0" * 32})
 
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self.loop = loop
-            app = web.Application([(r"/api/(\d+)/envelope/", Envelope)])
-            server = httpserver.HTTPServer(app)
-            server.add_sockets(sockets)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-            server.stop()
-
-        self.thread = threading.Thread(target=serve, daemon=True)
-        self.thread.start()
-        ready.wait(10)
+        super().__init__(web.Application([(r"/api/(\d+)/envelope/", Envelope)]))
 
     @property
     def dsn(self) -> str:
@@ -75,10 +58,6 @@ class FakeSentry:
                 if json.loads(header).get("type") == "event":
                     self.events.append(json.loads(payload))
             self.received.notify_all()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture
