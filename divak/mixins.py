@@ -20,7 +20,7 @@ import typing
 from tornado import httputil, web
 
 from divak.access import redacted_uri
-from divak.context import RequestContext, activated, request_context_of
+from divak.context import activated, request_context_of
 from divak.handlers import Logger, _class_logger
 
 __all__ = ["ErrorLogger", "ErrorWriter", "LoggingHandler"]
@@ -78,16 +78,6 @@ class _InheritedLogger:
 
 def _standard_reason(status_code: int) -> str:
     return httputil.responses.get(status_code, "Unknown")
-
-
-def _request_context(handler: web.RequestHandler) -> RequestContext | None:
-    """The request's context (made by :class:`~divak.Recorder`), if any."""
-    return request_context_of(handler.request)
-
-
-def _activated(handler: web.RequestHandler) -> activated:
-    """Make the request's context current, so log records carry its ids."""
-    return activated(request_context_of(handler.request))
 
 
 class LoggingHandler(Logger):
@@ -242,7 +232,7 @@ class ErrorLogger:
         level = logging.WARNING if 400 <= status_code < 500 else logging.ERROR
         if not error_logger.isEnabledFor(level):
             return
-        with _activated(self):  # type: ignore[arg-type]
+        with activated(request_context_of(self.request)):
             error_logger.log(
                 level,
                 "%s %s failed with %s: %s",
@@ -327,7 +317,7 @@ class ErrorWriter:
         """
         exc_info = kwargs.get("exc_info")
         reason = getattr(self, "_reason", None) or _standard_reason(status_code)
-        request_context = _request_context(self)  # type: ignore[arg-type]
+        request_context = request_context_of(self.request)
         ids: dict[str, str] = {}
         if request_context is not None:
             if request_context.trace_id_hex is not None:
