@@ -25,7 +25,7 @@ from divak import (
     ZipkinPropagation,
     ZipkinReporter,
 )
-from divak.handlers import Logger as _LoggerMixin
+from divak.logs.adapter import Logger as _LoggerMixin
 
 #: divak-tornado's name for :class:`~divak.RequestIdPropagation`.
 RequestIdPropagator = RequestIdPropagation

@@ -31,6 +31,8 @@ import re
 import sys
 import typing
 
+from divak.lifecycle import run
+
 __all__ = ["EnvFileError", "load_factory", "main", "parse_env_line", "read_env_file"]
 
 #: Exit status for usage errors (bad arguments, unreadable env file,
@@ -231,8 +233,6 @@ def main(argv: list[str] | None = None) -> int:
         factory = load_factory(args.factory)
     except ValueError as error:
         parser.exit(EXIT_USAGE, f"divak: error: {error}\n")
-
-    from divak.runner import run
 
     run(factory)
     return 0

@@ -13,7 +13,13 @@ from tornado import httputil
 
 from divak import redaction
 
-__all__ = ["KNOWN_METHODS", "exception_type", "server_attributes", "span_name"]
+__all__ = [
+    "KNOWN_METHODS",
+    "exception_type",
+    "reason_phrase",
+    "server_attributes",
+    "span_name",
+]
 
 #: The methods the conventions name; any other is ``_OTHER``.
 KNOWN_METHODS = frozenset(
@@ -25,6 +31,12 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 #: request (``user_agent.original``, ``server.address``, ``url.path``...);
 #: ``settings['divak_max_request_attribute_length']`` changes it.
 MAX_REQUEST_ATTRIBUTE_LENGTH = 256
+
+
+def reason_phrase(status_code: int) -> str:
+    """The standard reason phrase of *status_code* (RFC 9110), ``"Unknown"``
+    for a code that has none."""
+    return httputil.responses.get(status_code, "Unknown")
 
 
 def exception_type(value: BaseException) -> str:

@@ -1,11 +1,33 @@
-"""Reading settings and environment variables, with errors that name them."""
+"""Reading settings and environment variables: one reader per kind of value.
+
+Application settings and divak's own variables (``PORT``, ``DEBUG``...)
+raise an error that names them when invalid (:func:`setting`,
+:func:`number_setting`, :func:`parse_bool`).  The ``OTEL_*`` variables of
+OpenTelemetry's SDK specification follow the specification's rule instead:
+an invalid value is logged once as a WARNING (logger ``divak.environment``)
+and the default is used (:func:`env_value`, :func:`integer_variable`,
+:func:`milliseconds_variable`, :func:`names_variable`).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import typing
 
-__all__ = ["number_setting", "parse_bool", "setting"]
+__all__ = [
+    "env_value",
+    "integer_variable",
+    "milliseconds_variable",
+    "names_variable",
+    "number_setting",
+    "parse_bool",
+    "setting",
+    "warn_once",
+]
+
+logger = logging.getLogger("divak.environment")
 
 _TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
 _FALSE = frozenset({"0", "false", "no", "off", "n", "f", ""})
@@ -81,3 +103,86 @@ def number_setting(
     except (TypeError, ValueError):
         what = "an integer" if kind is int else "a number"
         raise ValueError(f"{source} must be {what}, not {value!r}") from None
+
+
+_warned_lock = threading.Lock()
+_warned: set[str] = set()
+
+
+def env_value(name: str) -> str:
+    """The environment variable *name*, stripped; ``""`` when not set."""
+    return os.environ.get(name, "").strip()
+
+
+def warn_once(key: str, message: str, *args: object) -> None:
+    """Log *message* as a WARNING the first time *key* is seen in this process."""
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    logger.warning(message, *args)
+
+
+def milliseconds_variable(name: str, default: float) -> float:
+    """The duration in the variable *name* (milliseconds, the specification's
+    unit), in seconds; *default* (seconds) when not set or invalid."""
+    value = env_value(name)
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if number < 0:
+        logger.warning("ignoring %s=%r: not a number of milliseconds", name, value)
+        return default
+    return number / 1000
+
+
+def integer_variable(name: str, default: int) -> int:
+    """The positive integer in the environment variable *name*, else *default*.
+
+    An invalid value is logged as a WARNING and *default* is used.
+    """
+    value = env_value(name)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        logger.warning("ignoring %s=%r: not a positive integer", name, value)
+        return default
+    return number
+
+
+def names_variable(
+    variable: str, value: str, known: typing.Iterable[str]
+) -> list[str]:
+    """The names listed in *value* (a comma-separated variable), once each.
+
+    ``none`` anywhere gives none; a name outside *known* is logged once as
+    a WARNING and skipped.
+
+    :param variable: the variable's name, for the warning
+    :param value: its value (or the default)
+    :param known: the names the caller can build
+    """
+    known = list(known)
+    names = [name.strip().lower() for name in value.split(",") if name.strip()]
+    if "none" in names:
+        return []
+    valid = []
+    for name in dict.fromkeys(names):
+        if name in known:
+            valid.append(name)
+        else:
+            warn_once(
+                f"{variable}:{name}",
+                "ignoring %r in %s: divak knows %s",
+                name,
+                variable,
+                ", ".join([*known, "none"]),
+            )
+    return valid

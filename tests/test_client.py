@@ -14,7 +14,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from tornado import httpclient, web
 
 import divak
-from divak.client import redact_url
+from divak.client.mixin import redact_url
 from divak.testing import SpanRecorder
 from tests.conftest import flush, free_port, listen, run
 
@@ -414,7 +414,7 @@ def test_propagation_only_to_allowed_hosts():
     ],
 )
 def test_propagation_host_patterns(hosts, host, allowed):
-    from divak.client import _host_allowed
+    from divak.client.mixin import _host_allowed
 
     assert _host_allowed(host, hosts) is allowed
 

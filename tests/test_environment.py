@@ -13,7 +13,9 @@ import pytest
 from tornado import httpclient, web
 
 import divak
-from divak import environment
+from divak import settings as divak_settings
+from divak.export.queue import BatchSettings, batch_settings
+from divak.tracing.excluded import excluded_urls
 
 from .conftest import ThreadedServer, flush, listen, run, start_service
 
@@ -113,7 +115,7 @@ def test_sample_probability_set_in_code_wins_over_the_environment(
 def test_invalid_sampler_argument_is_logged_and_samples_everything(
     collector, monkeypatch, log_records
 ):
-    monkeypatch.setattr(environment, "_warned", set())
+    monkeypatch.setattr(divak_settings, "_warned", set())
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "half")
     call(collector)
@@ -187,7 +189,7 @@ def test_propagators_added_in_code_win(collector, monkeypatch):
 def test_unknown_propagator_is_skipped_with_a_warning(
     collector, monkeypatch, log_records
 ):
-    monkeypatch.setattr(environment, "_warned", set())
+    monkeypatch.setattr(divak_settings, "_warned", set())
     monkeypatch.setenv("OTEL_PROPAGATORS", "jaeger,tracecontext")
     seen, _ = call(collector)
     assert _trace_headers(seen[0]) == {"traceparent"}
@@ -334,8 +336,8 @@ def test_batch_settings_read_the_bsp_variables(monkeypatch):
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "250")
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "64")
     monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "not a number")
-    settings = environment.batch_settings()
-    assert settings == environment.BatchSettings(
+    settings = batch_settings()
+    assert settings == BatchSettings(
         max_queue_size=64,
         max_export_batch_size=64,  # divak's default, the value is invalid
         schedule_delay=0.25,
@@ -379,13 +381,13 @@ def test_excluded_urls(monkeypatch, setting, env, excluded, traced):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = {} if setting is None else {"divak_excluded_urls": setting}
-    is_excluded = environment.excluded_urls(settings)
+    is_excluded = excluded_urls(settings)
     assert [url for url in excluded + traced if is_excluded(url)] == excluded
 
 
 def test_invalid_excluded_url_pattern_fails_at_once():
     with pytest.raises(re.error):
-        environment.excluded_urls({"divak_excluded_urls": ["/status(", "/ok"]})
+        excluded_urls({"divak_excluded_urls": ["/status(", "/ok"]})
 
 
 # -- header capture -----------------------------------------------------------

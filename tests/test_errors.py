@@ -14,7 +14,7 @@ from sprockets.mixins.mediatype import content, transcoders
 from tornado import httpclient, web
 
 import divak
-from divak.log import RequestLogger
+from divak.logs import RequestLogger
 from divak.testing import ZipkinCollector
 from tests.conftest import flush, listen, run
 from tests.zipkin_schema import validate_spans

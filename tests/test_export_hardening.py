@@ -21,7 +21,7 @@ from tornado import httpclient, web
 
 import divak
 from divak.export import SpanQueue
-from divak.ratelimit import RateLimitedLog
+from divak.logs.ratelimit import RateLimitedLog
 from divak.testing import ZipkinCollector
 from tests.conftest import free_port, listen, run
 from tests.zipkin_schema import validate_spans

@@ -12,8 +12,8 @@ from tornado import httpclient, web
 
 import divak
 from divak.context import current_request_context
-from divak.routes import route_template
 from divak.testing import SpanRecorder
+from divak.tracing.routes import route_template
 
 from .conftest import flush, listen, run
 

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from divak.formatters import TextFormatter, escape_line_breaks, escape_traceback
+from divak.logs.formatters import TextFormatter, escape_line_breaks, escape_traceback
 from tests.conftest import start_service
 
 SERVICE = ["-m", "tests.services.echo_service"]
@@ -128,7 +128,7 @@ def test_escape_traceback_keeps_chained_tracebacks_and_joins_the_rest() -> None:
 def test_text_formatter_in_a_subprocess_for_stack_info() -> None:
     code = (
         "import logging, sys, divak\n"
-        "from divak.formatters import TextFormatter\n"
+        "from divak.logs.formatters import TextFormatter\n"
         "handler = logging.StreamHandler(sys.stdout)\n"
         "handler.setFormatter(TextFormatter('%(name)s %(message)s'))\n"
         "log = logging.getLogger('x\\ny')\n"

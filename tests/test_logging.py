@@ -9,7 +9,7 @@ import sys
 from tornado import httpclient, web
 
 import divak
-from divak.log import RequestLogger
+from divak.logs import RequestLogger
 from divak.testing import SpanRecorder
 
 from .conftest import ROOT, flush, listen, run
@@ -31,7 +31,7 @@ def test_importing_divak_changes_nothing_process_wide() -> None:
     code = (
         "import logging\n"
         "before = logging.getLogRecordFactory()\n"
-        "import divak, divak.testing, divak.log\n"
+        "import divak, divak.testing, divak.logs\n"
         "print(logging.getLogRecordFactory() is before)\n"
     )
     result = _python(code)

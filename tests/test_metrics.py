@@ -14,7 +14,8 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from tornado import httpclient
 
-from divak import metric_series, metrics
+from divak import metrics
+from divak.metrics import series as metric_series
 from tests.conftest import listen, run
 from tests.services.metrics_service import Application
 
@@ -275,7 +276,7 @@ def test_metrics_can_be_switched_off() -> None:
         assert (await fetch(port, "/items/1")).code == 200
         families = await scrape(port)
         assert DURATION not in families
-        assert metrics.application_metrics(app).provider is None
+        assert app.divak_metrics.provider is None
 
     run(main())
 
@@ -284,7 +285,7 @@ def test_client_request_duration_attributes() -> None:
     async def main() -> None:
         app = Application()
         port = listen(app)
-        app_metrics = metrics.application_metrics(app)
+        app_metrics = app.divak_metrics
         app_metrics.client_request_finished("GET", "inventory", 8080, 200, 0.01)
         app_metrics.client_request_finished("GET", "inventory", 8080, 503, 0.02)
         app_metrics.client_request_finished(
@@ -340,6 +341,6 @@ def test_two_applications_in_one_process_do_not_share_metrics() -> None:
     ],
 )
 def test_prometheus_names(name: str, unit: str, expected: str) -> None:
-    from divak.metrics_export import prometheus_name
+    from divak.metrics.prometheus import prometheus_name
 
     assert prometheus_name(name, unit)[0] == expected

@@ -52,13 +52,13 @@ def test_shutdown_pushes_the_last_metrics_to_the_collector() -> None:
         reporter = divak.OTLPMetricsReporter(
             f"http://127.0.0.1:{receiver_port}/v1/metrics", interval=3600
         )
-        metrics.add_metrics_reporter(app, reporter)
+        app.add_divak_metrics_reporter(reporter)
         port = listen(app)
         for index in range(3):
             assert (await fetch(port, f"/items/{index}")).code == 200
         assert received == []  # an hour to the next periodic push
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, metrics.shutdown_metrics, app, 10.0)
+        await loop.run_in_executor(None, app.divak_metrics.shutdown, 10.0)
         assert reporter.exported == 1 and reporter.failed_exports == 0
         [message] = received
         assert durations(message) == {"/items/{item_id}": 3}
@@ -80,7 +80,7 @@ def test_a_dead_collector_is_counted_and_logged_once_a_minute(
         reporter = divak.OTLPMetricsReporter(
             f"http://127.0.0.1:{free_port()}/v1/metrics", interval=0.05, timeout=0.5
         )
-        metrics.add_metrics_reporter(app, reporter)
+        app.add_divak_metrics_reporter(reporter)
         port = listen(app)
         assert (await fetch(port, "/items/1")).code == 200  # requests never suffer
         deadline = time.monotonic() + 30
@@ -89,7 +89,7 @@ def test_a_dead_collector_is_counted_and_logged_once_a_minute(
         assert reporter.failed_exports >= 3
         assert (await fetch(port, "/items/1")).code == 200
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, metrics.application_metrics(app).shutdown, 2.0)
+        await loop.run_in_executor(None, app.divak_metrics.shutdown, 2.0)
 
     run(main())
     lines = [

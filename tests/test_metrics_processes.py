@@ -78,7 +78,9 @@ def test_a_sibling_that_is_gone_counts_with_its_last_saved_state() -> None:
     import os
     import socket
 
-    from divak import metrics, metrics_export, metrics_peers
+    from divak import metrics
+    from divak.metrics import peers as metrics_peers
+    from divak.metrics import snapshot as metrics_export
 
     async def main() -> None:
         with metrics_peers.shared_directory() as directory:

@@ -7,7 +7,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from divak.reporters import ZipkinV2Encoder
+from divak.export.reporters import ZipkinV2Encoder
 from divak.testing import SpanRecorder
 
 
@@ -62,7 +62,7 @@ def test_fast_json_gives_the_same_document(monkeypatch):
     import pytest
     from opentelemetry.exporter.zipkin.node_endpoint import NodeEndpoint
 
-    from divak import zipkin
+    from divak.export import zipkin
 
     pytest.importorskip("orjson")
     spans = spans_of_every_shape()

@@ -443,7 +443,7 @@ def test_tornado_still_has_the_read_buffer_size() -> None:
     if Tornado renames it (a pipelined request would then be dropped)."""
     from tornado import iostream
 
-    from divak.server import _has_pending_request
+    from divak.lifecycle.server import _has_pending_request
     from tests.conftest import run
 
     async def scenario() -> tuple[bytes, bool]:

@@ -13,7 +13,7 @@ import zlib
 import pytest
 from tornado import web
 
-import divak.sentry
+import divak.integrations.sentry
 
 from .conftest import ThreadedServer, start_service
 
@@ -120,9 +120,9 @@ def test_handler_exception_reaches_sentry_tagged_with_trace_and_request_id(
 
 def test_without_dsn_install_does_nothing(monkeypatch):
     monkeypatch.delenv("SENTRY_DSN", raising=False)
-    assert divak.sentry.install() is False
+    assert divak.integrations.sentry.install() is False
 
 
 def test_add_ids_outside_a_request_leaves_the_event_untagged():
-    event = divak.sentry.add_ids({"message": "x"}, {})
+    event = divak.integrations.sentry.add_ids({"message": "x"}, {})
     assert event == {"message": "x", "tags": {}}

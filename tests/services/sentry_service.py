@@ -10,7 +10,7 @@ import logging
 from tornado import web
 
 import divak
-import divak.sentry
+import divak.integrations.sentry
 
 
 class CrashHandler(divak.RequestTracker, divak.ErrorLogger, web.RequestHandler):
@@ -40,5 +40,5 @@ class Application(divak.Recorder, divak.Application):
 
 
 if __name__ == "__main__":
-    divak.sentry.install()
+    divak.integrations.sentry.install()
     divak.run(Application)

@@ -1,0 +1,414 @@
+"""Reporters: where finished spans go.
+
+A reporter is an OpenTelemetry
+:class:`~opentelemetry.sdk.trace.export.SpanExporter`.  An application runs
+each of its reporters behind its own :class:`~divak.export.queue.SpanQueue`, a
+bounded queue
+with a background thread, so exporting never happens on the IOLoop and a
+slow or dead collector costs the service nothing but the spans it drops
+(counted and reported by the queue, the one place that counts spans).  A
+reporter only answers success or failure for each batch.  Any
+OpenTelemetry exporter can be added as a reporter, too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import typing
+
+import requests
+from opentelemetry import trace
+from opentelemetry.exporter.zipkin.json import ZipkinExporter
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import (
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+
+from divak.export.zipkin import B3_DEBUG_ATTRIBUTE, ZipkinV2Encoder
+from divak.logs.ratelimit import RateLimitedLog, describe_error
+from divak.settings import env_value, milliseconds_variable, names_variable, warn_once
+
+__all__ = [
+    "B3_DEBUG_ATTRIBUTE",
+    "LoggingReporter",
+    "OTLPReporter",
+    "ZipkinReporter",
+    "ZipkinV2Encoder",
+    "reporters_from_env",
+    "warn_if_spans_go_to_log",
+]
+
+logger = logging.getLogger("divak.reporters")
+
+_ENDPOINT_ENV = "OTEL_EXPORTER_ZIPKIN_ENDPOINT"
+_DEFAULT_ENDPOINT = "http://localhost:9411/api/v2/spans"
+
+
+#: HTTP statuses after which an upload is tried again (the collector is
+#: overloaded, restarting or behind a proxy that has no backend yet).
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class ZipkinReporter(ZipkinExporter):
+    """Send spans to a Zipkin collector as Zipkin v2 JSON.
+
+    Built on ``opentelemetry-exporter-zipkin-json`` with the encoding fixed
+    to validate against the Zipkin v2 API (see
+    :class:`~divak.export.zipkin.ZipkinV2Encoder`).  ``localEndpoint.serviceName``
+    is the application's service name, in lower case.
+
+    * Uploads carry ``b3: 0`` so that a traced collector (or proxy) does
+      not trace them, and run with OpenTelemetry's "suppress
+      instrumentation" flag set (by :class:`~divak.export.queue.SpanQueue`), so
+      an instrumented HTTP library never makes spans of them.
+    * A collector that is briefly down is retried: when the connection is
+      refused or the collector answers 429, 502, 503 or 504, the upload is
+      tried again after 0.5 s, 1 s, 2 s... (at most 5 s apart) for up to
+      *retry_for* seconds in all; then the batch is dropped.  A read
+      timeout is not retried (the collector may have stored the batch).
+      While a batch is being retried new spans wait in the bounded
+      :class:`~divak.export.queue.SpanQueue`, which drops and counts what does
+      not fit, and counts what was exported or failed.
+    * Failures are logged as one WARNING line at most twice a minute, with
+      the number of failures not logged, never with a traceback.
+    """
+
+    def __init__(
+        self, url: str | None = None, *, timeout: float = 5.0, retry_for: float = 10.0
+    ) -> None:
+        """Prepare the HTTP session; nothing is sent before the first batch.
+
+        :param url: the collector, either its API base
+            (``http://zipkin:9411/api/v2``, as divak-tornado writes it) or
+            the full spans endpoint (``http://zipkin:9411/api/v2/spans``).
+            :data:`None` reads the ``OTEL_EXPORTER_ZIPKIN_ENDPOINT``
+            environment variable, then falls back to
+            ``http://localhost:9411/api/v2/spans``.
+        :param timeout: seconds to wait for the collector per upload
+        :param retry_for: seconds to keep retrying one batch; ``0`` disables
+            retries
+        """
+        if url is None:
+            url = os.environ.get(_ENDPOINT_ENV) or _DEFAULT_ENDPOINT
+        url = url.rstrip("/")
+        if url.endswith("/api/v2"):
+            url += "/spans"
+        session = requests.Session()
+        session.headers["b3"] = "0"
+        super().__init__(endpoint=url, timeout=timeout, session=session)  # type: ignore[arg-type]
+        self.encoder = ZipkinV2Encoder(  # type: ignore[assignment]
+            self.encoder.max_tag_value_length
+        )
+        self.url = url
+        self.retry_for = retry_for
+        self._complain = RateLimitedLog(logger)
+        self._stop_retrying = threading.Event()
+
+    def export(  # type: ignore[override]
+        self, spans: typing.Sequence[ReadableSpan]
+    ) -> SpanExportResult:
+        """Upload *spans*, retrying as described above; never raises.
+
+        Blocks the calling thread (the :class:`~divak.export.queue.SpanQueue`
+        worker) for up to *retry_for* seconds plus one *timeout*.
+
+        :param spans: the batch
+        :returns: ``SUCCESS`` when the collector accepted it, else
+            ``FAILURE``
+        """
+        # ZipkinExporter._closed (private): tests/test_private_names.py.
+        if self._closed or not spans:
+            return SpanExportResult.FAILURE if spans else SpanExportResult.SUCCESS
+        service_name = spans[0].resource.attributes.get("service.name")
+        if service_name:
+            self.local_node.service_name = str(service_name).lower()
+        try:
+            body = self.encoder.serialize(spans, self.local_node)  # type: ignore[arg-type]
+        except Exception as error:  # noqa: BLE001 - a bad span must not kill export
+            self._complain(
+                logging.WARNING,
+                "cannot encode %d spans for Zipkin: %r",
+                len(spans),
+                error,
+            )
+            return SpanExportResult.FAILURE
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.5
+        while True:
+            retry = False
+            try:
+                response = self.session.post(self.url, data=body, timeout=self.timeout)
+            except requests.ConnectionError as error:
+                retry, problem = True, describe_error(error)
+            except requests.RequestException as error:
+                problem = describe_error(error)
+            else:
+                if response.status_code < 300:
+                    return SpanExportResult.SUCCESS
+                retry = response.status_code in _RETRY_STATUSES
+                problem = f"HTTP {response.status_code} {response.text[:200]!r}"
+            if (
+                not retry
+                or time.monotonic() + delay > deadline
+                or self._stop_retrying.wait(delay)
+            ):
+                self._complain(
+                    logging.WARNING,
+                    "cannot send %d spans to Zipkin at %s: %s",
+                    len(spans),
+                    self.url,
+                    problem,
+                )
+                return SpanExportResult.FAILURE
+            delay = min(delay * 2, 5.0)
+
+    def stop_retrying(self) -> None:
+        """Give every upload one more attempt at most (the service stops)."""
+        self._stop_retrying.set()
+
+    def shutdown(self) -> None:
+        """Stop retrying and close the HTTP session; idempotent."""
+        self._stop_retrying.set()
+        if not self._closed:
+            self.session.close()
+            self._closed = True
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+class OTLPReporter(SpanExporter):
+    """Send spans to an OpenTelemetry Collector (or Jaeger, Tempo) over OTLP/HTTP.
+
+    A thin wrapper around ``opentelemetry-exporter-otlp-proto-http``'s
+    ``OTLPSpanExporter`` (install divak with the ``otlp`` extra), which
+    encodes protobuf and retries transient failures with backoff itself.
+    divak adds the rate-limited, one-line error log that
+    :class:`ZipkinReporter` has; the :class:`~divak.export.queue.SpanQueue` in
+    front of it counts the spans.  The OpenTelemetry specification
+    deprecated the Zipkin exporter, so this is the reporter to use when the
+    backend speaks OTLP.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0) -> None:
+        """Build the OTLP exporter; nothing is sent before the first batch.
+
+        :param endpoint: the collector's traces endpoint, e.g.
+            ``http://otel-collector:4318/v1/traces``; :data:`None` lets the
+            exporter read ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` /
+            ``OTEL_EXPORTER_OTLP_ENDPOINT`` and fall back to
+            ``http://localhost:4318/v1/traces``
+        :param timeout: seconds per upload (retries included)
+        :raises ImportError: when ``opentelemetry-exporter-otlp-proto-http``
+            is not installed
+        """
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter,
+        )
+
+        self.exporter = OTLPSpanExporter(endpoint=endpoint, timeout=timeout)
+        self._complain = RateLimitedLog(logger)
+
+    @property
+    def endpoint(self) -> str:
+        """The URL spans are sent to."""
+        # No public accessor; tests/test_private_names.py watches the name.
+        return str(getattr(self.exporter, "_endpoint", ""))
+
+    def export(self, spans: typing.Sequence[ReadableSpan]) -> SpanExportResult:
+        """Upload *spans*; never raises.
+
+        :param spans: the batch
+        :returns: ``SUCCESS`` when the collector accepted it, else
+            ``FAILURE``
+        """
+        try:
+            return self.exporter.export(spans)
+        except Exception as error:  # noqa: BLE001 - export must never raise
+            self._complain(
+                logging.WARNING,
+                "cannot send %d spans to %s: %s",
+                len(spans),
+                self.endpoint,
+                describe_error(error),
+            )
+            return SpanExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing is buffered here; :data:`True`.
+
+        :param timeout_millis: unused (OpenTelemetry's exporter interface
+            counts in milliseconds)
+        """
+        return True
+
+    def shutdown(self) -> None:
+        """Close the exporter's HTTP session."""
+        self.exporter.shutdown()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.endpoint!r})"
+
+
+class LoggingReporter(SpanExporter):
+    """Write one INFO line per finished span to the ``divak.spans`` logger.
+
+    The line holds the service name, the span name, its kind, trace id,
+    span id, parent span id and duration in milliseconds.  Handy in
+    development; it is what an application reports to when no reporter
+    was added and ``OTEL_EXPORTER_ZIPKIN_ENDPOINT`` is not set.
+    """
+
+    def __init__(self, logger_name: str = "divak.spans") -> None:
+        """Write to the logger named *logger_name*.
+
+        :param logger_name: e.g. ``"divak.spans"``
+        """
+        self.logger = logging.getLogger(logger_name)
+
+    def export(self, spans: typing.Sequence[ReadableSpan]) -> SpanExportResult:
+        """Log *spans*, one line each."""
+        if not self.logger.isEnabledFor(logging.INFO):
+            return SpanExportResult.SUCCESS
+        for span in spans:
+            context = span.get_span_context()
+            if context is None:
+                continue
+            parent = span.parent
+            self.logger.info(
+                "%s %s %s trace_id=%s span_id=%s parent_id=%s duration=%.3fms",
+                span.resource.attributes.get("service.name", ""),
+                span.kind.name,
+                span.name,
+                trace.format_trace_id(context.trace_id),
+                trace.format_span_id(context.span_id),
+                trace.format_span_id(parent.span_id) if parent else "-",
+                ((span.end_time or 0) - (span.start_time or 0)) / 1e6,
+            )
+        return SpanExportResult.SUCCESS
+
+
+def _zipkin() -> SpanExporter:
+    return ZipkinReporter(
+        timeout=milliseconds_variable("OTEL_EXPORTER_ZIPKIN_TIMEOUT", 10.0)
+    )
+
+
+def _otlp() -> SpanExporter:
+    protocol = (
+        env_value("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env_value("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    )
+    if protocol != "http/protobuf":
+        warn_once(
+            "otlp-protocol",
+            "OTLP protocol %r is not supported, using http/protobuf",
+            protocol,
+        )
+    timeout = milliseconds_variable(
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        milliseconds_variable("OTEL_EXPORTER_OTLP_TIMEOUT", 10.0),
+    )
+    # The exporter reads the endpoint, headers, compression and
+    # certificates from the OTEL_EXPORTER_OTLP_* variables itself.
+    return OTLPReporter(timeout=timeout)
+
+
+def _console() -> SpanExporter:
+    return ConsoleSpanExporter()
+
+
+_EXPORTERS: dict[str, typing.Callable[[], SpanExporter]] = {
+    "zipkin": _zipkin,
+    "otlp": _otlp,
+    "console": _console,
+}
+
+
+def reporters_from_env() -> list[SpanExporter]:
+    """The reporters ``OTEL_TRACES_EXPORTER`` names.
+
+    A comma-separated list of ``zipkin`` (:class:`~divak.ZipkinReporter`
+    to ``OTEL_EXPORTER_ZIPKIN_ENDPOINT`` with ``OTEL_EXPORTER_ZIPKIN_TIMEOUT``),
+    ``otlp`` (:class:`~divak.OTLPReporter`, configured by the
+    ``OTEL_EXPORTER_OTLP_*`` and ``OTEL_EXPORTER_OTLP_TRACES_*`` endpoint,
+    headers and timeout variables; needs the ``otlp`` extra), ``console``
+    (the OpenTelemetry SDK's ``ConsoleSpanExporter``, JSON on standard
+    output) and ``none`` (no reporter: spans are made, and exported
+    nowhere).  Timeouts are in milliseconds, as the specification says.
+
+    When the variable is not set: ``zipkin`` if
+    ``OTEL_EXPORTER_ZIPKIN_ENDPOINT`` is set, else ``otlp`` if an OTLP
+    endpoint variable is set, else a :class:`~divak.LoggingReporter` (see
+    :func:`warn_if_spans_go_to_log`).  An unknown
+    name, or ``otlp`` without its package, is logged as a WARNING and
+    skipped.  A :class:`~divak.Recorder` uses these only when the
+    application added no reporter in code.
+
+    :returns: new reporter instances
+    """
+    value = env_value("OTEL_TRACES_EXPORTER").lower()
+    if not value:
+        if env_value("OTEL_EXPORTER_ZIPKIN_ENDPOINT"):
+            value = "zipkin"
+        elif env_value("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env_value(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ):
+            value = "otlp"
+        else:
+            return [LoggingReporter()]
+    result: list[SpanExporter] = []
+    for name in names_variable("OTEL_TRACES_EXPORTER", value, _EXPORTERS):
+        factory = _EXPORTERS[name]
+        try:
+            result.append(factory())
+        except ImportError as error:
+            warn_once(
+                "exporter-import:" + name,
+                "cannot export spans with %r: %s (install divak[%s])",
+                name,
+                error,
+                name,
+            )
+    return result
+
+
+def _exporter_configured() -> bool:
+    return any(
+        env_value(name)
+        for name in (
+            "OTEL_TRACES_EXPORTER",
+            "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        )
+    )
+
+
+def warn_if_spans_go_to_log(reporters: typing.Sequence[SpanExporter]) -> bool:
+    """Log one WARNING per process when an application's spans will only be logged.
+
+    That is when the application added no reporter in code (*reporters*
+    is empty) and none of ``OTEL_TRACES_EXPORTER``,
+    ``OTEL_EXPORTER_ZIPKIN_ENDPOINT``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` and
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set.  The message names the
+    variable to set.  :class:`divak.Runner` calls it at start-up.
+
+    :param reporters: the reporters the application was given in code
+    :returns: :data:`True` when the spans go to the log
+    """
+    if reporters or _exporter_configured():
+        return False
+    warn_once(
+        "no-exporter",
+        "no reporter configured: spans go to the log (logger divak.spans); "
+        "set OTEL_EXPORTER_ZIPKIN_ENDPOINT (or OTEL_TRACES_EXPORTER) "
+        "to export them",
+    )
+    return True

@@ -1,0 +1,4 @@
+"""Integrations with services beside OpenTelemetry.
+
+Sentry: :mod:`divak.integrations.sentry`.
+"""

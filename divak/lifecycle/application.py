@@ -1,0 +1,388 @@
+"""The application and its life-cycle callbacks.
+
+:class:`Application` is a :class:`tornado.web.Application` with the
+callback lists of sprockets.http (same names, same signatures) that
+:func:`divak.run` and :class:`divak.testing.case.DivakTestCase` call at the
+right moments, plus a readiness flag that :class:`StatusHandler` reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import typing
+
+from tornado import httputil, ioloop, web
+
+from divak.errors import ErrorLogger, ErrorWriter
+from divak.lifecycle.callbacks import (
+    as_future,
+    callback_name,
+    discard,
+    logged,
+    wait_bounded,
+)
+from divak.logs import access
+from divak.settings import number_setting
+
+__all__ = ["Application", "CallbackManager", "NotFoundHandler", "StatusHandler"]
+
+logger = logging.getLogger("divak.app")
+
+BeforeRunCallback = typing.Callable[[web.Application, ioloop.IOLoop], typing.Any]
+OnStartCallback = typing.Callable[[web.Application, ioloop.IOLoop], typing.Any]
+ShutdownCallback = typing.Callable[[web.Application], typing.Any]
+
+
+class CallbackManager:
+    """Life-cycle callbacks and readiness, mixed into :class:`Application`.
+
+    The three callback lists (:attr:`before_run_callbacks`,
+    :attr:`on_start_callbacks`, :attr:`on_shutdown_callbacks`) have
+    sprockets.http's names and signatures.
+
+    .. attribute:: ready_to_serve
+
+       An event with ``set()``, ``clear()`` and ``is_set()`` that
+       :class:`StatusHandler` reports.  By default an :class:`asyncio.Event`
+       the runner sets once the server accepts requests *and* every
+       ``before_run`` and ``on_start`` callback finished, and clears when
+       the drain starts.  An application that must hold readiness until an
+       asynchronous dependency is up replaces it with its own event in
+       ``__init__`` (``self.ready_to_serve = tornado.locks.Event()``, as
+       sprockets.http documents) and sets it itself; the runner then never
+       sets it (see :attr:`owns_readiness`).
+
+    .. attribute:: draining
+
+       :data:`True` from the moment the drain starts; tells
+       :class:`StatusHandler` to answer ``draining`` rather than
+       ``starting``.
+    """
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        self.runner_callbacks: dict[str, list[typing.Callable[..., typing.Any]]] = (
+            kwargs.pop("runner_callbacks", None) or {}
+        )
+        for key in ("before_run", "on_start", "shutdown"):
+            self.runner_callbacks.setdefault(key, [])
+        self.ready_to_serve: typing.Any = asyncio.Event()
+        self._divak_ready = self.ready_to_serve
+        self.draining = False
+        super().__init__(*args, **kwargs)
+
+    @property
+    def before_run_callbacks(self) -> list[BeforeRunCallback]:
+        """``callback(application, io_loop)`` run, in order, before serving.
+
+        Called before the server accepts connections.  A callback may be a
+        coroutine function (or return any awaitable): it is awaited before
+        the next one runs, all of them together bounded by
+        ``settings['start_limit']`` seconds (default 30).  An exception, or
+        running out of time, aborts the start: it is logged and the
+        process exits with status 70.
+        """
+        return self.runner_callbacks["before_run"]
+
+    @property
+    def on_start_callbacks(self) -> list[OnStartCallback]:
+        """``callback(application, io_loop)`` run once the server listens.
+
+        Called together once the server accepts connections; awaitables
+        (coroutine functions) are awaited, bounded by
+        ``settings['start_limit']`` seconds.  An exception is logged; one
+        that does not finish in time is cancelled and logged.  The runner
+        marks the application ready (:attr:`ready_to_serve`) only after
+        every one of them finished.
+        """
+        return self.runner_callbacks["on_start"]
+
+    @property
+    def on_shutdown_callbacks(self) -> list[ShutdownCallback]:
+        """``callback(application)`` run on shutdown; may return an awaitable.
+
+        Called after the server stopped accepting connections and in-flight
+        requests finished.  Awaitables run together, bounded by
+        ``shutdown_limit`` seconds; exceptions are logged, never fatal.
+        """
+        return self.runner_callbacks["shutdown"]
+
+    @property
+    def tornado_application(self) -> web.Application:
+        """The :class:`tornado.web.Application` (this object), as sprockets.http."""
+        return typing.cast(web.Application, self)
+
+    @property
+    def owns_readiness(self) -> bool:
+        """Whether the application replaced :attr:`ready_to_serve` with its own event.
+
+        :data:`True` after ``self.ready_to_serve = tornado.locks.Event()``
+        (sprockets.http's pattern): then only the application sets it, and
+        neither :func:`divak.run` nor :class:`~divak.Runner` ever does.
+        """
+        return self.ready_to_serve is not self._divak_ready
+
+    def start(self, io_loop: ioloop.IOLoop) -> None:
+        """Run the ``before_run`` callbacks, then spawn the ``on_start`` ones.
+
+        sprockets.http's synchronous entry point.  Awaitables returned by a
+        ``before_run`` callback are awaited (with :meth:`IOLoop.run_sync
+        <tornado.ioloop.IOLoop.run_sync>`) when *io_loop* is not running
+        yet; on a running loop use :meth:`run_before_run_callbacks`.
+
+        :param io_loop: the loop the application will run on
+        :raises Exception: whatever a ``before_run`` callback raised, after
+            logging it
+        :raises RuntimeError: when a callback returns an awaitable while
+            *io_loop* is already running
+        """
+        for callback in self.before_run_callbacks:
+            try:
+                result = callback(self.tornado_application, io_loop)
+                if inspect.isawaitable(result):
+                    if io_loop.asyncio_loop.is_running():  # type: ignore[attr-defined]
+                        discard(result)
+                        raise RuntimeError(
+                            "a coroutine before_run callback needs "
+                            "'await app.run_before_run_callbacks(io_loop)'"
+                        )
+                    io_loop.run_sync(
+                        lambda awaitable=result: awaitable, timeout=self.start_limit
+                    )
+            except Exception:
+                logger.exception(
+                    "before_run callback %s failed, start cancelled",
+                    callback_name(callback),
+                )
+                raise
+        for callback in self.on_start_callbacks:
+            io_loop.spawn_callback(logged, callback, self.tornado_application, io_loop)
+
+    @property
+    def start_limit(self) -> float:
+        """Seconds the ``before_run`` and the ``on_start`` callbacks may take.
+
+        ``settings['start_limit']``, default 30.
+
+        :raises ValueError: when the setting is not a number
+        """
+        return number_setting(getattr(self, "settings", {}), "start_limit", None, 30.0)
+
+    async def run_before_run_callbacks(self, io_loop: ioloop.IOLoop) -> None:
+        """Run the ``before_run`` callbacks in order, awaiting awaitables.
+
+        All of them together are bounded by :attr:`start_limit` seconds.
+
+        :param io_loop: passed to every callback
+        :raises Exception: whatever a callback raised, after logging it
+        :raises TimeoutError: when they did not finish within
+            :attr:`start_limit` seconds (logged too)
+        """
+        limit = self.start_limit
+        deadline = asyncio.get_running_loop().time() + limit
+        for callback in self.before_run_callbacks:
+            try:
+                result = callback(self.tornado_application, io_loop)
+                if inspect.isawaitable(result):
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    await asyncio.wait_for(as_future(result), max(remaining, 0))
+            except TimeoutError:
+                logger.error(
+                    "before_run callback %s did not finish within %.1fs, "
+                    "start cancelled",
+                    callback_name(callback),
+                    limit,
+                )
+                raise
+            except Exception:
+                logger.exception(
+                    "before_run callback %s failed, start cancelled",
+                    callback_name(callback),
+                )
+                raise
+
+    async def run_on_start_callbacks(self, io_loop: ioloop.IOLoop) -> bool:
+        """Run every ``on_start`` callback, awaiting awaitables together.
+
+        Bounded by :attr:`start_limit` seconds; exceptions are logged,
+        callbacks still running at the limit are cancelled and logged.
+
+        :param io_loop: passed to every callback
+        :returns: :data:`True` when every callback finished in time
+        """
+        pending: dict[asyncio.Future[typing.Any], typing.Any] = {}
+        for callback in self.on_start_callbacks:
+            try:
+                result = callback(self.tornado_application, io_loop)
+            except Exception:
+                logger.exception("on_start callback %s failed", callback_name(callback))
+                continue
+            if inspect.isawaitable(result):
+                pending[as_future(result)] = callback
+        return await wait_bounded(pending, self.start_limit, "on_start")
+
+    async def run_shutdown_callbacks(self, timeout: float) -> None:
+        """Run every ``on_shutdown`` callback, bounded by *timeout* seconds.
+
+        Awaitables that have not finished after *timeout* seconds are
+        cancelled and logged; exceptions are logged and ignored.
+
+        :param timeout: seconds to wait for all callbacks together
+        """
+        pending: dict[asyncio.Future[typing.Any], typing.Any] = {}
+        for callback in self.on_shutdown_callbacks:
+            try:
+                result = callback(self.tornado_application)
+            except Exception:
+                logger.exception("shutdown callback %s failed", callback_name(callback))
+                continue
+            if inspect.isawaitable(result):
+                pending[as_future(result)] = callback
+        await wait_bounded(pending, timeout, "shutdown")
+
+    def stop(
+        self,
+        io_loop: ioloop.IOLoop,
+        shutdown_limit: float = 5.0,
+        wait_timeout: float = 1.0,
+    ) -> None:
+        """Run the shutdown callbacks, then stop *io_loop* (sprockets.http's API).
+
+        :param io_loop: the loop to stop once the callbacks finished
+        :param shutdown_limit: seconds to wait for the callbacks at most
+        :param wait_timeout: unused; kept for compatibility
+        """
+        self.draining = True
+        if not self.owns_readiness:
+            self.ready_to_serve.clear()
+
+        async def stop() -> None:
+            try:
+                await self.run_shutdown_callbacks(shutdown_limit)
+            finally:
+                io_loop.stop()
+
+        io_loop.spawn_callback(stop)
+
+
+_DEFAULT = object()
+
+
+class _ServerHeader(web.OutputTransform):
+    """Set or remove the ``Server`` header; one instance per application."""
+
+    def __init__(self, settings: dict[str, typing.Any]) -> None:
+        self.settings = settings
+
+    def __call__(self, request: httputil.HTTPServerRequest) -> _ServerHeader:
+        # Tornado asks its transforms for a per-request object; this one
+        # keeps no per-request state, so it is its own.
+        return self
+
+    def transform_first_chunk(
+        self,
+        status_code: int,
+        headers: httputil.HTTPHeaders,
+        chunk: bytes,
+        finishing: bool,
+    ) -> tuple[int, httputil.HTTPHeaders, bytes]:
+        settings = self.settings
+        value = settings.get("server_header", _DEFAULT)
+        if value is _DEFAULT:
+            service = settings.get("service")
+            version = settings.get("version")
+            value = f"{service}/{version}" if service and version else service
+        if value is None:
+            headers.pop("Server", None)
+        else:
+            headers["Server"] = value
+        return status_code, headers, chunk
+
+
+class Application(CallbackManager, web.Application):
+    """A :class:`tornado.web.Application` with life-cycle callbacks.
+
+    Accepts every argument :class:`tornado.web.Application` accepts.
+
+    .. rubric:: settings['server_header']
+
+    The ``Server`` response header.  Defaults to ``service/version`` from
+    ``settings['service']`` and ``settings['version']`` (or ``service``
+    alone), as sprockets.http does; the service named with
+    :meth:`divak.Recorder.set_divak_service` counts as
+    ``settings['service']``.  :data:`None` (the default without a service)
+    removes the header.
+
+    .. rubric:: settings['shutdown_limit']
+
+    Seconds :func:`divak.run` waits for in-flight requests, and then for
+    shutdown callbacks, when the process is asked to stop.  Default 5.
+
+    .. rubric:: settings['start_limit']
+
+    Seconds the ``before_run`` callbacks, and then the ``on_start``
+    callbacks, may take.  Default 30.
+
+    .. rubric:: settings['default_handler_class']
+
+    Tornado's handler for requests no route matches.  Defaults to
+    :class:`NotFoundHandler`, so unknown paths are answered with divak's
+    JSON error document (and logged once) like every other error; set it
+    to use another handler.
+    """
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        kwargs.setdefault("default_handler_class", NotFoundHandler)
+        super().__init__(*args, **kwargs)
+        self.add_transform(_ServerHeader(self.settings))  # type: ignore[arg-type]
+
+    def log_request(self, handler: web.RequestHandler) -> None:
+        """Write *handler*'s access line (:func:`~divak.logs.access.write_access_log`).
+
+        Replaces Tornado's wording by divak's (or sprockets.http's with
+        ``settings['access_log_format'] = "combined"``) and honours the
+        handler's ``access_log_failures_only``.  A ``log_function`` setting
+        still takes precedence, as in Tornado.
+
+        :param handler: the handler that answered the request
+        """
+        access.log_request(handler)
+
+
+class NotFoundHandler(ErrorLogger, ErrorWriter, web.RequestHandler):
+    """Answer 404 with divak's error document: the default for unknown routes.
+
+    Raises :class:`tornado.web.HTTPError` 404 in ``prepare``, whatever the
+    method; :class:`~divak.ErrorWriter` writes the JSON (or RFC 9457)
+    document with the trace and request ids and
+    :class:`~divak.ErrorLogger` logs one WARNING line.
+    """
+
+    def prepare(self) -> None:
+        """Raise :class:`tornado.web.HTTPError` 404 for every request."""
+        raise web.HTTPError(404)
+
+
+class StatusHandler(web.RequestHandler):
+    """A ready-made readiness endpoint: route it, e.g. ``(r"/status", StatusHandler)``.
+
+    ``GET`` answers ``200 {"status": "ok"}`` while the application's
+    :attr:`~CallbackManager.ready_to_serve` event is set, and
+    ``503 {"status": "starting"}`` with ``Retry-After`` otherwise.  From
+    the moment the drain starts (the application's ``draining`` attribute)
+    it answers ``503 {"status": "draining"}``, whoever owns the event, so
+    a load balancer stops sending traffic at once.  Works with any
+    application: one without ``ready_to_serve`` is always ready.
+    """
+
+    def get(self) -> None:
+        """Report readiness as a JSON document."""
+        draining = getattr(self.application, "draining", False)
+        ready = getattr(self.application, "ready_to_serve", None)
+        if not draining and (ready is None or ready.is_set()):
+            self.write({"status": "ok"})
+            return
+        self.set_status(503)
+        self.set_header("Retry-After", "5")
+        self.write({"status": "draining" if draining else "starting"})

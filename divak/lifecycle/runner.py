@@ -1,0 +1,387 @@
+"""Run a Tornado application as a service: :func:`run` and :class:`Runner`.
+
+The runner listens, runs the application's life-cycle callbacks, and on
+SIGTERM or SIGINT drains: it stops accepting connections, flips readiness
+to 503, closes idle keep-alive connections, lets in-flight requests finish
+(bounded by ``shutdown_limit`` seconds), runs the shutdown callbacks
+(bounded again), flushes the application's spans (bounded again) and
+returns.  A second SIGTERM or SIGINT exits at once.
+
+With ``number_of_procs`` other than 1, :func:`run` binds the listening
+sockets, forks the children and calls the application factory in each
+child, so every child builds its own tracer provider and reporter threads.
+The parent forwards SIGTERM/SIGINT to the children and exits after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import typing
+
+from tornado import ioloop, web
+
+from divak.lifecycle.process import (
+    EXIT_FORCED,
+    EXIT_START_FAILED,
+    STOP_SIGNALS,
+    flush_std_streams,
+)
+from divak.lifecycle.server import DrainingHTTPServer, bind_sockets
+from divak.settings import number_setting, setting
+from divak.tracing.recorder import Recorder
+
+__all__ = ["Runner"]
+
+logger = logging.getLogger("divak.runner")
+
+#: Exit status when the application could not start (``EX_SOFTWARE``).
+
+
+class Runner:
+    """Serve one application until SIGTERM or SIGINT, then drain.
+
+    :param app: the application to serve; a :class:`divak.Application`
+        gets its life-cycle callbacks run and its readiness flipped, a
+        :class:`divak.Recorder` its spans flushed, any other
+        :class:`tornado.web.Application` is served as it is
+    :param before_run: extra ``callback(app, io_loop)`` run before serving
+    :param on_start: extra ``callback(app, io_loop)`` spawned once serving
+    :param shutdown: extra ``callback(app)`` run on shutdown
+
+    The application's settings ``xheaders`` (default :data:`True`),
+    ``max_body_size``, ``max_buffer_size`` (bytes) configure the
+    :class:`tornado.httpserver.HTTPServer`.
+
+    .. attribute:: shutdown_limit
+
+       Seconds to wait for in-flight requests, then again for shutdown
+       callbacks, then for the span flush; ``settings['shutdown_limit']``,
+       default 5.
+
+    .. attribute:: wait_timeout
+
+       Seconds between progress checks while draining;
+       ``settings['wait_timeout']``, default 1.
+
+    .. attribute:: forced
+
+       :data:`True` once a second signal cut the drain short.
+
+    .. attribute:: flush_abandoned
+
+       :data:`True` when the span flush did not finish in time; the
+       reporter thread may still be blocked on its collector.
+    """
+
+    def __init__(
+        self,
+        app: web.Application,
+        before_run: list[typing.Callable[..., typing.Any]] | None = None,
+        on_start: list[typing.Callable[..., typing.Any]] | None = None,
+        shutdown: list[typing.Callable[..., typing.Any]] | None = None,
+    ) -> None:
+        self.application = app
+        for name, extra in (
+            ("before_run_callbacks", before_run),
+            ("on_start_callbacks", on_start),
+            ("on_shutdown_callbacks", shutdown),
+        ):
+            if extra:
+                getattr(app, name).extend(extra)
+        self.shutdown_limit = number_setting(app.settings, "shutdown_limit", None, 5.0)
+        self.wait_timeout = number_setting(app.settings, "wait_timeout", None, 1.0)
+        self.server: DrainingHTTPServer | None = None
+        self.forced = False
+        self.flush_abandoned = False
+        self._stopping: asyncio.Event | None = None
+        self._starting: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _make_server(self) -> DrainingHTTPServer:
+        settings = self.application.settings
+        return DrainingHTTPServer(
+            self.application,
+            xheaders=settings.get("xheaders", True),
+            max_body_size=settings.get("max_body_size"),
+            max_buffer_size=settings.get("max_buffer_size"),
+        )
+
+    def run(self, port_number: int, number_of_procs: int = 1) -> None:
+        """Listen on *port_number* and serve until stopped, then drain.
+
+        sprockets.http's entry point.  Forking here would hand the already
+        built application to every child; use :func:`run` with a factory
+        for several processes.
+
+        :param port_number: TCP port to listen on (all interfaces, or
+            ``settings['address']``)
+        :param number_of_procs: must be 1
+        :raises ValueError: when *number_of_procs* is not 1
+        :raises SystemExit: with status 70 when a ``before_run`` callback
+            fails, 1 after a second signal
+        """
+        if number_of_procs != 1:
+            raise ValueError("Runner.run serves one process; use divak.run to fork")
+        sockets = bind_sockets(port_number, _address(self.application.settings))
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self.serve(sockets))
+        finally:
+            loop.close()
+        if self.forced:
+            raise SystemExit(EXIT_FORCED)
+
+    async def serve(self, sockets: list[socket.socket]) -> None:
+        """Serve on already bound *sockets* until SIGTERM/SIGINT, then drain.
+
+        Must run on the thread that owns the signal handlers (the main
+        thread).  Unblocks SIGTERM and SIGINT once its handlers are in
+        place, so a signal that arrived during start-up is handled then.
+
+        :param sockets: listening sockets, e.g. from
+            :func:`tornado.netutil.bind_sockets`
+        :raises SystemExit: with status 70 when the application's ``start``
+            (its ``before_run`` callbacks) raises
+        """
+        await self._start(sockets, asyncio.get_running_loop())
+        await self._wait_and_drain()
+
+    def start_server(self, port_number: int, number_of_procs: int = 1) -> None:
+        """Start serving on the current IOLoop, which the caller then starts.
+
+        sprockets.http's two-step API: the ``before_run`` callbacks run
+        here; on SIGTERM/SIGINT (or :meth:`stop_server`) the runner drains
+        and stops the IOLoop.
+
+        :param port_number: TCP port to listen on
+        :param number_of_procs: must be 1; use :func:`run` to fork
+        :raises ValueError: when *number_of_procs* is not 1
+        :raises SystemExit: with status 70 when a ``before_run`` callback
+            fails
+        """
+        if number_of_procs != 1:
+            raise ValueError("Runner serves one process; use divak.run to fork")
+        sockets = bind_sockets(port_number, _address(self.application.settings))
+        io_loop = ioloop.IOLoop.current()
+        loop = io_loop.asyncio_loop  # type: ignore[attr-defined]
+        # The loop is not running yet: run the before_run callbacks now, so
+        # a failure exits here as sprockets.http does.
+        io_loop.run_sync(lambda: self._run_before_run(sockets, io_loop))
+
+        async def serve_then_stop() -> None:
+            try:
+                await self._start(sockets, loop, before_run=False)
+                await self._wait_and_drain()
+            finally:
+                io_loop.stop()
+
+        io_loop.add_callback(serve_then_stop)
+
+    def stop_server(self) -> None:
+        """Start the drain, as SIGTERM does (sprockets.http's name)."""
+        self.stop()
+
+    async def _run_before_run(
+        self, sockets: list[socket.socket], io_loop: ioloop.IOLoop
+    ) -> None:
+        run_callbacks = getattr(self.application, "run_before_run_callbacks", None)
+        start = getattr(self.application, "start", None)
+        try:
+            if run_callbacks is not None:
+                await run_callbacks(io_loop)
+            elif start is not None:  # another CallbackManager-like application
+                start(io_loop)
+        except Exception:
+            logger.critical("application failed to start, exiting")
+            for sock in sockets:
+                sock.close()
+            raise SystemExit(EXIT_START_FAILED) from None
+
+    async def _start(
+        self,
+        sockets: list[socket.socket],
+        loop: asyncio.AbstractEventLoop,
+        before_run: bool = True,
+    ) -> None:
+        io_loop = ioloop.IOLoop.current()
+        self._stopping = asyncio.Event()
+        if before_run:
+            await self._run_before_run(sockets, io_loop)
+        if isinstance(self.application, Recorder):
+            self.application.divak_instrumentation.spans_go_to_log()
+        self.server = self._make_server()
+        self.server.add_sockets(sockets)
+        self._loop = loop
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        logger.info("serving on %s (pid %d)", _describe(sockets), os.getpid())
+        if hasattr(self.application, "run_on_start_callbacks"):
+            self._starting = asyncio.ensure_future(self._on_start(io_loop))
+        else:
+            self._set_ready()
+
+    async def _on_start(self, io_loop: ioloop.IOLoop) -> None:
+        finished = await self.application.run_on_start_callbacks(io_loop)  # type: ignore[attr-defined]
+        if finished:
+            self._set_ready()
+        else:
+            logger.error("on_start callbacks did not finish, not ready to serve")
+
+    def _set_ready(self) -> None:
+        """Mark the application ready, unless it owns its readiness event."""
+        app = self.application
+        ready = getattr(app, "ready_to_serve", None)
+        if ready is None or getattr(app, "owns_readiness", False):
+            return
+        if not getattr(app, "draining", False):
+            ready.set()
+            logger.info("ready to serve")
+
+    async def _wait_and_drain(self) -> None:
+        assert self._stopping is not None and self._loop is not None
+        try:
+            await self._stopping.wait()
+            await self.drain()
+        finally:
+            for signum in STOP_SIGNALS:
+                self._loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        assert self._stopping is not None
+        name = signal.Signals(signum).name
+        if self._stopping.is_set():
+            logger.warning("second %s, exiting now", name)
+            self.forced = True
+            flush_std_streams()
+            os._exit(EXIT_FORCED)
+        logger.info("%s received, stopping", name)
+        self._stopping.set()
+
+    def stop(self) -> None:
+        """Start the drain, as SIGTERM does; call it on the IOLoop's thread."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def drain(self) -> None:
+        """Stop accepting, finish in-flight work, run callbacks, flush spans.
+
+        1. close the listening sockets (new connections are refused) and
+           set the application's ``draining`` flag (``/status`` answers
+           503); a ``ready_to_serve`` event the runner set is cleared, one
+           the application owns is left alone;
+        2. close idle keep-alive connections;
+        3. wait up to :attr:`shutdown_limit` seconds for in-flight requests
+           (they answer with ``Connection: close``), then close whatever
+           connection is left;
+        4. run the shutdown callbacks, bounded by :attr:`shutdown_limit`;
+        5. flush and stop the span reporters off the IOLoop, bounded by
+           :attr:`shutdown_limit`.
+        """
+        app = self.application
+        started = time.monotonic()
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()  # on_start callbacks still running
+        if hasattr(app, "ready_to_serve"):
+            app.draining = True  # type: ignore[attr-defined]
+            if not getattr(app, "owns_readiness", False):
+                app.ready_to_serve.clear()
+        assert self.server is not None
+        server = self.server
+        idle = len(server.connections - server.busy.keys())
+        server.start_draining()
+        logger.info(
+            "draining: not accepting, closed %d idle connection(s), "
+            "%d request(s) in flight",
+            idle - len(server.connections - server.busy.keys()),
+            len(server.busy),
+        )
+        deadline = started + self.shutdown_limit
+        while not server.drained.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.warning(
+                    "%d request(s) still in flight after %.1fs, closing",
+                    len(server.busy),
+                    self.shutdown_limit,
+                )
+                break
+            logger.debug("waiting for %d request(s) in flight", len(server.busy))
+            try:
+                await asyncio.wait_for(
+                    server.drained.wait(), min(remaining, self.wait_timeout)
+                )
+            except TimeoutError:
+                pass
+        try:
+            await asyncio.wait_for(server.close_all_connections(), 1.0)
+        except TimeoutError:  # pragma: no cover - defensive
+            logger.warning("connections did not close in time")
+        run_callbacks = getattr(app, "run_shutdown_callbacks", None)
+        if run_callbacks is not None:
+            await run_callbacks(self.shutdown_limit)
+        await self.flush_spans()
+        logger.info("stopped after %.3fs", time.monotonic() - started)
+
+    async def flush_spans(self) -> None:
+        """Flush and shut down the application's reporters, off the IOLoop.
+
+        Runs :meth:`divak.Recorder.divak_shutdown` in a separate thread,
+        bounded by :attr:`shutdown_limit` seconds: every queued span gets
+        one upload attempt, without the retries a running service makes, so
+        a collector that is down does not hold the exit up.  Spans still
+        queued at the limit are lost (and a warning is logged).  Does
+        nothing for applications that are not a :class:`divak.Recorder`.
+        """
+        app = self.application
+        if getattr(app, "divak_shutdown", None) is None:
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        limit = self.shutdown_limit
+
+        def finish() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def work() -> None:
+            try:
+                app.divak_shutdown()  # type: ignore[attr-defined]
+            except Exception:  # pragma: no cover - defensive
+                logger.exception("flushing spans failed")
+            finally:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(finish)
+
+        threading.Thread(target=work, name="divak-flush", daemon=True).start()
+        try:
+            await asyncio.wait_for(done, limit)
+        except TimeoutError:
+            self.flush_abandoned = True
+            logger.warning("spans not flushed within %.1fs, dropping them", limit)
+
+
+def _address(settings: typing.Mapping[str, typing.Any]) -> str | None:
+    """``settings['address']``, else ``ADDRESS``, else all interfaces."""
+    return setting(settings, "address", "ADDRESS", None)[0] or None
+
+
+def _describe(sockets: list[socket.socket]) -> str:
+    """``port 8000`` or ``127.0.0.1:8000``: each port once."""
+    addresses = sorted({sock.getsockname()[:2] for sock in sockets})
+    ports = sorted({port for _, port in addresses})
+    hosts = {host for host, _ in addresses}
+    if hosts <= {"0.0.0.0", "::"}:
+        return "port " + ",".join(map(str, ports))
+    return ",".join(
+        f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        for host, port in addresses
+    )
+

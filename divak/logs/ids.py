@@ -1,0 +1,181 @@
+"""Log correlation: every log record carries the current request's ids.
+
+A divak application (:class:`divak.Recorder`), :func:`divak.run` or an
+explicit call to :func:`install_log_ids` installs a log record factory (the
+hook that :func:`logging.setLogRecordFactory` documents for this purpose)
+that adds these attributes to *every* :class:`logging.LogRecord`, whichever
+logger creates it; importing divak changes nothing process-wide:
+
+================================  ==========================================
+attribute                         value
+================================  ==========================================
+``otelTraceID``                   32 lowercase hex digits, ``"0"`` outside a
+                                  trace (and when the OpenTelemetry SDK is
+                                  disabled)
+``otelSpanID``                    16 lowercase hex digits, ``"0"`` outside a
+                                  trace
+``otelTraceSampled``              :data:`True` when the trace is sampled
+                                  (its spans are exported), else
+                                  :data:`False`
+``otelServiceName``               the service name of the request's
+                                  application, ``""`` outside a request
+``divak_request_id``              the request's correlation id, or ``""``
+================================  ==========================================
+
+The first four names are the ones OpenTelemetry's logging instrumentation
+uses, so format strings written for it keep working; ``divak_request_id``
+is divak-tornado's name.  The values are read from the current
+OpenTelemetry context, which :class:`divak.Recorder` makes current for the
+whole time a handler runs.  The factory chains to whatever factory
+was installed before it, and records that a logger filters out by level
+are never created, so they cost nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+import typing
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from divak.context import REQUEST_CONTEXT_KEY
+
+if typing.TYPE_CHECKING:
+    from divak.context import RequestContext
+
+__all__ = [
+    "DEFAULT_FORMAT",
+    "REQUEST_CONTEXT_KEY",
+    "RequestLogger",
+    "default_logging_config",
+    "install_log_ids",
+]
+
+_INVALID_TRACE_ID = "0"
+_INVALID_SPAN_ID = "0"
+
+
+def _add_ids(record: logging.LogRecord) -> None:
+    current = otel_context.get_current()
+    request = typing.cast("RequestContext | None", current.get(REQUEST_CONTEXT_KEY))
+    span = trace.get_current_span(current)
+    if request is not None and span is request.span:
+        # The common case, the request's own span: ids computed once.
+        record.__dict__.update(request.log_ids)
+        return
+    span_context = span.get_span_context()
+    if span_context.is_valid:
+        record.otelTraceID = trace.format_trace_id(span_context.trace_id)
+        record.otelSpanID = trace.format_span_id(span_context.span_id)
+        record.otelTraceSampled = span_context.trace_flags.sampled
+    else:
+        record.otelTraceID = _INVALID_TRACE_ID
+        record.otelSpanID = _INVALID_SPAN_ID
+        record.otelTraceSampled = False
+    if request is not None:
+        record.otelServiceName = request.service_name
+        record.divak_request_id = request.request_id or ""
+    else:
+        record.otelServiceName = ""
+        record.divak_request_id = ""
+
+
+def install_log_ids() -> None:
+    """Install divak's log record factory, chaining the current one.
+
+    Idempotent: calling it again does not stack a second copy.
+    :class:`divak.Recorder` and :func:`divak.run` call it, so format
+    strings may use ``%(otelTraceID)s`` and ``%(divak_request_id)s`` from
+    then on, inside a request or not.  Call it yourself when records are
+    formatted before the application exists.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_divak", False):
+        return
+
+    def factory(*args: typing.Any, **kwargs: typing.Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        _add_ids(record)
+        return record
+
+    factory._divak = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+class RequestLogger(logging.LoggerAdapter):
+    """A :class:`logging.LoggerAdapter` for request handlers.
+
+    The correlation ids come from the record factory, so this adapter only
+    merges its own ``extra`` with the ``extra`` of each call instead of
+    replacing it (the standard adapter drops the caller's ``extra``).
+    """
+
+    def process(
+        self, msg: typing.Any, kwargs: typing.MutableMapping[str, typing.Any]
+    ) -> tuple[typing.Any, typing.MutableMapping[str, typing.Any]]:
+        if self.extra:
+            kwargs["extra"] = {**self.extra, **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
+
+#: The ``%``-style format of divak's text log lines.
+DEFAULT_FORMAT = (
+    "%(asctime)s %(levelname)-8s %(name)s: %(message)s "
+    "[trace_id=%(otelTraceID)s request_id=%(divak_request_id)s]"
+)
+
+
+def default_logging_config(debug: bool = False) -> dict[str, typing.Any]:
+    """The :func:`logging.config.dictConfig` dict :func:`divak.run` applies.
+
+    One line per record on standard output with the time, level, logger
+    name, message, trace id and request id (:data:`DEFAULT_FORMAT`),
+    written by :class:`divak.logs.formatters.TextFormatter`, which escapes line
+    breaks in the message and the fields (``\\n``), so that request data
+    cannot forge log lines; a traceback keeps its lines.  ``DEBUG`` level
+    when *debug* is true, ``INFO`` otherwise.  Existing loggers are never
+    disabled.
+
+    Setting the environment variable ``LOG_FORMAT=json`` switches to one
+    JSON object per line (:class:`divak.logs.formatters.JsonFormatter`) with the
+    keys ``time`` (ISO 8601 with the zone), ``level``, ``logger``,
+    ``message``, ``otelTraceID``, ``otelSpanID``, ``divak_request_id``,
+    ``exc_info`` for exceptions and one key per ``extra`` attribute,
+    written by python-json-logger (``pip install divak[json]``).
+
+    :param debug: whether the service runs in debug mode
+    :raises RuntimeError: when ``LOG_FORMAT`` is ``json`` and
+        python-json-logger is not installed, or ``LOG_FORMAT`` is neither
+        ``text`` nor ``json``
+    """
+    log_format = os.environ.get("LOG_FORMAT", "text").strip().lower() or "text"
+    formatter: dict[str, typing.Any]
+    if log_format == "text":
+        formatter = {"()": "divak.logs.formatters.TextFormatter", "fmt": DEFAULT_FORMAT}
+    elif log_format == "json":
+        try:
+            import pythonjsonlogger.json  # noqa: F401
+        except ImportError:
+            raise RuntimeError(
+                "LOG_FORMAT=json needs python-json-logger: pip install divak[json]"
+            ) from None
+        formatter = {"()": "divak.logs.formatters.JsonFormatter"}
+    else:
+        raise RuntimeError(f"LOG_FORMAT must be text or json, not {log_format!r}")
+    level = "DEBUG" if debug else "INFO"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"divak": formatter},
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stdout",
+                "formatter": "divak",
+            }
+        },
+        "root": {"level": level, "handlers": ["console"]},
+    }

@@ -1,0 +1,37 @@
+"""Metrics: how long requests and operations take, how often events happen.
+
+Each application owns one OpenTelemetry SDK ``MeterProvider``
+(:class:`ApplicationMetrics`, in :mod:`divak.metrics.instruments`) with
+the stable HTTP semantic-convention instruments and divak's own; attribute
+sets are built once and bounded (:mod:`divak.metrics.series`).  Scrapes are
+answered by :class:`MetricsHandler` (Prometheus text or OpenMetrics,
+:mod:`divak.metrics.prometheus`), summed over forked processes
+(:mod:`divak.metrics.peers`, through :mod:`divak.metrics.snapshot`);
+:class:`OTLPMetricsReporter` pushes (:mod:`divak.metrics.otlp`).
+"""
+
+from divak.metrics.instruments import (
+    ACTIVE_REQUESTS,
+    CLIENT_DURATION,
+    EVENTS,
+    OPERATION_DURATION,
+    SERVER_DURATION,
+    ApplicationMetrics,
+    MetricsSource,
+    new_application_metrics,
+)
+from divak.metrics.otlp import OTLPMetricsReporter
+from divak.metrics.prometheus import MetricsHandler
+
+__all__ = [
+    "ACTIVE_REQUESTS",
+    "CLIENT_DURATION",
+    "EVENTS",
+    "OPERATION_DURATION",
+    "SERVER_DURATION",
+    "ApplicationMetrics",
+    "MetricsHandler",
+    "MetricsSource",
+    "OTLPMetricsReporter",
+    "new_application_metrics",
+]

@@ -1,0 +1,461 @@
+"""Instruments: each application's ``MeterProvider`` and what divak records.
+
+:class:`ApplicationMetrics` owns one OpenTelemetry SDK ``MeterProvider``
+per application (never the global one; a forked child builds its own), the
+instruments of the stable HTTP semantic conventions and divak's own.  The
+SDK aggregates; measurements carry the request's context, so samples of
+sampled requests get the trace id as exemplar.  Metrics never depend on
+the trace sampling rate.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import typing
+import uuid
+import weakref
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics as otel_metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    InMemoryMetricReader,
+    MetricExporter,
+    MetricReader,
+    MetricsData,
+)
+from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
+from tornado import httputil
+
+from divak.metrics import peers
+from divak.metrics import series as metric_series
+from divak.metrics.otlp import periodic_reader
+from divak.version import __version__
+
+__all__ = [
+    "ACTIVE_REQUESTS",
+    "CLIENT_DURATION",
+    "EVENTS",
+    "OPERATION_DURATION",
+    "SERVER_DURATION",
+    "ApplicationMetrics",
+    "HandlerMeasurements",
+    "MAX_CUSTOM_INSTRUMENTS",
+    "MetricsSource",
+    "new_application_metrics",
+]
+
+logger = logging.getLogger("divak.metrics")
+
+SERVER_DURATION = "http.server.request.duration"
+ACTIVE_REQUESTS = "http.server.active_requests"
+CLIENT_DURATION = "http.client.request.duration"
+OPERATION_DURATION = "divak.operation.duration"
+EVENTS = "divak.events"
+#: Most histograms :meth:`HandlerMeasurements.record_value` creates.
+MAX_CUSTOM_INSTRUMENTS = 100
+
+_ACTIVE_ATTRIBUTE = "_divak_active_attributes"
+_BUCKETS = metric_series.DURATION_BUCKETS
+Attributes = metric_series.Attributes
+
+
+class HandlerMeasurements:
+    """Operations, events and values, recorded with bounded attributes.
+
+    Needs from the class it is mixed into: ``enabled`` (:class:`bool`),
+    ``meter`` (an OpenTelemetry ``Meter``), ``operation_duration`` and
+    ``events`` (the instruments), ``_custom`` (a :class:`dict` for the
+    histograms it creates) and ``_series_of(instrument)`` (the
+    :class:`~divak.metrics.series.Series` of an instrument).
+    """
+
+    if typing.TYPE_CHECKING:
+        enabled: bool
+        meter: otel_metrics.Meter
+        operation_duration: otel_metrics.Histogram
+        events: otel_metrics.Counter
+        _custom: dict[tuple[str, str], otel_metrics.Histogram]
+
+        def _series_of(self, instrument: str) -> metric_series.Series: ...
+
+    def record_operation(
+        self,
+        name: str,
+        seconds: float,
+        context: otel_context.Context | None = None,
+    ) -> None:
+        """Record an operation's duration into ``divak.operation.duration``.
+
+        :param name: ``divak.operation.name``, e.g. ``"query-db"``
+        :param seconds: the duration
+        :param context: the context of the operation's span (exemplar)
+        """
+        if not self.enabled:
+            return
+        attributes = self._series_of(OPERATION_DURATION).bind(
+            name, lambda: {"divak.operation.name": metric_series.bounded(name)}
+        )
+        self.operation_duration.record(seconds, attributes, context)
+
+    def count_event(
+        self, name: str, value: int | float = 1, attributes: Attributes | None = None
+    ) -> None:
+        """Add *value* to the ``divak.events`` counter.
+
+        :param name: ``divak.event.name``, e.g. ``"cache.miss"``
+        :param value: a non-negative amount
+        :param attributes: more attributes, bounded (see
+            :mod:`divak.metrics.series`)
+        :raises ValueError: when *value* is negative
+        """
+        if value < 0:
+            raise ValueError("an event count cannot be negative")
+        if not self.enabled:
+            return
+        key, build = metric_series.custom_attributes(
+            EVENTS, {"divak.event.name": name}, attributes
+        )
+        bound = self._series_of(EVENTS).bind(key, build)
+        self.events.add(value, bound)
+
+    def record_value(
+        self,
+        name: str,
+        value: float,
+        unit: str = "",
+        attributes: Attributes | None = None,
+        context: otel_context.Context | None = None,
+        boundaries: typing.Sequence[float] | None = None,
+    ) -> None:
+        """Record *value* into the histogram *name*, created on first use.
+
+        :param name: the instrument name, e.g. ``"queue.wait"``
+        :param value: the measurement
+        :param unit: UCUM unit, e.g. ``"s"`` or ``"By"``; with ``"s"`` the
+            histogram uses :data:`~divak.metrics.series.DURATION_BUCKETS`
+        :param attributes: as for :meth:`count_event`
+        :param context: the current request's context (exemplar)
+        :param boundaries: bucket boundaries, used when the histogram is
+            created
+        """
+        if not self.enabled:
+            return
+        histogram = self._custom.get((name, unit))
+        if histogram is None:
+            if len(self._custom) >= MAX_CUSTOM_INSTRUMENTS:
+                logger.warning("too many histograms, not recording %s", name)
+                return
+            if boundaries is None and unit == "s":
+                boundaries = metric_series.DURATION_BUCKETS
+            histogram = self._custom[(name, unit)] = self.meter.create_histogram(
+                name,
+                unit=unit,
+                description=f"Values of {name} handlers recorded.",
+                explicit_bucket_boundaries_advisory=boundaries,
+            )
+        key, build = metric_series.custom_attributes(name, {}, attributes)
+        bound = self._series_of(name).bind(key, build)
+        histogram.record(value, bound, context)
+
+
+class ApplicationMetrics(HandlerMeasurements):
+    """One application's ``MeterProvider`` and instruments.
+
+    Create it with :func:`application_metrics`, which keeps one per
+    application.  Every recording method is cheap and never raises for
+    bad input: it is called on the IOLoop for every request.
+
+    :param service_name: ``service.name`` of the metrics' resource
+    :param reporters: OpenTelemetry ``MetricExporter`` objects (e.g.
+        :class:`divak.OTLPMetricsReporter`) each pushed to periodically by
+        the SDK's ``PeriodicExportingMetricReader``
+    :param scrape: keep the in-memory reader that
+        :class:`divak.MetricsHandler` reads; without it only the reporters
+        receive metrics (each reader costs a share of every measurement)
+    :param cardinality_limit: attribute sets per instrument; measurements
+        with a new set beyond it are recorded under
+        :data:`~divak.metrics.series.OVERFLOW_ATTRIBUTES` and one WARNING is logged
+    :param enabled: :data:`False` makes every method do nothing
+
+    .. attribute:: provider
+
+       The SDK ``MeterProvider`` (:data:`None` when disabled).
+
+    .. attribute:: reader
+
+       The ``InMemoryMetricReader`` scrapes read, or :data:`None`.
+    """
+
+    def __init__(
+        self,
+        service_name: str = "",
+        *,
+        reporters: typing.Sequence[MetricExporter] = (),
+        scrape: bool = True,
+        cardinality_limit: int = 2000,
+        enabled: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.cardinality_limit = cardinality_limit
+        self.reader: InMemoryMetricReader | None = None
+        self.provider: MeterProvider | None = None
+        self.pid = os.getpid()
+        #: :data:`True` in a process forked after this object was made:
+        #: the child makes its own (set once, at the fork).
+        self.forked = False
+        _watch_forks(self)
+        #: The last snapshot, taken by :meth:`shutdown` when the process
+        #: serves with siblings (see :mod:`divak.metrics.peers`).
+        self.final_snapshot: dict[str, typing.Any] | None = None
+        #: The endpoint sibling processes read this one's metrics from.
+        self.peer: typing.Any = None
+        self._custom: dict[tuple[str, str], otel_metrics.Histogram] = {}
+        self._series: dict[str, metric_series.Series] = {}
+        readers: list[MetricReader] = []
+        if enabled and scrape:
+            self.reader = InMemoryMetricReader()
+            readers.append(self.reader)
+        if enabled:
+            readers.extend(map(periodic_reader, reporters))
+        attributes = {SERVICE_INSTANCE_ID: str(uuid.uuid4())}
+        if service_name:
+            attributes[SERVICE_NAME] = service_name
+        self.resource = Resource.create(attributes)
+        if enabled:
+            self.provider = MeterProvider(
+                metric_readers=readers, resource=self.resource
+            )
+            meter = self.provider.get_meter("divak", __version__)
+        else:
+            meter = otel_metrics.NoOpMeter("divak")
+        self.meter = meter
+        histogram = functools.partial(
+            meter.create_histogram, explicit_bucket_boundaries_advisory=_BUCKETS
+        )
+        self.server_duration = histogram(
+            SERVER_DURATION, "s", "Duration of HTTP server requests."
+        )
+        # Counted in plain integers on the IOLoop, observed by the SDK when
+        # it collects: two SDK measurements per request would cost more
+        # than the whole request's other metrics.
+        self._active: dict[tuple[str | None, str], list[typing.Any]] = {}
+        self.active_requests = meter.create_observable_up_down_counter(
+            ACTIVE_REQUESTS,
+            [self._observe_active],
+            "{request}",
+            "Number of active HTTP server requests.",
+        )
+        self.client_duration = histogram(
+            CLIENT_DURATION, "s", "Duration of HTTP client requests."
+        )
+        self.operation_duration = histogram(
+            OPERATION_DURATION, "s", "Duration of operations handlers recorded."
+        )
+        self.events = meter.create_counter(
+            EVENTS, "{event}", "Interesting events handlers counted."
+        )
+
+    def _series_of(self, instrument: str) -> metric_series.Series:
+        series = self._series.get(instrument)
+        if series is None:
+            series = self._series[instrument] = metric_series.Series(
+                instrument, self.cardinality_limit
+            )
+        return series
+
+    # -- server requests ----------------------------------------------------
+    def request_started(self, request: httputil.HTTPServerRequest) -> None:
+        """Count *request* as active; call once when it arrives.
+
+        Marks the request, so that :meth:`request_finished` undoes exactly
+        what was done here: ``http.server.active_requests`` never goes
+        negative, whichever error path ends the request.
+        """
+        if not self.enabled or _ACTIVE_ATTRIBUTE in request.__dict__:
+            return
+        key = (request.method, request.protocol)
+        entry = self._active.get(key)
+        if entry is None:
+            entry = self._active.setdefault(key, [self._active_attributes(*key), 0])
+        entry[1] += 1
+        request.__dict__[_ACTIVE_ATTRIBUTE] = entry
+
+    def _active_attributes(self, method: str | None, scheme: str) -> Attributes:
+        return self._series_of(ACTIVE_REQUESTS).bind(
+            (method, scheme),
+            lambda: {
+                "http.request.method": metric_series.method_attribute(method),
+                "url.scheme": scheme,
+            },
+        )
+
+    def _observe_active(
+        self, options: otel_metrics.CallbackOptions
+    ) -> typing.Iterator[otel_metrics.Observation]:
+        counts: dict[typing.Any, int] = {}
+        for attributes, count in list(self._active.values()):
+            key = tuple(attributes.items())  # overflowed keys share a set
+            counts[key] = counts.get(key, 0) + count
+        for key, count in counts.items():
+            yield otel_metrics.Observation(count, dict(key))
+
+    def request_finished(
+        self,
+        request: httputil.HTTPServerRequest,
+        route: str | None,
+        status_code: int | None,
+        error_type: str | None = None,
+        context: otel_context.Context | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        """Record the duration of *request* and count it as no longer active.
+
+        Does something only the first time it is called after
+        :meth:`request_started` for the same request, so calling it from
+        every place a request can end is safe.
+
+        :param route: the route template (``/items/{item_id}``), never the
+            raw path; :data:`None` when no route matched
+        :param status_code: the response's status, :data:`None` when the
+            client went away before a response was sent
+        :param error_type: ``error.type``, e.g. the exception's qualified
+            name or ``"client_disconnected"``; a 5xx status without one is
+            recorded with the status as ``error.type``
+        :param context: the request's OpenTelemetry context, so that a
+            sampled request's trace id becomes the sample's exemplar
+        :param seconds: the request's duration; default: from its arrival
+            until now
+        """
+        active = request.__dict__.pop(_ACTIVE_ATTRIBUTE, None)
+        if active is None:
+            return
+        active[1] -= 1
+        if error_type is None and status_code is not None and status_code >= 500:
+            error_type = str(status_code)
+        method, scheme, version = request.method, request.protocol, request.version
+        key = (method, route, status_code, error_type, scheme, version)
+        series = self._series_of(SERVER_DURATION)
+        attributes = series.bound.get(key) or series.bind(
+            key, lambda: metric_series.server_attributes(*key)
+        )
+        if seconds is None:
+            seconds = request.request_time()
+        self.server_duration.record(seconds, attributes, context)
+
+    # -- client requests ----------------------------------------------------
+    def client_request_finished(
+        self,
+        method: str,
+        host: str,
+        port: int,
+        status_code: int | None,
+        seconds: float,
+        error_type: str | None = None,
+        context: otel_context.Context | None = None,
+    ) -> None:
+        """Record one outgoing request attempt into ``http.client.request.duration``.
+
+        :param method: the request method
+        :param host: ``server.address``, the host name the request went to
+        :param port: ``server.port``
+        :param status_code: the response's status, :data:`None` when no
+            response came (timeout, refused connection)
+        :param seconds: how long the attempt took
+        :param error_type: ``error.type`` (exception name, or the status
+            for a 4xx/5xx answer when omitted)
+        :param context: the context of the attempt's CLIENT span
+        """
+        if not self.enabled:
+            return
+        if error_type is None and status_code is not None and status_code >= 400:
+            error_type = str(status_code)
+        attributes = self._series_of(CLIENT_DURATION).bind(
+            (method, host, port, status_code, error_type),
+            lambda: metric_series.client_attributes(
+                method, host, port, status_code, error_type
+            ),
+        )
+        self.client_duration.record(seconds, attributes, context)
+
+    def collect(self) -> MetricsData | None:
+        """Read the current (cumulative) state from the scrape reader."""
+        if self.reader is None:
+            return None
+        return self.reader.get_metrics_data()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Push the last metrics to the reporters and stop them.
+
+        Blocks the calling thread (call it off the IOLoop), at most about
+        *timeout* seconds.  With sibling processes, first leaves the final
+        snapshot where they find it, so the sums they answer keep this
+        process's counts.
+        """
+        if self.peer is not None and self.provider is not None:
+            self.peer.save_final()
+        provider, self.provider = self.provider, None
+        if provider is not None:
+            provider.shutdown(int(timeout * 1000))
+
+
+#: Every ApplicationMetrics of this process, flagged ``forked`` in a child.
+_ALIVE: weakref.WeakSet[ApplicationMetrics] = weakref.WeakSet()
+_fork_hook = False
+
+
+def _watch_forks(metrics: ApplicationMetrics) -> None:
+    global _fork_hook
+    if not _fork_hook and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook = True
+    _ALIVE.add(metrics)
+
+
+def _after_fork_in_child() -> None:
+    for metrics in list(_ALIVE):
+        metrics.forked = True
+
+
+def new_application_metrics(
+    settings: typing.Mapping[str, typing.Any],
+    service_name: str,
+    reporters: typing.Sequence[MetricExporter] = (),
+) -> ApplicationMetrics:
+    """The :class:`ApplicationMetrics` of an application with *settings*.
+
+    Reads ``settings['metrics']`` (default :data:`True`; :data:`False`
+    turns metrics off) and ``settings['metrics_cardinality_limit']``
+    (default 2000).  When the process serves with sibling processes (see
+    :mod:`divak.metrics.peers`), it also starts answering their scrapes.
+    The application's instrumentation (:class:`divak.Recorder`) calls it
+    once, and again in a forked child; nothing else keeps the result.
+
+    :param settings: the application's settings
+    :param service_name: ``service.name`` of the metrics' resource
+    :param reporters: OpenTelemetry ``MetricExporter`` objects to push to
+    """
+    metrics = ApplicationMetrics(
+        service_name,
+        reporters=reporters,
+        cardinality_limit=int(settings.get("metrics_cardinality_limit", 2000)),
+        enabled=bool(settings.get("metrics", True)),
+    )
+    if metrics.enabled:
+        peers.join(metrics)
+    return metrics
+
+
+@typing.runtime_checkable
+class MetricsSource(typing.Protocol):
+    """An application whose metrics :class:`divak.MetricsHandler` serves.
+
+    :class:`divak.Recorder` is one: its ``divak_metrics`` is the
+    :class:`ApplicationMetrics` its instrumentation owns.
+    """
+
+    @property
+    def divak_metrics(self) -> ApplicationMetrics:
+        """The application's metrics."""

@@ -1,0 +1,126 @@
+"""The propagators of one application, combined: :class:`Propagation`.
+
+And :func:`propagators_from_env`, the propagators ``OTEL_PROPAGATORS`` names.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.propagators import textmap
+
+from divak.logs.ratelimit import RateLimitedLog, describe_error
+from divak.propagation.b3 import ZipkinPropagation
+from divak.propagation.baggage import BaggagePropagation
+from divak.propagation.requestid import RequestIdPropagation
+from divak.propagation.tracecontext import TraceContextPropagation
+from divak.settings import env_value, names_variable
+
+__all__ = ["Propagation", "propagators_from_env"]
+
+logger = logging.getLogger("divak.propagation")
+
+
+class Propagation:
+    """The propagators of one application, combined.
+
+    :param propagators: OpenTelemetry text-map propagators, in order of
+        precedence for extraction
+    """
+
+    def __init__(self, propagators: typing.Sequence[textmap.TextMapPropagator]):
+        self.propagators = tuple(propagators)
+        self.request_id: RequestIdPropagation | None = next(
+            (p for p in self.propagators if isinstance(p, RequestIdPropagation)),
+            None,
+        )
+        self._complain = RateLimitedLog(logger)
+
+    def extract(self, carrier: typing.Any) -> Context:
+        """Build a new context from the headers in *carrier*.
+
+        The first valid trace context wins; the other values extracted by
+        every propagator are kept.  A propagator that raises is logged at
+        DEBUG and skipped: bad input never fails a request.
+        """
+        context = Context()
+        parent: trace.Span | None = None
+        current: trace.Span = trace.INVALID_SPAN  # the span of *context*
+        for propagator in self.propagators:
+            try:
+                extracted = propagator.extract(carrier, context)
+            except Exception:  # noqa: BLE001 - a header must never fail a request
+                logger.debug("%r failed to extract", propagator, exc_info=True)
+                continue
+            if extracted is context:
+                continue
+            span = trace.get_current_span(extracted)
+            if span is not current:
+                if parent is None and span.get_span_context().is_valid:
+                    parent = current = span
+                else:
+                    extracted = trace.set_span_in_context(
+                        parent or trace.INVALID_SPAN, extracted
+                    )
+            context = extracted
+        return context
+
+    def inject(self, carrier: typing.Any, context: Context | None = None) -> None:
+        """Write the headers of every propagator into *carrier*.
+
+        A propagator that raises is skipped, so one broken propagator costs
+        its own headers, never the request; the failure is logged as a
+        WARNING with its traceback at most twice a minute, with the number
+        of failures not logged.
+
+        :param carrier: the outgoing headers, e.g. a
+            :class:`tornado.httputil.HTTPHeaders` or a :class:`dict`
+        :param context: the context to propagate; the current one when
+            :data:`None`
+        """
+        for propagator in self.propagators:
+            try:
+                propagator.inject(carrier, context)
+            except Exception as error:  # noqa: BLE001 - never fail the request
+                self._complain(
+                    logging.WARNING,
+                    "%r failed to inject, its headers are not sent: %s",
+                    propagator,
+                    describe_error(error),
+                    exc_info=True,
+                )
+
+
+#: ``OTEL_PROPAGATORS`` names and divak's propagator for each.
+_PROPAGATORS: dict[str, typing.Callable[[], textmap.TextMapPropagator]] = {
+    "tracecontext": TraceContextPropagation,
+    "baggage": BaggagePropagation,
+    "b3": lambda: ZipkinPropagation(single_header=True),
+    "b3multi": lambda: ZipkinPropagation(single_header=False),
+}
+_DEFAULT_PROPAGATORS = "tracecontext,baggage"
+
+
+def propagators_from_env() -> list[textmap.TextMapPropagator]:
+    """The propagators ``OTEL_PROPAGATORS`` names, as divak propagators.
+
+    A comma-separated list; the default is ``tracecontext,baggage``, as in
+    the OpenTelemetry SDK.  ``tracecontext`` is
+    :class:`~divak.TraceContextPropagation`, ``baggage``
+    :class:`~divak.BaggagePropagation`, ``b3`` the single ``b3`` header
+    and ``b3multi`` the ``X-B3-*`` headers
+    (:class:`~divak.ZipkinPropagation`).  ``none`` means no propagator.
+    Unknown names (``jaeger``, ``xray``, ``ottrace``) are logged as a
+    WARNING and skipped.  A :class:`~divak.Recorder` uses these only when
+    the application added no trace propagator in code.
+
+    :returns: new propagator instances, in the listed order
+    """
+    value = env_value("OTEL_PROPAGATORS") or _DEFAULT_PROPAGATORS
+    return [
+        _PROPAGATORS[name]()
+        for name in names_variable("OTEL_PROPAGATORS", value, _PROPAGATORS)
+    ]

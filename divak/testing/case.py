@@ -1,0 +1,279 @@
+"""Helpers for testing services built with divak.
+
+* :class:`RecordingLogHandler`: keeps log records (as divak-tornado's);
+* :class:`SpanRecorder`: an in-memory reporter with look-up helpers;
+* :class:`DivakTestCase` (alias :class:`SprocketsHttpTestCase`): starts
+  and stops the application around each test, records its spans in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import typing
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from tornado import testing, web
+
+__all__ = [
+    "DivakTestCase",
+    "RecordingLogHandler",
+    "SpanRecorder",
+    "SprocketsHttpTestCase",
+]
+
+
+class RecordingLogHandler(logging.Handler):
+    """A :class:`logging.Handler` that keeps every record it handles.
+
+    .. attribute:: records
+
+       :class:`list` of the :class:`logging.LogRecord` objects handled.
+    """
+
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep *record*."""
+        self.records.append(record)
+
+
+class SpanRecorder(SpanExporter):
+    """A reporter that keeps finished spans in memory.
+
+    Add it with :meth:`divak.Recorder.add_divak_reporter` (
+    :class:`DivakTestCase` does); spans arrive after the batch processor's
+    delay, or at once after :meth:`divak.Recorder.divak_force_flush`.
+    Thread-safe: the batch processor exports from its own thread.
+
+    .. attribute:: spans
+
+       :class:`list` of :class:`~opentelemetry.sdk.trace.ReadableSpan`, in
+       the order they were exported.
+    """
+
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+        self._lock = threading.Condition()
+
+    def export(self, spans: typing.Sequence[ReadableSpan]) -> SpanExportResult:
+        """Keep *spans*."""
+        with self._lock:
+            self.spans.extend(spans)
+            self._lock.notify_all()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing to release; the spans stay available."""
+
+    def clear(self) -> None:
+        """Forget every span recorded so far."""
+        with self._lock:
+            self.spans.clear()
+
+    def find(
+        self,
+        name: str | None = None,
+        *,
+        trace_id: int | str | None = None,
+        kind: trace.SpanKind | None = None,
+        parent: ReadableSpan | None = None,
+        attributes: typing.Mapping[str, typing.Any] | None = None,
+    ) -> list[ReadableSpan]:
+        """Return the spans matching every given criterion.
+
+        :param name: the span name, e.g. ``"GET /greeting/{name}"``
+        :param trace_id: the trace, an :class:`int` or 32 hex digits
+        :param kind: e.g. :attr:`opentelemetry.trace.SpanKind.SERVER`
+        :param parent: only the direct children of this span
+        :param attributes: attribute values the span must have
+        """
+        wanted_trace = int(trace_id, 16) if isinstance(trace_id, str) else trace_id
+        with self._lock:
+            spans = list(self.spans)
+        return [
+            span
+            for span in spans
+            if (name is None or span.name == name)
+            and (wanted_trace is None or span.context.trace_id == wanted_trace)
+            and (kind is None or span.kind == kind)
+            and (
+                parent is None
+                or (
+                    span.parent is not None
+                    and span.parent.span_id == parent.context.span_id
+                )
+            )
+            and all(
+                (span.attributes or {}).get(key) == value
+                for key, value in (attributes or {}).items()
+            )
+        ]
+
+    def one(self, name: str | None = None, **criteria: typing.Any) -> ReadableSpan:
+        """Return the only span matching :meth:`find`'s criteria.
+
+        :raises AssertionError: when none or several match
+        """
+        found = self.find(name, **criteria)
+        if len(found) != 1:
+            names = sorted(span.name for span in self.spans)
+            raise AssertionError(
+                f"expected one span matching {name!r} {criteria}, found "
+                f"{len(found)}; recorded: {names}"
+            )
+        return found[0]
+
+    def named(self, name: str) -> list[ReadableSpan]:
+        """Return the spans called *name*."""
+        return self.find(name)
+
+    def in_trace(self, trace_id: int | str) -> list[ReadableSpan]:
+        """Return the spans of one trace (an :class:`int` or 32 hex digits)."""
+        return self.find(trace_id=trace_id)
+
+    def children(self, span: ReadableSpan) -> list[ReadableSpan]:
+        """Return the direct children of *span*."""
+        return self.find(parent=span)
+
+    def wait_for(
+        self,
+        predicate: typing.Callable[[list[ReadableSpan]], bool],
+        timeout: float = 10.0,
+    ) -> list[ReadableSpan]:
+        """Block until ``predicate(spans)`` is true; return the spans.
+
+        For spans exported by another thread; in a test on the IOLoop
+        thread, flush the application instead.
+
+        :param predicate: called with a copy of the recorded spans
+        :param timeout: seconds to wait at most
+        :raises TimeoutError: when the predicate is still false
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not predicate(list(self.spans)):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"{len(self.spans)} spans recorded, condition unmet"
+                    )
+                self._lock.wait(remaining)
+            return list(self.spans)
+
+
+class DivakTestCase(testing.AsyncHTTPTestCase):
+    """An :class:`~tornado.testing.AsyncHTTPTestCase` for divak applications.
+
+    Override :meth:`get_app` as usual.  As sprockets.http's
+    ``SprocketsHttpTestCase``, :meth:`setUp` calls
+    ``self.app.start(self.io_loop)`` (:meth:`divak.CallbackManager.start`;
+    the spawned ``on_start`` callbacks run up to their first wait, then
+    ``ready_to_serve`` is set) and :meth:`tearDown` calls
+    ``self.app.stop(self.io_loop, self.shutdown_limit, self.wait_timeout)``
+    and runs the IOLoop until the application stops it (a ``stop`` that
+    never does, a mock's, is cut after :attr:`shutdown_limit` plus 2 s).
+
+    For a :class:`divak.Recorder` application it adds :attr:`spans`, a
+    :class:`SpanRecorder`, as a reporter and shuts the reporters down after
+    each test, so no export thread outlives its test.  :meth:`flush_spans`
+    waits on :attr:`spans` only, so an application written for production
+    (a Zipkin collector the test cannot reach) costs nothing.
+
+    Works with any :class:`tornado.web.Application`; the steps that need
+    the divak mix-ins are skipped for applications without them.  Kept
+    under sprockets.http's name :class:`SprocketsHttpTestCase` too; as
+    there, :meth:`get_app` may set :attr:`app`.
+
+    .. attribute:: app
+
+       The application under test.
+
+    .. attribute:: spans
+
+       The :class:`SpanRecorder` of this test.
+    """
+
+    #: Seconds the shutdown callbacks may take at most.
+    shutdown_limit: float = 0.25
+    #: Seconds between checks while stopping (passed on to ``app.stop``).
+    wait_timeout: float = 0.05
+
+    def setUp(self) -> None:
+        """Build and start the application, record its spans."""
+        self.app: typing.Any = None
+        self.spans = SpanRecorder()
+        self._span_processor: typing.Any = None
+        super().setUp()
+        if self.app is None:
+            self.app = self._app
+        self._record_spans(self._app)
+        if getattr(self.app, "start", None) is not None:
+            self.app.start(self.io_loop)
+            # Let the spawned on_start callbacks run up to their first wait.
+            self.io_loop.run_sync(lambda: asyncio.sleep(0))
+        if getattr(self.app, "ready_to_serve", None) is not None and not getattr(
+            self.app, "owns_readiness", False
+        ):
+            self.app.ready_to_serve.set()
+
+    def _record_spans(self, app: web.Application) -> None:
+        if getattr(app, "add_divak_reporter", None) is None:
+            return
+        try:
+            app.add_divak_reporter(self.spans)  # type: ignore[attr-defined]
+        except RuntimeError:  # tracing already started in get_app
+            self._span_processor = BatchSpanProcessor(self.spans)
+            provider = app.divak_tracer_provider  # type: ignore[attr-defined]
+            provider.add_span_processor(self._span_processor)
+
+    def tearDown(self) -> None:
+        """Stop the application, shut its reporters down, stop the server."""
+        try:
+            if getattr(self.app, "stop", None) is not None:
+                loop = self.io_loop
+                self.app.stop(loop, self.shutdown_limit, self.wait_timeout)
+                cut = loop.call_later(self.shutdown_limit + 2, loop.stop)  # a mock's
+                loop.start()  # until app.stop stops it
+                loop.remove_timeout(cut)
+        finally:
+            shutdown = getattr(self._app, "divak_shutdown", None)
+            if shutdown is not None:
+                shutdown()  # the served application
+            super().tearDown()
+
+    def get_app(self) -> web.Application:
+        """Return the application to test; override it."""
+        raise NotImplementedError
+
+    def flush_spans(self, timeout: float = 5.0) -> list[ReadableSpan]:
+        """Hand every finished span to :attr:`spans` (only); return them.
+
+        Call it from the test method, not from a coroutine on the IOLoop.
+
+        :param timeout: seconds to wait at most
+        :raises AssertionError: when the spans were not recorded in time
+        """
+        flushed = True
+        if self._span_processor is not None:
+            flushed = self._span_processor.force_flush(int(timeout * 1000))
+        else:
+            for queue in getattr(self._app, "divak_span_queues", ()):
+                if queue.reporter is self.spans:
+                    flushed = queue.force_flush(int(timeout * 1000))
+        assert flushed, "spans not recorded in time"
+        return list(self.spans.spans)
+
+
+#: sprockets.http's name for :class:`DivakTestCase`.
+SprocketsHttpTestCase = DivakTestCase

@@ -1,0 +1,341 @@
+"""Tracing: the application mix-in :class:`Recorder`.
+
+The application owns the life of a request's trace.  :class:`Recorder`
+overrides Tornado's :meth:`~tornado.web.Application.get_handler_delegate`:
+when Tornado routes a request, the propagators extract its context, the
+SERVER span starts, and the request's
+:class:`~divak.context.RequestContext` is current for everything Tornado
+then runs for it — ``prepare``, the HTTP method, ``write_error``,
+``on_finish``, the access log — whatever mix-ins the handler has, 404s
+and ready-made handlers included.  The span ends in
+:meth:`Recorder.log_request` (or when the client goes away).
+:class:`~divak.RequestTracker` (in :mod:`divak.tracing.tracker`) only
+adds conveniences over that context.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing
+
+from opentelemetry import trace
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from tornado import httputil, web
+
+from divak import propagation
+from divak.context import RequestContext, activated, request_context_of
+from divak.export.queue import SpanQueue
+from divak.logs import access
+from divak.logs.ids import install_log_ids
+from divak.metrics.instruments import ApplicationMetrics
+from divak.tracing import headers
+from divak.tracing.instrumentation import Instrumentation
+
+__all__ = ["Recorder"]
+
+logger = logging.getLogger(__name__)
+
+
+class _TracedDelegate(httputil.HTTPMessageDelegate):
+    """Tornado's handler delegate, run with the request's context current.
+
+    Tornado creates the task that runs the handler inside
+    :meth:`finish` (or :meth:`headers_received` for a streamed body); the
+    task copies the current context, so the handler runs in the request's
+    context from start to end, and nothing outside it does.
+    """
+
+    __slots__ = ("delegate", "request_context", "instrumentation")
+
+    def __init__(
+        self,
+        delegate: typing.Any,
+        request_context: RequestContext,
+        instrumentation: Instrumentation,
+    ) -> None:
+        self.delegate = delegate
+        self.request_context = request_context
+        self.instrumentation = instrumentation
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> typing.Awaitable[None] | None:
+        with activated(self.request_context):
+            return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> typing.Awaitable[None] | None:
+        with activated(self.request_context):
+            return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        with activated(self.request_context):
+            self.delegate.finish()
+
+    def execute(self) -> typing.Awaitable[None] | None:
+        # Application.__call__ (the plain-callback server interface) calls it.
+        with activated(self.request_context):
+            return self.delegate.execute()
+
+    def on_connection_close(self) -> None:
+        request_context = self.request_context
+        with activated(request_context):
+            self.delegate.on_connection_close()
+        self.instrumentation.client_disconnected(request_context)
+
+
+class Recorder(web.Application):
+    """Application mix-in that traces every request and exports the spans.
+
+    To use it:
+
+    * mix it into the application class, e.g.
+      ``class Application(divak.Recorder, divak.Application)``;
+    * in ``__init__``, after calling ``super().__init__()``, call
+      :meth:`set_divak_service`, :meth:`add_divak_reporter` and
+      :meth:`add_divak_propagator` as needed.
+
+    What it provides, for every request whatever its handler (no handler
+    mix-in needed; 404s, :class:`~divak.StatusHandler` and error paths
+    included):
+
+    * a SERVER span named ``"{METHOD} {route}"`` (``GET /items/{item_id}``)
+      with OpenTelemetry's stable HTTP server attributes, parented by the
+      trace context the propagators extracted, current while the handler
+      runs (so any OpenTelemetry instrumentation nests under it) and ended
+      after the access log line; 5xx responses and unexpected exceptions
+      set status ERROR with ``error.type``, 4xx leave it unset; a client
+      that disconnects first ends it with ``error.type``
+      ``client_disconnected``;
+    * the request's ids on every log record written while it is handled
+      (see :mod:`divak.logs.ids`), the correlation id echoed in the response;
+    * an access log line per request (:meth:`log_request`);
+    * the reporters, each behind a bounded :class:`~divak.export.queue.SpanQueue`
+      that counts the spans it drops (:attr:`divak_dropped_spans`).
+
+    The OpenTelemetry pipeline: the
+    application builds its own SDK ``TracerProvider`` on first use (a
+    forked child builds its own) and makes it the global provider when
+    none is set, so spans of other instrumentation join the same
+    pipeline; when the process already has an SDK provider of its own,
+    divak adds its reporters to it instead of making a second one.
+
+    .. rubric:: settings['service']
+
+    Used as the service name when :meth:`set_divak_service` was not
+    called; then the ``OTEL_SERVICE_NAME`` environment variable.
+
+    .. rubric:: settings['divak_global_provider']
+
+    :data:`False` keeps the application's provider private (it never
+    becomes, nor uses, the global provider).  Default :data:`True`.
+    """
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        super().__init__(*args, **kwargs)
+        install_log_ids()
+        self.divak_instrumentation = Instrumentation(self)
+        self.add_transform(self._divak_transform)  # type: ignore[arg-type]
+
+    # -- configuration ---------------------------------------------------
+    def set_divak_service(self, service_name: str) -> None:
+        """Set the service name reported as ``service.name``.
+
+        It is also the default ``Server`` header of a
+        :class:`divak.Application` (``settings['server_header']`` wins).
+
+        :param service_name: the name traces show for this service
+        :raises RuntimeError: after tracing started (first request)
+        """
+        self.divak_instrumentation.check_not_started()
+        self.divak_instrumentation.service = service_name
+        self.settings.setdefault("service", service_name)
+
+    def add_divak_reporter(self, reporter: SpanExporter) -> None:
+        """Add a reporter that receives every finished, sampled span.
+
+        :param reporter: a :class:`~divak.ZipkinReporter`,
+            :class:`~divak.LoggingReporter` or any OpenTelemetry
+            ``SpanExporter``
+        :raises RuntimeError: after tracing started (first request)
+        """
+        self.divak_instrumentation.check_not_started()
+        self.divak_instrumentation.reporters.append(reporter)
+
+    def add_divak_propagator(self, propagator: TextMapPropagator) -> None:
+        """Add a propagator for incoming and outgoing headers.
+
+        Extraction tries the propagators in the order they were added and
+        takes the first valid trace context; injection writes all of them.
+
+        :param propagator: a :class:`~divak.TraceContextPropagation`,
+            :class:`~divak.ZipkinPropagation`,
+            :class:`~divak.RequestIdPropagation` or any OpenTelemetry
+            ``TextMapPropagator``
+        """
+        self.divak_instrumentation.add_propagator(propagator)
+
+    def add_divak_metrics_reporter(self, reporter: typing.Any) -> None:
+        """Push the application's metrics to *reporter* periodically.
+
+        :param reporter: an OpenTelemetry ``MetricExporter``, e.g.
+            :class:`divak.OTLPMetricsReporter`
+        :raises RuntimeError: once the metrics were created (first request)
+        """
+        self.divak_instrumentation.add_metrics_reporter(reporter)
+
+    # -- runtime ---------------------------------------------------------
+    @property
+    def divak_propagation(self) -> propagation.Propagation:
+        """The application's propagators, combined."""
+        return self.divak_instrumentation.propagation
+
+    @property
+    def divak_metrics(self) -> ApplicationMetrics:
+        """The application's metrics (what :class:`divak.MetricsHandler` serves)."""
+        return self.divak_instrumentation.metrics
+
+    @property
+    def divak_tracer_provider(self) -> TracerProvider:
+        """The ``TracerProvider`` of the application's spans, built on first use."""
+        return self.divak_instrumentation.provider
+
+    @property
+    def divak_tracer(self) -> trace.Tracer:
+        """The tracer that makes the application's spans."""
+        return self.divak_instrumentation.tracer
+
+    @property
+    def divak_service_name(self) -> str:
+        """The ``service.name`` of the application's spans."""
+        self.divak_instrumentation.provider  # noqa: B018 - builds it
+        return self.divak_instrumentation.service_name
+
+    @property
+    def divak_span_queues(self) -> list[SpanQueue]:
+        """The :class:`~divak.export.queue.SpanQueue` of each reporter.
+
+        Empty until tracing started (the first request).
+        """
+        return list(self.divak_instrumentation.span_queues)
+
+    @property
+    def divak_dropped_spans(self) -> int:
+        """Finished, sampled spans that never reached a collector.
+
+        The sum over the reporters of the spans dropped because a queue was
+        full and the spans a reporter failed to deliver (after its
+        retries).  0 while every collector keeps up.
+        """
+        return self.divak_instrumentation.dropped_spans
+
+    def divak_force_flush(self, timeout: float = 5.0) -> bool:
+        """Export every finished span now.
+
+        Blocks the calling thread; call it off the IOLoop (the runner does).
+
+        :param timeout: seconds to wait at most
+        :returns: :data:`True` when everything was exported in time
+        """
+        return self.divak_instrumentation.force_flush(timeout)
+
+    def divak_shutdown(self) -> None:
+        """Flush and stop the reporters; the application traces no more.
+
+        Blocks the calling thread until the reporters finished their last
+        upload.
+        """
+        self.divak_instrumentation.shutdown()
+
+    # -- Tornado's hooks -------------------------------------------------
+    def get_handler_delegate(
+        self,
+        request: httputil.HTTPServerRequest,
+        target_class: type[web.RequestHandler],
+        target_kwargs: dict[str, typing.Any] | None = None,
+        path_args: list[bytes] | None = None,
+        path_kwargs: dict[str, bytes] | None = None,
+    ) -> typing.Any:
+        """Start the request's span; serve it with its context current.
+
+        Tornado calls it once it routed *request* to *target_class*.
+        """
+        delegate = super().get_handler_delegate(
+            request, target_class, target_kwargs, path_args, path_kwargs
+        )
+        instrumentation = self.divak_instrumentation
+        request_context = instrumentation.start_request(request, target_class)
+        return _TracedDelegate(delegate, request_context, instrumentation)
+
+    def _divak_transform(
+        self, request: httputil.HTTPServerRequest
+    ) -> web.OutputTransform:
+        # Called by Tornado for every response, whatever handler serves it.
+        instrumentation = self.divak_instrumentation
+        request_context = request_context_of(request)
+        captured = headers.captured_headers(self)
+        if request_context is not None and (
+            instrumentation.echo_headers or captured.response
+        ):
+            return _ResponseHeaders(
+                request_context,
+                instrumentation.echo_headers,
+                captured if captured.response else None,
+            )
+        return _IDENTITY
+
+    def log_request(self, handler: web.RequestHandler) -> None:
+        """Write the access log line for *handler*'s request, then end its span.
+
+        The line is written with the request's context current, so it
+        carries the request's ``otelTraceID``, ``otelSpanID`` and
+        ``divak_request_id`` attributes, also with a custom
+        ``settings['log_function']``.  See :func:`divak.logs.access.write_access_log`
+        for the wording and levels.  A logging error never loses the span.
+        """
+        access.log_request(handler)
+
+
+class _Identity(web.OutputTransform):
+    def __init__(self) -> None:
+        pass
+
+
+_IDENTITY = _Identity()
+
+
+class _ResponseHeaders(web.OutputTransform):
+    """Per request: echo the correlation id, record the listed response headers."""
+
+    __slots__ = ("request_context", "echo", "captured")
+
+    def __init__(
+        self,
+        request_context: RequestContext,
+        echo: tuple[str, ...],
+        captured: headers.CapturedHeaders | None,
+    ) -> None:
+        self.request_context = request_context
+        self.echo = echo
+        self.captured = captured
+
+    def transform_first_chunk(
+        self,
+        status_code: int,
+        response_headers: httputil.HTTPHeaders,
+        chunk: bytes,
+        finishing: bool,
+    ) -> tuple[int, httputil.HTTPHeaders, bytes]:
+        request_id = self.request_context.request_id
+        if request_id:
+            for name in self.echo:
+                if name not in response_headers:
+                    response_headers[name] = request_id
+        if self.captured is not None:
+            span = self.request_context.span
+            if span.is_recording():
+                span.set_attributes(self.captured.response_attributes(response_headers))
+        return status_code, response_headers, chunk
