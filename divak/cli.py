@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import os
-import re
 import sys
 import typing
+
+import dotenv.parser
 
 from divak.lifecycle import run
 
@@ -39,68 +41,52 @@ __all__ = ["EnvFileError", "load_factory", "main", "parse_env_line", "read_env_f
 #: a module or callable that cannot be loaded).
 EXIT_USAGE = 2
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 class EnvFileError(ValueError):
     """A malformed or unreadable environment file.
 
     The message names the file and, for a malformed line, its number:
-    ``.env:3: expected NAME=VALUE``.
+    ``.env:3: cannot parse 'NAME="open'``.
     """
+
+
+def _bindings(stream: typing.TextIO, path: str) -> dict[str, str | None]:
+    """The variables of an environment file, parsed by python-dotenv."""
+    variables: dict[str, str | None] = {}
+    for binding in dotenv.parser.parse_stream(stream):
+        if binding.error:
+            original = binding.original.string
+            text = original.lstrip()
+            # The chunk starts with the blank lines before the statement.
+            blank = original[: len(original) - len(text)]
+            line = binding.original.line + blank.count("\n")
+            raise EnvFileError(f"{path}:{line}: cannot parse {text.strip()[:60]!r}")
+        if binding.key is None or binding.value is None:
+            continue  # a blank line, a comment, or a name without "=": skipped
+        variables[binding.key] = binding.value or None
+    return variables
 
 
 def parse_env_line(line: str) -> tuple[str, str | None] | None:
-    """Parse one line of an environment file.
+    """Parse one line of an environment file, as python-dotenv does.
 
     :param line: the line, with or without its line ending
-    :returns: :data:`None` for a blank or comment line, else ``(name,
-        value)`` where *value* is :data:`None` for ``NAME=`` (remove the
-        variable)
-    :raises ValueError: for a malformed line (the message says why)
+    :returns: :data:`None` for a blank line, a comment or a name without
+        ``=``, else ``(name, value)`` where *value* is :data:`None` for an
+        empty value (remove the variable)
+    :raises ValueError: for a line python-dotenv cannot parse (the message
+        quotes it)
 
-    Rules: an optional ``export`` prefix; ``NAME`` is a shell identifier;
-    no space before ``=``; a value in matching single or double quotes is
-    taken literally without them; an empty value, quoted (``NAME=""``) or
-    not (``NAME=``), means "remove the variable", as sprockets.http reads
-    its environment files; an
-    unquoted value ends at a ``#`` that follows whitespace (a comment), so
-    ``#`` inside a value (``COLOR=#fff``, ``URL=http://h/p#frag``) is kept;
-    surrounding whitespace is dropped.
+    The syntax is python-dotenv's: an optional ``export`` prefix; a value
+    in single quotes is literal, in double quotes it may hold escapes
+    (``\\n``) and span lines (in a file); an unquoted value ends at a
+    ``#`` that follows whitespace.  As sprockets.http reads its environment
+    files, an empty value (``NAME=``, ``NAME=""``) removes the variable.
     """
-    text = line.rstrip("\r\n").strip()
-    if not text or text.startswith("#"):
-        return None
-    if text.startswith("export") and text[6:7] in (" ", "\t"):
-        text = text[6:].lstrip()
-    name, sep, rest = text.partition("=")
-    if not sep:
-        raise ValueError("expected NAME=VALUE")
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"invalid variable name {name!r}")
-    stripped = rest.lstrip(" \t")
-    if stripped.startswith("#") and stripped != rest:
-        return name, None  # "NAME= # comment": no value
-    rest = stripped
-    if rest[:1] in ("'", '"'):
-        quote = rest[0]
-        end = rest.find(quote, 1)
-        if end < 0:
-            raise ValueError(f"missing closing {quote}")
-        value = rest[1:end]
-        after = rest[end + 1 :]
-        if after.strip() and not _is_comment(after):
-            raise ValueError(f"unexpected text after the closing {quote}")
-        return name, value or None
-    comment = re.search(r"[ \t]#", rest)
-    if comment is not None:
-        rest = rest[: comment.start()]
-    value = rest.strip()
-    return name, value or None
-
-
-def _is_comment(text: str) -> bool:
-    return bool(re.match(r"[ \t]+#", text))
+    try:
+        parsed = _bindings(io.StringIO(line), "line")
+    except EnvFileError as error:
+        raise ValueError(str(error).removeprefix("line:1: ")) from None
+    return next(iter(parsed.items()), None)
 
 
 def read_env_file(path: str) -> dict[str, str | None]:
@@ -109,24 +95,17 @@ def read_env_file(path: str) -> dict[str, str | None]:
     :param path: the file to read (UTF-8)
     :returns: the variables in file order; :data:`None` marks a variable
         to remove from the environment
-    :raises EnvFileError: when the file cannot be read or a line is
-        malformed; the message names the file and line number
+    :raises EnvFileError: when the file cannot be read or a line cannot be
+        parsed; the message names the file and the line number
     """
     try:
         with open(path, encoding="utf-8") as env_file:
-            lines = env_file.readlines()
+            return _bindings(env_file, path)
     except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or str(error)
-        raise EnvFileError(f"{path}: cannot read environment file: {reason}") from None
-    variables: dict[str, str | None] = {}
-    for number, line in enumerate(lines, start=1):
-        try:
-            parsed = parse_env_line(line)
-        except ValueError as error:
-            raise EnvFileError(f"{path}:{number}: {error}") from None
-        if parsed is not None:
-            variables[parsed[0]] = parsed[1]
-    return variables
+        reason = error.strerror if isinstance(error, OSError) else str(error)
+        raise EnvFileError(
+            f"{path}: cannot read environment file: {reason or error}"
+        ) from None
 
 
 def apply_env(variables: dict[str, str | None]) -> None:
