@@ -11,12 +11,14 @@ and the default is used (:func:`env_value`, :func:`integer_variable`,
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import threading
 import typing
 
 __all__ = [
+    "entry_point_factories",
     "env_value",
     "integer_variable",
     "milliseconds_variable",
@@ -186,3 +188,51 @@ def names_variable(
                 ", ".join([*known, "none"]),
             )
     return valid
+
+
+def entry_point_factories(
+    group: str, exclude: typing.Iterable[str] = ()
+) -> dict[str, typing.Callable[[], typing.Any]]:
+    """The factories other installed packages register under entry point *group*.
+
+    OpenTelemetry's SDK resolves the names of ``OTEL_PROPAGATORS`` and
+    ``OTEL_TRACES_EXPORTER`` through the entry point groups
+    ``opentelemetry_propagator`` and ``opentelemetry_traces_exporter``; divak
+    does the same for the names it has no built-in for.  Each factory
+    loads its entry point and calls the loaded object with no arguments;
+    one that fails to load or to build logs a WARNING once and returns
+    :data:`None`.
+
+    :param group: the entry point group
+    :param exclude: names that must not be taken from entry points (divak's
+        built-ins win)
+    :returns: ``{name: factory}``
+    """
+    excluded = set(exclude)
+    factories: dict[str, typing.Callable[[], typing.Any]] = {}
+    for entry_point in importlib.metadata.entry_points(group=group):
+        name = entry_point.name.lower()
+        if name not in excluded and name not in factories:
+            factories[name] = _entry_point_factory(group, entry_point)
+    return factories
+
+
+def _entry_point_factory(
+    group: str, entry_point: importlib.metadata.EntryPoint
+) -> typing.Callable[[], typing.Any]:
+    def build() -> typing.Any:
+        try:
+            return entry_point.load()()
+        except Exception as error:  # noqa: BLE001 - a broken plug-in is skipped
+            warn_once(
+                f"{group}:{entry_point.name}",
+                "ignoring %r (entry point %s of %s): %s: %s",
+                entry_point.name,
+                entry_point.value,
+                group,
+                type(error).__name__,
+                error,
+            )
+            return None
+
+    return build

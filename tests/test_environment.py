@@ -197,6 +197,60 @@ def test_unknown_propagator_is_skipped_with_a_warning(
     assert any("'jaeger'" in m and "OTEL_PROPAGATORS" in m for m in messages)
 
 
+_PLUGIN = """
+from opentelemetry import trace
+from opentelemetry.propagators import textmap
+
+
+class HopPropagator(textmap.TextMapPropagator):
+    \"\"\"Sends the trace id in a header of its own.\"\"\"
+
+    def extract(self, carrier, context=None, getter=textmap.default_getter):
+        return context
+
+    def inject(self, carrier, context=None, setter=textmap.default_setter):
+        span_context = trace.get_current_span(context).get_span_context()
+        setter.set(carrier, "x-hop-trace", format(span_context.trace_id, "032x"))
+
+    @property
+    def fields(self):
+        return {"x-hop-trace"}
+"""
+
+
+@pytest.fixture
+def hop_plugin(tmp_path, monkeypatch):
+    """An installed distribution registering the propagator ``hop``."""
+    (tmp_path / "divak_hop_plugin.py").write_text(_PLUGIN)
+    info = tmp_path / "divak_hop_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: divak-hop-plugin\nVersion: 1.0\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[opentelemetry_propagator]\nhop = divak_hop_plugin:HopPropagator\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_propagator_names_resolve_through_entry_points(
+    collector, monkeypatch, hop_plugin
+):
+    monkeypatch.setenv("OTEL_PROPAGATORS", "tracecontext,hop")
+    seen, _ = call(collector, {"traceparent": TRACEPARENT})
+    trace_id = TRACEPARENT.split("-")[1]
+    assert seen[0]["X-Hop-Trace"] == trace_id  # the plug-in's header, downstream
+    assert seen[0]["Traceparent"].split("-")[1] == trace_id
+
+
+def test_builtin_propagator_names_win_over_entry_points(collector, monkeypatch):
+    # opentelemetry-propagator-b3 registers "b3" too; divak's B3 is used.
+    monkeypatch.setenv("OTEL_PROPAGATORS", "b3")
+    seen, app = call(collector, {"traceparent": TRACEPARENT})
+    assert "B3" in seen[0]
+    assert type(app.divak_propagation.propagators[0]).__module__.startswith("divak.")
+
+
 # -- OTEL_TRACES_EXPORTER and the exporters' variables ------------------------
 
 

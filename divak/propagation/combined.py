@@ -17,7 +17,7 @@ from divak.propagation.b3 import ZipkinPropagation
 from divak.propagation.baggage import BaggagePropagation
 from divak.propagation.requestid import RequestIdPropagation
 from divak.propagation.tracecontext import TraceContextPropagation
-from divak.settings import env_value, names_variable
+from divak.settings import entry_point_factories, env_value, names_variable
 
 __all__ = ["Propagation", "propagators_from_env"]
 
@@ -113,14 +113,24 @@ def propagators_from_env() -> list[textmap.TextMapPropagator]:
     :class:`~divak.BaggagePropagation`, ``b3`` the single ``b3`` header
     and ``b3multi`` the ``X-B3-*`` headers
     (:class:`~divak.ZipkinPropagation`).  ``none`` means no propagator.
-    Unknown names (``jaeger``, ``xray``, ``ottrace``) are logged as a
-    WARNING and skipped.  A :class:`~divak.Recorder` uses these only when
-    the application added no trace propagator in code.
+    Any other name is looked up, as OpenTelemetry's SDK does, among the
+    ``opentelemetry_propagator`` entry points of the installed packages
+    (``xray``, ``ottrace``, ``jaeger`` once their propagator package is
+    installed); a name found nowhere is logged as a WARNING and skipped.
+    A :class:`~divak.Recorder` uses these only when the application added
+    no trace propagator in code.
 
     :returns: new propagator instances, in the listed order
     """
     value = env_value("OTEL_PROPAGATORS") or _DEFAULT_PROPAGATORS
-    return [
-        _PROPAGATORS[name]()
-        for name in names_variable("OTEL_PROPAGATORS", value, _PROPAGATORS)
-    ]
+    factories: dict[str, typing.Callable[[], typing.Any]] = dict(_PROPAGATORS)
+    listed = {name.strip().lower() for name in value.split(",")} - {"", "none"}
+    if not listed <= factories.keys():
+        factories.update(
+            entry_point_factories("opentelemetry_propagator", exclude=_PROPAGATORS)
+        )
+    built = (
+        factories[name]()
+        for name in names_variable("OTEL_PROPAGATORS", value, factories)
+    )
+    return [propagator for propagator in built if propagator is not None]
