@@ -298,6 +298,11 @@ class B3DebugMarker(SpanProcessor):
     Sets the attribute :data:`B3_DEBUG_ATTRIBUTE` on spans started under a
     context whose B3 headers asked for debug; :class:`divak.ZipkinReporter`
     turns it into Zipkin's ``"debug": true`` and drops the attribute.
+
+    One marker per provider is enough, and more would only repeat the
+    work: divak adds one to a provider the first time an application
+    uses it (:func:`divak.tracing.provider.join`), never one per
+    application.
     """
 
     def on_start(self, span: typing.Any, parent_context: Context | None = None) -> None:

@@ -33,10 +33,11 @@ from divak.context import RequestContext
 from divak.export.queue import SpanQueue
 from divak.export.reporters import reporters_from_env, warn_if_spans_go_to_log
 from divak.metrics.instruments import ApplicationMetrics, new_application_metrics
-from divak.propagation.b3 import B3DebugMarker
 from divak.tracing import headers
 from divak.tracing.excluded import excluded_url_patterns, excluded_urls
 from divak.tracing.provider import (
+    SpanOwner,
+    join,
     tracer_provider,
     unsampled_span,
     warn_if_tornado_instrumented,
@@ -81,6 +82,7 @@ class Instrumentation:
         self._propagation: propagation.Propagation | None = None
         self._provider: TracerProvider | None = None
         self._own_provider = False
+        self._span_owner: SpanOwner | None = None
         self._tracer: trace.Tracer | None = None
         self._metrics: ApplicationMetrics | None = None
         #: OpenTelemetry ``MetricExporter`` objects the metrics are pushed to.
@@ -166,9 +168,7 @@ class Instrumentation:
         sdk_provider, self._own_provider = tracer_provider(
             self.settings, name, self.sampler
         )
-        sdk_provider.add_span_processor(B3DebugMarker())
-        for queue in self.span_queues:
-            sdk_provider.add_span_processor(queue)
+        self._span_owner = join(sdk_provider, self.span_queues)
         resource = sdk_provider.resource
         self.service_name = str(resource.attributes.get(SERVICE_NAME, ""))
         self._tracer = sdk_provider.get_tracer("divak", __version__)
@@ -238,9 +238,8 @@ class Instrumentation:
             return
         if self._own_provider:
             self._provider.shutdown()
-        else:
-            for queue in self.span_queues:
-                queue.shutdown()
+        elif self._span_owner is not None:
+            self._span_owner.shutdown()
 
     # -- one request ---------------------------------------------------
     def start_request(
@@ -256,7 +255,8 @@ class Instrumentation:
         :param handler_class: the handler class that will serve it
         """
         tracer = self.tracer  # builds the provider (and the service name) once
-        parent = self.propagation.extract(request.headers)
+        owner = typing.cast(SpanOwner, self._span_owner)
+        parent = owner.mark(self.propagation.extract(request.headers))
         request_id = propagation.get_request_id(parent)
         route = self.routes.template(handler_class, request.path)
         request_context = RequestContext(parent, request_id, self.service_name, route)

@@ -121,7 +121,9 @@ class Recorder(web.Application):
     forked child builds its own) and makes it the global provider when
     none is set, so spans of other instrumentation join the same
     pipeline; when the process already has an SDK provider of its own,
-    divak adds its reporters to it instead of making a second one.
+    divak adds its reporters to it instead of making a second one.  Each
+    application's reporters receive the spans of its own requests only
+    (see "Which side wins" in :doc:`opentelemetry`).
 
     .. rubric:: settings['service']
 
@@ -146,6 +148,10 @@ class Recorder(web.Application):
 
         It is also the default ``Server`` header of a
         :class:`divak.Application` (``settings['server_header']`` wins).
+
+        Under a global provider the process set before (see "Which side
+        wins" in :doc:`opentelemetry`) that provider's ``service.name``
+        wins: one WARNING naming both names is logged when tracing starts.
 
         :param service_name: the name traces show for this service
         :raises RuntimeError: after tracing started (first request)
