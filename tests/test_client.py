@@ -432,3 +432,89 @@ def test_tornado_request_timeout_argument_is_the_attempt_timeout():
     log, elapsed = run(scenario())
     assert len(log["k"]) == 2  # a timeout is retried
     assert elapsed < 5
+
+
+def test_retry_decision_per_method_and_status():
+    """Each retried status is retried for idempotent methods only (RFC 9110)."""
+    cases = [
+        (method, status)
+        for method in ("GET", "PUT", "DELETE", "POST", "PATCH")
+        for status in (429, 502, 503, 504, 500, 404)
+    ]
+
+    async def scenario():
+        base, log = serve()
+        caller = Caller(App())
+        codes = {}
+        for method, status in cases:
+            response = await caller.send_request(
+                f"{base}/x?key={method}{status}&fail=1&status={status}&retry_after=0",
+                method,
+                body=None if method in ("GET", "DELETE") else b"payload",
+            )
+            codes[method, status] = response.code
+        return codes, log
+
+    codes, log = run(scenario())
+    for method, status in cases:
+        retried = method in ("GET", "PUT", "DELETE") and status in (429, 502, 503, 504)
+        assert len(log[f"{method}{status}"]) == (2 if retried else 1), (method, status)
+        assert codes[method, status] == (200 if retried else status), (method, status)
+
+
+def test_connection_errors_of_non_idempotent_methods_are_not_retried():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends
+
+    async def scenario():
+        app = App()
+        for method in ("POST", "PATCH"):
+            with pytest.raises(ConnectionRefusedError):
+                await Caller(app).send_request(
+                    f"http://127.0.0.1:{port}/", method, body=b"payload"
+                )
+        await flush(app)
+        return app
+
+    spans = client_spans(run(scenario()))
+    assert sorted(s.attributes["http.request.method"] for s in spans) == [
+        "PATCH",
+        "POST",
+    ]
+
+
+class FailsOnceThenHangs(web.RequestHandler):
+    """``503`` with ``Retry-After: 0`` to the first request, then no answer."""
+
+    def initialize(self, log: list) -> None:
+        self.log = log
+
+    async def get(self) -> None:
+        self.log.append(time.monotonic())
+        if len(self.log) > 1:
+            await asyncio.sleep(60)
+        self.set_status(503)
+        self.set_header("Retry-After", "0")
+        self.finish("failing")
+
+
+def test_a_retry_the_deadline_cuts_short_returns_the_previous_answer():
+    """The 503 comes back, not the timeout of the retry the deadline ended."""
+
+    async def scenario():
+        log: list = []
+        port = listen(web.Application([(r"/", FailsOnceThenHangs, {"log": log})]))
+        app = App()
+        response = await Caller(app).send_request(
+            f"http://127.0.0.1:{port}/", deadline=1.5
+        )
+        await flush(app)
+        return response, log, app
+
+    response, log, app = run(scenario())
+    assert response.code == 503 and response.body == b"failing"
+    assert len(log) == 2
+    first, retry = client_spans(app)
+    assert first.attributes["http.response.status_code"] == 503
+    assert retry.attributes["error.type"].endswith("HTTPTimeoutError")

@@ -1,12 +1,20 @@
-"""Outgoing HTTP requests that continue the trace: :class:`HttpClientMixin`."""
+"""Outgoing HTTP requests that continue the trace: :class:`HttpClientMixin`.
+
+:meth:`HttpClientMixin.send_request` reads as the steps of a call:
+
+1. build the request every attempt sends (``_build_request``);
+2. per attempt, start its CLIENT span and inject the span's context into
+   the attempt's headers (``_Telemetry``);
+3. attempt, bounded by the call's deadline (``_attempt``);
+4. record the outcome on the span and in the metrics (``_Telemetry``);
+5. decide whether to try again (:class:`divak.client.retry.RetryPolicy`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json as jsonlib
 import logging
-import random
 import time
 import typing
 import urllib.parse
@@ -14,15 +22,30 @@ import urllib.parse
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from tornado import httpclient, httputil, simple_httpclient
+from tornado import httpclient, httputil, simple_httpclient, web
 
 from divak import semconv
+from divak.client.retry import (
+    BACKOFF_BASE,
+    BACKOFF_MAX,
+    DEFAULT_DEADLINE,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    IDEMPOTENT_METHODS,
+    MIN_ATTEMPT_TIME,
+    RETRY_STATUSES,
+    RetryPolicy,
+)
 from divak.context import request_context_of
+from divak.metrics.instruments import ApplicationMetrics
+from divak.propagation import Propagation
 from divak.redaction import redact_url
 from divak.tracing import headers as divak_headers
 from divak.tracing.recorder import Recorder
 
 __all__ = [
+    "BACKOFF_BASE",
+    "BACKOFF_MAX",
     "DEFAULT_DEADLINE",
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT",
@@ -35,80 +58,8 @@ __all__ = [
 
 logger = logging.getLogger("divak.client")
 
-#: Seconds one attempt may take (connecting included).
-DEFAULT_TIMEOUT = 10.0
-#: Attempts after the first one.
-DEFAULT_RETRIES = 3
-#: Seconds the whole call may take, attempts and waits between them included.
-DEFAULT_DEADLINE = 30.0
-#: Upper bound of the first backoff, in seconds; it doubles per retry.
-BACKOFF_BASE = 0.1
-#: Longest backoff between two attempts, in seconds.
-BACKOFF_MAX = 5.0
-#: Seconds an attempt needs at least: no retry starts with less time left
-#: before the deadline (it could only time out).
-MIN_ATTEMPT_TIME = 0.1
-
-#: Response statuses that are retried.
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-#: Methods retried without being asked (RFC 9110, section 9.2.2).
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNSET: typing.Any = object()
-
-
-def _retry_after(response: httpclient.HTTPResponse) -> float | None:
-    """Seconds the server asked to wait (RFC 9110, section 10.2.3), if any."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None or when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _status_line(response: httpclient.HTTPResponse) -> str:
-    reason = response.reason or semconv.reason_phrase(response.code)
-    return f"{response.code} {reason}"
-
-
-def _error_type(error: BaseException) -> str:
-    cls = type(error)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _retryable_error(error: BaseException) -> bool:
-    if isinstance(error, OSError):
-        return True
-    return isinstance(error, httpclient.HTTPClientError) and error.code == 599
-
-
-def _host_allowed(host: str, allowed: typing.Iterable[str] | None) -> bool:
-    if allowed is None:
-        return True
-    if isinstance(allowed, str):
-        allowed = [allowed]
-    host = host.lower().rstrip(".")
-    for pattern in allowed:
-        pattern = pattern.lower().rstrip(".")
-        if pattern.startswith("*."):
-            pattern = pattern[1:]
-        if pattern.startswith("."):
-            if host == pattern[1:] or host.endswith(pattern):
-                return True
-        elif host == pattern:
-            return True
-    return False
 
 
 class HttpClientMixin:
@@ -216,155 +167,407 @@ class HttpClientMixin:
             attempt timed out or the connection closed
         :raises TypeError: when *json* cannot be serialised
         """
-        application = self.application
-        method = method.upper()
-        timeout = float(kwargs.pop("request_timeout", None) or timeout)
-        connect_timeout = float(kwargs.pop("connect_timeout", None) or timeout)
-        request_headers = httputil.HTTPHeaders()
-        if headers:
-            request_headers.update(headers)
-        if json is not _UNSET:
-            body = jsonlib.dumps(json).encode("utf-8")
-            if "Content-Type" not in request_headers:
-                request_headers["Content-Type"] = "application/json; charset=utf-8"
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        try:
-            port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
-        except ValueError:
-            port = _DEFAULT_PORTS.get(parts.scheme, 80)
-        instrumentation = getattr(application, "divak_instrumentation", None)
-        if instrumentation is not None:
-            full_url = redact_url(url, instrumentation.redacted_params)
-        else:
-            full_url = redact_url(url)
-        propagate = _host_allowed(
-            host, application.settings.get("divak_propagation_hosts")
-        )
-        captured = divak_headers.captured_headers(application, "client")
-        request = getattr(self, "request", None)
-        request_context = request_context_of(request) if request is not None else None
-        if request_context is not None:
-            parent = request_context.current_context()
-        else:
-            parent = otel_context.get_current()
-        may_retry = method in IDEMPOTENT_METHODS or retry_non_idempotent
-        span_name = f"{method} {url_template}" if url_template else method
-        base_attributes: dict[str, typing.Any] = {
-            "http.request.method": method,
-            "url.full": full_url,
-            "server.address": host,
-            "server.port": port,
-        }
-        if url_template:
-            base_attributes["url.template"] = url_template
-        if peer_service:
-            base_attributes["peer.service"] = peer_service
-        instrumentation = getattr(application, "divak_instrumentation", None)
-        metrics = instrumentation.metrics if instrumentation is not None else None
+        request = _build_request(url, method, body, headers, json, timeout, kwargs)
         client = httpclient.AsyncHTTPClient()
-        simple = isinstance(client, simple_httpclient.SimpleAsyncHTTPClient)
-        started = time.monotonic()
+        telemetry = _Telemetry(
+            self.application, request, client, url_template, peer_service
+        )
+        parent = _parent_context(self)
+        policy = RetryPolicy(
+            request.method,
+            timeout=request.timeout,
+            retries=retries,
+            deadline=deadline,
+            min_attempt_time=min_attempt_time,
+            retry_non_idempotent=retry_non_idempotent,
+        )
         attempt = 0
         previous: httpclient.HTTPResponse | None = None
         while True:
-            remaining = deadline - (time.monotonic() - started)
-            attempt_timeout = max(min(timeout, remaining), 0.001)
-            attributes = dict(base_attributes)
-            if attempt:
-                attributes["http.request.resend_count"] = attempt
-            span = application.divak_tracer.start_span(
-                span_name, context=parent, kind=SpanKind.CLIENT, attributes=attributes
+            outcome = await _attempt(
+                client, request, telemetry, parent, attempt, policy.attempt_timeout()
             )
-            attempt_headers = httputil.HTTPHeaders(request_headers)
-            if propagate:
-                application.divak_propagation.inject(
-                    attempt_headers, trace.set_span_in_context(span, parent)
-                )
-            if captured.request and span.is_recording():
-                span.set_attributes(captured.request_attributes(attempt_headers))
-            request = httpclient.HTTPRequest(
-                url,
-                method=method,
-                headers=attempt_headers,
-                body=body,
-                connect_timeout=min(connect_timeout, attempt_timeout),
-                request_timeout=attempt_timeout,
-                **kwargs,
-            )
-            error: BaseException | None = None
-            response: httpclient.HTTPResponse | None = None
-            attempt_started = time.monotonic()
-            try:
-                response = await client.fetch(request, raise_error=False)
-            except Exception as exc:  # noqa: BLE001 - recorded, then retried or raised
-                error = exc
-                if span.is_recording():
-                    span.record_exception(exc)
-                    span.set_attribute("error.type", _error_type(exc))
-                    span.set_status(
-                        Status(StatusCode.ERROR, str(exc) or _error_type(exc))
-                    )
-            else:
-                if span.is_recording():
-                    span.set_attribute("http.response.status_code", response.code)
-                    if simple:  # Tornado's own client speaks HTTP/1.1 only
-                        span.set_attribute("network.protocol.version", "1.1")
-                    if captured.response:
-                        span.set_attributes(
-                            captured.response_attributes(response.headers)
-                        )
-                    if response.code >= 400:
-                        span.set_attribute("error.type", str(response.code))
-                        span.set_status(
-                            Status(StatusCode.ERROR, _status_line(response))
-                        )
-            finally:
-                span.end()
-            if metrics is not None:
-                code = response.code if response is not None else None
-                metrics.client_request_finished(
-                    method,
-                    host,
-                    port,
-                    code if code != 599 else None,
-                    time.monotonic() - attempt_started,
-                    _error_type(error) if error is not None else None,
-                    trace.set_span_in_context(span, parent),
-                )
-
-            cut = attempt_timeout < timeout and time.monotonic() - started >= deadline
-            if error is not None and previous is not None and cut:
+            if (
+                outcome.error is not None
+                and previous is not None
+                and policy.cut_short(outcome.timeout)
+            ):
                 return previous  # the deadline, not the server, cut it short
-
-            retryable = (
-                _retryable_error(error)
-                if error is not None
-                else response is not None and response.code in RETRY_STATUSES
-            )
-            delay: float | None = None
-            if retryable and may_retry and attempt < retries:
-                wait = _retry_after(response) if response is not None else None
-                if wait is None:
-                    cap = min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt)
-                    wait = random.uniform(0, cap)
-                left = deadline - (time.monotonic() - started) - wait
-                if left >= min(min_attempt_time, timeout):
-                    delay = wait
+            delay = policy.delay(attempt, outcome.response, outcome.error)
             if delay is None:
-                if error is not None:
-                    raise error
-                return typing.cast(httpclient.HTTPResponse, response)
+                return outcome.answer()
             logger.debug(
                 "retrying %s %s after %s in %.3fs (retry %d of %d)",
-                method,
-                full_url,
-                _error_type(error) if error is not None else response.code,  # type: ignore[union-attr]
+                request.method,
+                telemetry.full_url,
+                outcome.failure(),
                 delay,
                 attempt + 1,
                 retries,
             )
             await asyncio.sleep(delay)
-            if response is not None:
-                previous = response
+            if outcome.response is not None:
+                previous = outcome.response
             attempt += 1
+
+
+class _Request(typing.NamedTuple):
+    """What every attempt of one call sends; made by :func:`_build_request`."""
+
+    url: str
+    method: str
+    body: bytes | str | None
+    #: the caller's headers; each attempt sends a copy, with the
+    #: propagators' headers added
+    headers: httputil.HTTPHeaders
+    #: seconds one attempt may take
+    timeout: float
+    #: seconds connecting may take, within an attempt's time
+    connect_timeout: float
+    #: the other :class:`tornado.httpclient.HTTPRequest` arguments
+    options: dict[str, typing.Any]
+    host: str
+    port: int
+
+    def for_attempt(
+        self, headers: httputil.HTTPHeaders, timeout: float
+    ) -> httpclient.HTTPRequest:
+        """Tornado's request for one attempt.
+
+        :param headers: the attempt's headers
+        :param timeout: seconds the attempt may take, connecting included
+        """
+        return httpclient.HTTPRequest(
+            self.url,
+            method=self.method,
+            headers=headers,
+            body=self.body,
+            connect_timeout=min(self.connect_timeout, timeout),
+            request_timeout=timeout,
+            **self.options,
+        )
+
+
+def _build_request(
+    url: str,
+    method: str,
+    body: bytes | str | None,
+    headers: typing.Mapping[str, str] | httputil.HTTPHeaders | None,
+    json: typing.Any,
+    timeout: float,
+    options: dict[str, typing.Any],
+) -> _Request:
+    """The request of one :meth:`HttpClientMixin.send_request` call.
+
+    *options* are its other keyword arguments: ``request_timeout`` is taken
+    (out of them) as the attempt's timeout in seconds, ``connect_timeout``
+    as the seconds connecting may take (default: the attempt's timeout).
+
+    :raises TypeError: when *json* cannot be serialised
+    """
+    timeout = float(options.pop("request_timeout", None) or timeout)
+    connect_timeout = float(options.pop("connect_timeout", None) or timeout)
+    request_headers = httputil.HTTPHeaders()
+    if headers:
+        request_headers.update(headers)
+    if json is not _UNSET:
+        body = jsonlib.dumps(json).encode("utf-8")
+        if "Content-Type" not in request_headers:
+            request_headers["Content-Type"] = "application/json; charset=utf-8"
+    host, port = _address(url)
+    return _Request(
+        url,
+        method.upper(),
+        body,
+        request_headers,
+        timeout,
+        connect_timeout,
+        options,
+        host,
+        port,
+    )
+
+
+def _address(url: str) -> tuple[str, int]:
+    """The host name and port *url* names (the scheme's default port if none)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = None
+    return parts.hostname or "", port or _DEFAULT_PORTS.get(parts.scheme, 80)
+
+
+def _parent_context(caller: object) -> otel_context.Context:
+    """The context whose span the CLIENT spans are children of.
+
+    In a handler of a request divak traces, the request's current context
+    (see :meth:`divak.context.RequestContext.current_context`); anywhere
+    else, OpenTelemetry's current context.
+
+    :param caller: the object :meth:`HttpClientMixin.send_request` was
+        called on
+    """
+    if isinstance(caller, web.RequestHandler):
+        request_context = request_context_of(caller.request)
+        if request_context is not None:
+            return request_context.current_context()
+    return otel_context.get_current()
+
+
+class _Telemetry:
+    """The CLIENT spans and metrics of one call's attempts.
+
+    Made once per call from the application: what each span is named and
+    carries, whether the propagators write into the attempts' headers
+    (``divak_propagation_hosts``), which headers are recorded, and where
+    the attempts' durations go.  An application that is not a
+    :class:`~divak.Recorder` but provides ``settings``, ``divak_tracer``
+    and ``divak_propagation`` gets the default URL redaction and no
+    metrics.
+
+    :param application: the application of the object making the call
+    :param request: the call's request
+    :param client: the client that sends it
+    :param url_template: see :meth:`HttpClientMixin.send_request`
+    :param peer_service: see :meth:`HttpClientMixin.send_request`
+    :raises re.error: when a capture-headers environment variable holds
+        an invalid regular expression
+    """
+
+    __slots__ = (
+        "tracer",
+        "propagation",
+        "captured",
+        "metrics",
+        "method",
+        "host",
+        "port",
+        "full_url",
+        "name",
+        "attributes",
+        "protocol_version",
+    )
+
+    def __init__(
+        self,
+        application: Recorder,
+        request: _Request,
+        client: httpclient.AsyncHTTPClient,
+        url_template: str | None,
+        peer_service: str | None,
+    ) -> None:
+        instrumentation = (
+            application.divak_instrumentation
+            if isinstance(application, Recorder)
+            else None
+        )
+        if instrumentation is not None:
+            self.full_url = redact_url(request.url, instrumentation.redacted_params)
+        else:
+            self.full_url = redact_url(request.url)
+        allowed = _host_allowed(
+            request.host, application.settings.get("divak_propagation_hosts")
+        )
+        #: the application's propagators, or None: no header goes to this host
+        self.propagation: Propagation | None = (
+            application.divak_propagation if allowed else None
+        )
+        self.captured = divak_headers.captured_headers(application, "client")
+        self.metrics: ApplicationMetrics | None = (
+            instrumentation.metrics if instrumentation is not None else None
+        )
+        self.tracer = application.divak_tracer
+        self.method = request.method
+        self.host = request.host
+        self.port = request.port
+        self.name = (
+            f"{request.method} {url_template}" if url_template else request.method
+        )
+        self.attributes: dict[str, typing.Any] = {
+            "http.request.method": request.method,
+            "url.full": self.full_url,
+            "server.address": request.host,
+            "server.port": request.port,
+        }
+        if url_template:
+            self.attributes["url.template"] = url_template
+        if peer_service:
+            self.attributes["peer.service"] = peer_service
+        # Tornado's own client speaks HTTP/1.1 only.
+        self.protocol_version = (
+            "1.1"
+            if isinstance(client, simple_httpclient.SimpleAsyncHTTPClient)
+            else None
+        )
+
+    def start_span(self, parent: otel_context.Context, attempt: int) -> trace.Span:
+        """Start the CLIENT span of *attempt* (0 for the first), child of *parent*."""
+        attributes = dict(self.attributes)
+        if attempt:
+            attributes["http.request.resend_count"] = attempt
+        return self.tracer.start_span(
+            self.name, context=parent, kind=SpanKind.CLIENT, attributes=attributes
+        )
+
+    def inject(
+        self,
+        span: trace.Span,
+        context: otel_context.Context,
+        headers: httputil.HTTPHeaders,
+    ) -> httputil.HTTPHeaders:
+        """The headers of one attempt: a copy of *headers* with *context* injected.
+
+        The propagators write *context* (the attempt's span's) into the
+        copy when the host may receive it; the listed request headers are
+        recorded on *span*.
+        """
+        attempt_headers = httputil.HTTPHeaders(headers)
+        if self.propagation is not None:
+            self.propagation.inject(attempt_headers, context)
+        if self.captured.request and span.is_recording():
+            span.set_attributes(self.captured.request_attributes(attempt_headers))
+        return attempt_headers
+
+    def record_response(
+        self, span: trace.Span, response: httpclient.HTTPResponse
+    ) -> None:
+        """Record the answer an attempt got on its *span*.
+
+        A 4xx or 5xx status sets status ERROR, with the status line as
+        description and the code as ``error.type``.
+        """
+        if not span.is_recording():
+            return
+        span.set_attribute("http.response.status_code", response.code)
+        if self.protocol_version is not None:
+            span.set_attribute("network.protocol.version", self.protocol_version)
+        if self.captured.response:
+            span.set_attributes(self.captured.response_attributes(response.headers))
+        if response.code >= 400:
+            span.set_attribute("error.type", str(response.code))
+            reason = response.reason or semconv.reason_phrase(response.code)
+            span.set_status(Status(StatusCode.ERROR, f"{response.code} {reason}"))
+
+    @staticmethod
+    def record_error(span: trace.Span, error: Exception) -> None:
+        """Record on its *span* the *error* an attempt raised instead of an answer."""
+        if not span.is_recording():
+            return
+        error_type = semconv.exception_type(error)
+        span.record_exception(error)
+        span.set_attribute("error.type", error_type)
+        span.set_status(Status(StatusCode.ERROR, str(error) or error_type))
+
+    def record_duration(self, outcome: _Outcome, context: otel_context.Context) -> None:
+        """Record an ended attempt in ``http.client.request.duration``.
+
+        :param outcome: the attempt's outcome; its duration runs until now
+        :param context: the context of the attempt's span (for exemplars)
+        """
+        if self.metrics is None:
+            return
+        response = outcome.response
+        code = response.code if response is not None else None
+        error = outcome.error
+        self.metrics.client_request_finished(
+            self.method,
+            self.host,
+            self.port,
+            code if code != 599 else None,
+            time.monotonic() - outcome.started,
+            semconv.exception_type(error) if error is not None else None,
+            context,
+        )
+
+
+class _Outcome(typing.NamedTuple):
+    """What one attempt got: an answer, or the error it raised instead."""
+
+    response: httpclient.HTTPResponse | None
+    error: Exception | None
+    #: when the attempt started (:func:`time.monotonic`, seconds)
+    started: float
+    #: seconds the attempt was given
+    timeout: float
+
+    def answer(self) -> httpclient.HTTPResponse:
+        """The answer, to return to the caller.
+
+        :raises Exception: the attempt's error, when it got no answer
+        """
+        if self.error is not None:
+            raise self.error
+        return typing.cast(httpclient.HTTPResponse, self.response)
+
+    def failure(self) -> str | int:
+        """What went wrong, for the log: the error's type or the status code."""
+        if self.error is not None:
+            return semconv.exception_type(self.error)
+        return typing.cast(httpclient.HTTPResponse, self.response).code
+
+
+async def _attempt(
+    client: httpclient.AsyncHTTPClient,
+    request: _Request,
+    telemetry: _Telemetry,
+    parent: otel_context.Context,
+    attempt: int,
+    timeout: float,
+) -> _Outcome:
+    """Send *request* once, in its own CLIENT span, within *timeout* seconds.
+
+    The span starts, the propagators inject its context, the answer or
+    the error is recorded on it, and it ends (also when the call is
+    cancelled); then the attempt's duration is recorded.  HTTP error
+    statuses are answers, not errors.
+
+    :param client: the client that sends it
+    :param request: the call's request
+    :param telemetry: the call's spans and metrics
+    :param parent: the context of the spans' parent
+    :param attempt: 0 for the first attempt, then 1, 2, ...
+    :param timeout: seconds the attempt may take, connecting included
+    """
+    span = telemetry.start_span(parent, attempt)
+    context = trace.set_span_in_context(span, parent)
+    headers = telemetry.inject(span, context, request.headers)
+    tornado_request = request.for_attempt(headers, timeout)
+    started = time.monotonic()
+    try:
+        response = await client.fetch(tornado_request, raise_error=False)
+    except Exception as exc:  # noqa: BLE001 - recorded, then retried or raised
+        telemetry.record_error(span, exc)
+        outcome = _Outcome(None, exc, started, timeout)
+    else:
+        telemetry.record_response(span, response)
+        outcome = _Outcome(response, None, started, timeout)
+    finally:
+        span.end()
+    telemetry.record_duration(outcome, context)
+    return outcome
+
+
+def _host_allowed(host: str, allowed: typing.Iterable[str] | None) -> bool:
+    """Whether *host* may receive the propagated headers.
+
+    :param host: the request's host name
+    :param allowed: ``settings['divak_propagation_hosts']``: names, or
+        domains as ``".example.com"`` or ``"*.example.com"``; :data:`None`
+        allows every host
+    """
+    if allowed is None:
+        return True
+    if isinstance(allowed, str):
+        allowed = [allowed]
+    host = host.lower().rstrip(".")
+    for pattern in allowed:
+        pattern = pattern.lower().rstrip(".")
+        if pattern.startswith("*."):
+            pattern = pattern[1:]
+        if pattern.startswith("."):
+            if host == pattern[1:] or host.endswith(pattern):
+                return True
+        elif host == pattern:
+            return True
+    return False
