@@ -14,6 +14,7 @@ from tornado import httputil
 from divak import redaction
 
 __all__ = [
+    "DEFAULT_PORTS",
     "KNOWN_METHODS",
     "exception_type",
     "reason_phrase",
@@ -25,7 +26,8 @@ __all__ = [
 KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
 )
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: The port a URL scheme implies when a URL or ``Host`` names none.
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 #: Longest value, in characters, of a span attribute taken from the
 #: request (``user_agent.original``, ``server.address``, ``url.path``...);
@@ -92,7 +94,7 @@ def server_attributes(
         "url.path": redaction.redact_uri(request.path, redacted)[:limit],
         "url.scheme": request.protocol,
         "server.address": address[:limit],
-        "server.port": port or _DEFAULT_PORTS.get(request.protocol, 80),
+        "server.port": port or DEFAULT_PORTS.get(request.protocol, 80),
         "client.address": request.remote_ip,
         "network.protocol.version": request.version.partition("/")[2] or "1.1",
     }

@@ -58,7 +58,6 @@ __all__ = [
 
 logger = logging.getLogger("divak.client")
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNSET: typing.Any = object()
 
 
@@ -295,7 +294,7 @@ def _address(url: str) -> tuple[str, int]:
         port = parts.port
     except ValueError:  # not a number, or out of range
         port = None
-    return parts.hostname or "", port or _DEFAULT_PORTS.get(parts.scheme, 80)
+    return parts.hostname or "", port or semconv.DEFAULT_PORTS.get(parts.scheme, 80)
 
 
 def _parent_context(caller: object) -> otel_context.Context:
