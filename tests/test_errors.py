@@ -616,7 +616,11 @@ def test_error_after_the_headers_were_sent_is_logged_once(
     assert response.code == 200
     assert response.body == b"partial "
     record = only_error_record(log_records)
-    assert record.getMessage() == "GET /flushed failed with 500: Internal Server Error"
+    # The client got the 200 sent before the error, not a 500 (issue 20,
+    # item 11): the line says what was sent.
+    assert record.getMessage() == (
+        "GET /flushed failed after sending 200: Internal Server Error"
+    )
     assert record.exc_info is not None and record.exc_info[0] is ValueError
     # The client saw a 200, but the server failed: the span says so.
     (span,) = spans

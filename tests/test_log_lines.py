@@ -16,6 +16,8 @@ from tests.conftest import start_service
 
 SERVICE = ["-m", "tests.services.echo_service"]
 FORGED = "2026-12-01 00:00:00,000 INFO     forged: granted admin"
+#: What the continuation lines of a text record start with.
+INDENT = TextFormatter.indent
 ISO_8601 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d")
 
 
@@ -52,11 +54,12 @@ def test_text_lines_cannot_be_forged() -> None:
     # ...it stays, escaped, inside the real record.
     (echo,) = [line for line in lines if "echo: x" in line]
     assert f"echo: x\\n{FORGED} [trace_id=" in echo
-    # The traceback keeps its own lines; the exception message stays on one.
-    start = lines.index("Traceback (most recent call last):")
-    assert lines[start + 1].startswith("  File ")
-    (error,) = [line for line in lines if line.startswith("ValueError")]
-    assert error == f"ValueError: cannot echo y\\n{FORGED}\\n\\nmore"
+    # The traceback keeps its own lines, indented under the record; the
+    # exception message stays on one.
+    start = lines.index(INDENT + "Traceback (most recent call last):")
+    assert lines[start + 1].startswith(INDENT + "  File ")
+    (error,) = [line for line in lines if line.startswith(INDENT + "ValueError")]
+    assert error == f"{INDENT}ValueError: cannot echo y\\n{FORGED}\\n\\nmore"
     assert "Uncaught exception" in lines[start - 1] or "failed" in lines[start - 1]
 
 
@@ -114,7 +117,9 @@ def test_escape_traceback_keeps_chained_tracebacks_and_joins_the_rest() -> None:
         record.exc_info = sys.exc_info()
     lines = TextFormatter("%(levelname)s %(message)s").format(record).split("\n")
     assert lines[0] == "ERROR failed a\\nb"
-    unindented = [line for line in lines[1:] if line and not line[0].isspace()]
+    assert all(line.startswith(INDENT) for line in lines[1:]), lines
+    lines = [line[len(INDENT) :] for line in lines[1:]]
+    unindented = [line for line in lines if line and not line[0].isspace()]
     assert unindented == [
         "Traceback (most recent call last):",
         "ValueError: bad x\\nforged one\\nnote\\nforged two",
@@ -143,5 +148,5 @@ def test_text_formatter_in_a_subprocess_for_stack_info() -> None:
     )
     lines = result.stdout.splitlines()
     assert lines[0] == "x\\ny m\\nn"
-    assert lines[1] == "Stack (most recent call last):"
-    assert all(line.startswith("  ") for line in lines[2:]), lines
+    assert lines[1] == INDENT + "Stack (most recent call last):"
+    assert all(line.startswith(INDENT + "  ") for line in lines[2:]), lines

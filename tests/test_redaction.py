@@ -33,6 +33,18 @@ NAMES = [
     "client_secret",
     "code",
     "secret",
+    # issue 20, item 9
+    "refresh_token",
+    "id_token",
+    "passwd",
+    "pwd",
+    "jwt",
+    "sessionid",
+    "jsessionid",
+    "auth_token",
+    "private_key",
+    "credentials",
+    "x-api-key",
 ]
 
 
@@ -84,7 +96,7 @@ def test_redact_query(query: str, expected: str) -> None:
         ("http://h/a?token=t#frag", "http://h/a?token=REDACTED"),
         (
             "http://h/a;jsessionid=1;password=p/b",
-            "http://h/a;jsessionid=1;password=REDACTED/b",
+            "http://h/a;jsessionid=REDACTED;password=REDACTED/b",
         ),
         ("http://[::1]:8080/?sig=1", "http://[::1]:8080/?sig=REDACTED"),
         # invalid URLs never appear raw
@@ -109,7 +121,13 @@ def test_redact_url(url: str, expected: str) -> None:
         ("/a?token=t&b=c", "/a?token=REDACTED&b=c"),
         ("/a?b=c;access_token=t", "/a?b=c;access_token=REDACTED"),
         ("/users/me@example.com", "/users/me@example.com"),
-        ("//user:pw@evil/x", "//user:pw@evil/x"),  # a path, no authority
+        # user information inside a path or a query (issue 20, item 9)
+        ("//user:pw@evil/x", "//REDACTED:REDACTED@evil/x"),
+        ("/proxy//user:pw@evil/x", "/proxy//REDACTED:REDACTED@evil/x"),
+        ("/p/http%3A%2F%2Fu%3Apw%40h%2Fx", "/p/http%3A%2F%2FREDACTED:REDACTED%40h%2Fx"),
+        ("/a?next=http://u:pw@h/&x=1", "/a?next=http://REDACTED:REDACTED@h/&x=1"),
+        ("/npm/@scope/pkg", "/npm/@scope/pkg"),
+        ("/a//@b", "/a//@b"),
         ("/a;password=p/b?x=1", "/a;password=REDACTED/b?x=1"),
         ("/a#access_token=t", "/a"),
         ("/a?x=1#access_token=t", "/a?x=1"),
