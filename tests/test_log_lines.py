@@ -150,3 +150,68 @@ def test_text_formatter_in_a_subprocess_for_stack_info() -> None:
     assert lines[0] == "x\\ny m\\nn"
     assert lines[1] == INDENT + "Stack (most recent call last):"
     assert all(line.startswith(INDENT + "  ") for line in lines[2:]), lines
+
+
+#: A record of the text format starts with its time; nothing else may start
+#: in the first column.
+RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+#: Characters that must never reach a text log raw (the tab may).
+RAW_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e]")
+
+
+def test_text_records_hold_no_control_characters_and_no_forged_traceback() -> None:
+    """Issue 20, item 8: path arguments, headers and exception messages that
+    carry ESC, BEL, C1 characters, a bidi override, or a line break followed
+    by ``Traceback (most recent call last):`` reach the log escaped, inside
+    their record."""
+    forged_traceback = (
+        "\nTraceback (most recent call last):\n"
+        '  File "forged.py", line 1, in <module>\n'
+        f"{FORGED}"
+    )
+    process, port = start_service(
+        SERVICE,
+        env={
+            "SHUTDOWN_LIMIT": "5",
+            "LOG_FORMAT": "text",
+            "ACCESS_LOG_FORMAT": "combined",
+        },
+    )
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for path, status, headers in (
+            # ESC [31m (red), BEL, CSI (C1, as UTF-8), RIGHT-TO-LEFT OVERRIDE
+            ("/echo/%1B%5B31mred%07%C2%9B2J%E2%80%AEevil", 200, {}),
+            # Header values may carry obs-text bytes: NEL and CSI (C1)
+            ("/echo/h", 200, {"User-Agent": "ua\x9b2J", "Referer": "/r\x85forged"}),
+            ("/fail/z" + quote(forged_traceback), 500, {}),
+        ):
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            assert response.status == status
+        connection.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    lines = output.split("\n")[:-1]
+    # Only records start in the first column: a traceback is indented...
+    assert [line for line in lines if not RECORD_START.match(line)] == [
+        line for line in lines if line.startswith(INDENT)
+    ]
+    # ...and nothing raw reaches the output.
+    assert not [line for line in lines if RAW_CONTROL.search(line)], lines
+    (echo,) = [line for line in lines if "echo: \\x1b" in line]
+    assert "echo: \\x1b[31mred\\x07\\x9b2J\\u202eevil [trace_id=" in echo
+    (access,) = [line for line in lines if '"GET /echo/h HTTP/1.1"' in line]
+    assert '"/r\\x85forged" "ua\\x9b2J"' in access
+    # The forged traceback and record stay indented inside the real one.
+    start = lines.index(INDENT + "ValueError: cannot echo z")
+    record = next(line for line in reversed(lines[:start]) if RECORD_START.match(line))
+    assert " ERROR " in record and "exception GET /fail/z" in record, record
+    assert lines[start + 1 : start + 4] == [
+        INDENT + "Traceback (most recent call last):",
+        INDENT + '  File "forged.py", line 1, in <module>',
+        INDENT + FORGED,
+    ]
