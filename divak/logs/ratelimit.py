@@ -168,6 +168,8 @@ def safe_log(
     """
     if not kwargs.get("exc_info"):
         kwargs.pop("exc_info", None)
+    # The record's funcName and lineno are those of the caller.
+    kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
     try:
         log.log(level, message, *args, **kwargs)
     except Exception as error:  # noqa: BLE001 - logging must not hurt the caller
