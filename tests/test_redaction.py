@@ -12,8 +12,6 @@ import divak
 import divak.client
 from divak import redaction
 from divak.logs import TextFormatter
-from divak.testing import SpanRecorder
-from tests.conftest import flush, listen, run
 from divak.redaction import (
     INVALID_URL,
     redact_query,
@@ -21,6 +19,8 @@ from divak.redaction import (
     redact_url,
     redacted_query_params,
 )
+from divak.testing import SpanRecorder
+from tests.conftest import flush, listen, run
 
 NAMES = [
     "token",

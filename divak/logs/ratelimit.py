@@ -223,23 +223,34 @@ class StreamHandler(FailSafeHandler, logging.StreamHandler):  # type: ignore[typ
 
 
 class Muffled:
-    """What :func:`muffled` kept of the lines it kept out of the log.
+    """What :func:`muffled` kept of the records it kept out of the log.
 
-    .. attribute:: message
+    .. attribute:: first
 
-       The last muffled record's message on one line (whitespace runs
+       The first muffled record's message on one line (whitespace runs
        collapsed, at most 300 characters), or ``""``.
+
+    .. attribute:: last
+
+       The last one's, the same way.
 
     .. attribute:: count
 
        Records muffled (:class:`int`).
     """
 
-    __slots__ = ("count", "message")
+    __slots__ = ("count", "first", "last")
 
     def __init__(self) -> None:
-        self.message = ""
+        self.first = self.last = ""
         self.count = 0
+
+    @property
+    def message(self) -> str:
+        """The first message, and the last when it differs, or ``""``."""
+        if self.last == self.first:
+            return self.first
+        return f"{self.first}; then: {self.last}"
 
 
 _muffling: contextvars.ContextVar[Muffled | None] = contextvars.ContextVar(
@@ -259,7 +270,9 @@ class _Muffler(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad record is still muffled
             message = str(record.msg)
-        muffle.message = " ".join(message.split())[:300]
+        muffle.last = " ".join(message.split())[:300]
+        if muffle.count == 1:
+            muffle.first = muffle.last
         return False
 
 
@@ -343,5 +356,7 @@ class RateLimitedLog:
         if suppressed:
             message += " (%d more like this since the last line)"
             args = (*args, suppressed)
-        safe_log(self.log, level, message, *args, exc_info=exc_info)
+        # The record's funcName and lineno are those of the code that
+        # reports the fault.
+        safe_log(self.log, level, message, *args, exc_info=exc_info, stacklevel=2)
         return True
