@@ -25,7 +25,6 @@ The request an event describes is redacted as divak's logs and spans are
 string, which Sentry's Tornado integration copies raw, and its headers.
 """
 
-
 from __future__ import annotations
 
 import logging
