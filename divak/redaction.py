@@ -1,15 +1,23 @@
-"""Secrets out of URLs before they reach a span or a log line.
+"""Secrets out of URLs and headers before they reach a span, a log line,
+an error document or an error report.
 
-Three functions, one per shape in which a URL reaches divak:
+One set of rules, applied by every part of divak that shows a URL: the
+access log (its URI and, in the combined format, its ``Referer``), the
+error lines of :class:`divak.ErrorLogger`, the ``url.path``, ``url.query``
+and ``url.full`` span attributes, the ``instance`` member of RFC 9457
+problem documents and the Sentry events of :mod:`divak.integrations.sentry`.
+A function per shape in which a URL reaches divak:
 
 * :func:`redact_url` for an absolute URL (the ``url.full`` attribute of
   CLIENT spans);
 * :func:`redact_uri` for a request target as Tornado gives it in
   ``request.uri`` or ``request.path`` (origin-form ``/a?b=c``,
   absolute-form ``http://user:pw@host/a``, authority-form ``host:443``,
-  asterisk-form ``*``), for the access log, error lines and ``url.path``;
+  asterisk-form ``*``), and for a ``Referer``;
 * :func:`redact_query` for a query string without its ``?`` (the
-  ``url.query`` attribute).
+  ``url.query`` attribute);
+* :func:`redact_header` for a header value (a credential header is
+  replaced as a whole, a header that holds a URL is redacted as one).
 
 What they do, as the OpenTelemetry HTTP semantic conventions ask for
 ``url.full``:
@@ -18,7 +26,10 @@ What they do, as the OpenTelemetry HTTP semantic conventions ask for
   without regard to case) is in the redacted set becomes ``REDACTED``;
   parameters are separated by ``&`` or ``;``, and ``;`` parameters of path
   segments (``/a;jsessionid=...``) are treated the same way;
-* user name and password become ``REDACTED:REDACTED``;
+* user name and password become ``REDACTED:REDACTED``, in the authority
+  and wherever ``//user:password@`` appears in the path or the query
+  (``/proxy//user:pw@host/``, ``?next=http://user:pw@host/``), also
+  percent-encoded (``%2F%2Fuser:pw%40host``);
 * the fragment is dropped;
 * a URL that cannot be parsed is replaced as a whole by
   :data:`INVALID_URL`, so malformed input never appears raw.
@@ -38,7 +49,10 @@ __all__ = [
     "DEFAULT_REDACTED_QUERY_PARAMS",
     "INVALID_URL",
     "REDACTED",
+    "REDACTED_HEADERS",
     "SETTING",
+    "URL_HEADERS",
+    "redact_header",
     "redact_query",
     "redact_uri",
     "redact_url",
@@ -56,8 +70,8 @@ SETTING = "divak_redacted_query_params"
 
 #: Query parameter names whose values are redacted, lower case: the HTTP
 #: semantic conventions' list (``AWSAccessKeyId``, ``Signature``, ``sig``,
-#: ``X-Goog-Signature``), AWS pre-signed URL parameters and common
-#: credentials.
+#: ``X-Goog-Signature``), AWS pre-signed URL parameters, OAuth 2.0 and
+#: OpenID Connect parameters, session ids and common credentials.
 DEFAULT_REDACTED_QUERY_PARAMS: frozenset[str] = frozenset(
     name.lower()
     for name in (
@@ -71,19 +85,55 @@ DEFAULT_REDACTED_QUERY_PARAMS: frozenset[str] = frozenset(
         "access_token",
         "api_key",
         "apikey",
+        "x-api-key",
+        "x_api_key",
         "auth",
+        "auth_token",
         "client_secret",
         "code",
+        "credentials",
+        "id_token",
+        "jwt",
         "key",
+        "passwd",
         "password",
+        "private_key",
         "private_token",
+        "pwd",
+        "refresh_token",
         "secret",
         "token",
+        "sessionid",
+        "session_id",
+        "jsessionid",
+        "phpsessid",
     )
+)
+
+#: Headers whose values are always replaced by :data:`REDACTED`, lower case.
+REDACTED_HEADERS: frozenset[str] = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "x-auth-token",
+    }
+)
+
+#: Headers whose values are URLs, redacted by :func:`redact_uri`, lower case.
+URL_HEADERS: frozenset[str] = frozenset(
+    {"referer", "location", "content-location", "origin"}
 )
 
 _USERINFO = f"{REDACTED}:{REDACTED}@"
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")  # RFC 3986, section 3.1
+# "//user:password@" inside a path or query, also percent-encoded; the user
+# information never crosses a "/" (or "%2F"), "?", "#" or "@".
+_INNER_USERINFO = re.compile(
+    r"(//|%2[fF]%2[fF])((?:(?!%2[fF])[^/?#@])+?)(@|%40)"
+)
 
 
 def redacted_query_params(
@@ -148,7 +198,14 @@ def redact_query(
     return _redact_params(query, names, 0)
 
 
+def _redact_inner_userinfo(text: str) -> str:
+    if "@" not in text and "%40" not in text:
+        return text
+    return _INNER_USERINFO.sub(rf"\1{REDACTED}:{REDACTED}\3", text)
+
+
 def _redact_path(path: str, names: typing.AbstractSet[str]) -> str:
+    path = _redact_inner_userinfo(path)
     if ";" not in path:
         return path
     segments = path.split("/")
@@ -164,7 +221,7 @@ def _redact_target(target: str, names: typing.AbstractSet[str]) -> str:
     path, question, query = target.partition("?")
     path = _redact_path(path, names)
     if question:
-        return f"{path}?{redact_query(query, names)}"
+        return f"{path}?{_redact_inner_userinfo(redact_query(query, names))}"
     return path
 
 
@@ -192,7 +249,9 @@ def redact_url(
     if not parts.scheme or not parts.netloc:
         return INVALID_URL
     netloc = _redact_authority(parts.netloc)
-    query = redact_query(parts.query, names) if parts.query else ""
+    query = parts.query
+    if query:
+        query = _redact_inner_userinfo(redact_query(query, names))
     path = _redact_path(parts.path, names)
     return urllib.parse.urlunsplit((parts.scheme, netloc, path, query, ""))
 
@@ -202,8 +261,9 @@ def redact_uri(
 ) -> str:
     """Return the request target *uri* fit for logs and spans.
 
-    A target without ``?``, ``;``, ``#`` and ``@`` (most of them) is
-    returned as it is, without being parsed: this runs for every request.
+    A target without ``?``, ``;``, ``#``, ``@`` and ``%40`` (most of them)
+    is returned as it is, without being parsed: this runs for every
+    request.
 
     :param uri: the request target as received, e.g. Tornado's
         ``request.uri`` (``"/a?token=t"``) or ``request.path``; an
@@ -214,7 +274,13 @@ def redact_uri(
     :returns: e.g. ``"/a?token=REDACTED"``; :data:`INVALID_URL` for an
         absolute-form target that cannot be parsed
     """
-    if "?" not in uri and ";" not in uri and "@" not in uri and "#" not in uri:
+    if (
+        "?" not in uri
+        and ";" not in uri
+        and "@" not in uri
+        and "#" not in uri
+        and "%40" not in uri
+    ):
         return uri
     if uri.startswith("/"):  # origin-form, the common case
         return _redact_target(uri, names)
@@ -235,3 +301,26 @@ def redact_uri(
     return f"{scheme}://{_redact_authority(authority)}" + _redact_target(
         slash + target, names
     )
+
+
+def redact_header(
+    name: str,
+    value: str,
+    names: typing.AbstractSet[str] = DEFAULT_REDACTED_QUERY_PARAMS,
+) -> str:
+    """Return the value of header *name* fit for logs, spans and reports.
+
+    :param name: the header's name, in any case
+    :param value: its value
+    :param names: lower-case parameter names to redact in a URL header
+    :returns: :data:`REDACTED` for a header of :data:`REDACTED_HEADERS`
+        (``Authorization``, ``Cookie``, ``X-Api-Key``...); for a header of
+        :data:`URL_HEADERS` (``Referer``, ``Location``...) the URL redacted
+        by :func:`redact_uri`; else *value* itself
+    """
+    lower = name.lower()
+    if lower in REDACTED_HEADERS:
+        return REDACTED
+    if lower in URL_HEADERS:
+        return redact_uri(value, names)
+    return value

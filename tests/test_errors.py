@@ -11,7 +11,7 @@ import typing
 import pytest
 import yaml
 from sprockets.mixins.mediatype import content, transcoders
-from tornado import httpclient, web
+from tornado import httpclient, httputil, web
 
 import divak
 from divak.logs import RequestLogger
@@ -349,6 +349,32 @@ def test_generated_request_id_is_the_same_everywhere(
     assert len(response.headers["Request-Id"]) >= 32
 
 
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        (["first-id", "second-id"], "first-id"),
+        (["not valid", "second-id"], "second-id"),
+        (["", "x" * 200, "third-id"], "third-id"),
+    ],
+)
+def test_request_id_sent_twice_is_its_first_valid_value(
+    collector: divak.testing.ZipkinCollector,
+    log_records: list[logging.LogRecord],
+    sent: list[str],
+    expected: str,
+) -> None:
+    """Issue 20, item 11: Tornado combines repeated headers with commas;
+    the id is the first valid one, never ``a,b``."""
+    headers = httputil.HTTPHeaders()
+    for value in sent:
+        headers.add("Request-Id", value)
+    response = serve("/http?status=404", headers=headers, collector=collector)
+    assert response.headers.get_list("Request-Id") == [expected]
+    record = only_error_record(log_records)
+    (span,) = collector.wait_for(lambda spans: len(spans) >= 1)
+    assert_same_ids(response, record, span)
+
+
 # -- ErrorWriter -------------------------------------------------------------
 
 
@@ -616,7 +642,11 @@ def test_error_after_the_headers_were_sent_is_logged_once(
     assert response.code == 200
     assert response.body == b"partial "
     record = only_error_record(log_records)
-    assert record.getMessage() == "GET /flushed failed with 500: Internal Server Error"
+    # The client got the 200 sent before the error, not a 500 (issue 20,
+    # item 11): the line says what was sent.
+    assert record.getMessage() == (
+        "GET /flushed failed after sending 200: Internal Server Error"
+    )
     assert record.exc_info is not None and record.exc_info[0] is ValueError
     # The client saw a 200, but the server failed: the span says so.
     (span,) = spans

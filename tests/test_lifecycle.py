@@ -185,7 +185,10 @@ def test_an_error_after_the_response_is_logged_once_and_marks_the_span(
     assert response.code == 200 and response.body == b"ok"
     errors = [r for r in log_records if r.levelno >= logging.ERROR]
     (record,) = [r for r in errors if r.name.endswith(handler)]
-    assert record.getMessage() == f"GET {path} failed with 500: Internal Server Error"
+    # The client got the 200 (issue 20, item 11): the line says what was sent.
+    assert record.getMessage() == (
+        f"GET {path} failed after sending 200: Internal Server Error"
+    )
     assert record.exc_info is not None and record.exc_info[0] is ValueError
     assert not [r for r in log_records if "AttributeError" in r.getMessage()]
     assert not [r for r in errors if r.exc_info and r.exc_info[0] is AttributeError]

@@ -16,6 +16,8 @@ from tests.conftest import start_service
 
 SERVICE = ["-m", "tests.services.echo_service"]
 FORGED = "2026-12-01 00:00:00,000 INFO     forged: granted admin"
+#: What the continuation lines of a text record start with.
+INDENT = TextFormatter.indent
 ISO_8601 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d")
 
 
@@ -52,11 +54,12 @@ def test_text_lines_cannot_be_forged() -> None:
     # ...it stays, escaped, inside the real record.
     (echo,) = [line for line in lines if "echo: x" in line]
     assert f"echo: x\\n{FORGED} [trace_id=" in echo
-    # The traceback keeps its own lines; the exception message stays on one.
-    start = lines.index("Traceback (most recent call last):")
-    assert lines[start + 1].startswith("  File ")
-    (error,) = [line for line in lines if line.startswith("ValueError")]
-    assert error == f"ValueError: cannot echo y\\n{FORGED}\\n\\nmore"
+    # The traceback keeps its own lines, indented under the record; the
+    # exception message stays on one.
+    start = lines.index(INDENT + "Traceback (most recent call last):")
+    assert lines[start + 1].startswith(INDENT + "  File ")
+    (error,) = [line for line in lines if line.startswith(INDENT + "ValueError")]
+    assert error == f"{INDENT}ValueError: cannot echo y\\n{FORGED}\\n\\nmore"
     assert "Uncaught exception" in lines[start - 1] or "failed" in lines[start - 1]
 
 
@@ -114,7 +117,9 @@ def test_escape_traceback_keeps_chained_tracebacks_and_joins_the_rest() -> None:
         record.exc_info = sys.exc_info()
     lines = TextFormatter("%(levelname)s %(message)s").format(record).split("\n")
     assert lines[0] == "ERROR failed a\\nb"
-    unindented = [line for line in lines[1:] if line and not line[0].isspace()]
+    assert all(line.startswith(INDENT) for line in lines[1:]), lines
+    lines = [line[len(INDENT) :] for line in lines[1:]]
+    unindented = [line for line in lines if line and not line[0].isspace()]
     assert unindented == [
         "Traceback (most recent call last):",
         "ValueError: bad x\\nforged one\\nnote\\nforged two",
@@ -143,5 +148,70 @@ def test_text_formatter_in_a_subprocess_for_stack_info() -> None:
     )
     lines = result.stdout.splitlines()
     assert lines[0] == "x\\ny m\\nn"
-    assert lines[1] == "Stack (most recent call last):"
-    assert all(line.startswith("  ") for line in lines[2:]), lines
+    assert lines[1] == INDENT + "Stack (most recent call last):"
+    assert all(line.startswith(INDENT + "  ") for line in lines[2:]), lines
+
+
+#: A record of the text format starts with its time; nothing else may start
+#: in the first column.
+RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+#: Characters that must never reach a text log raw (the tab may).
+RAW_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e]")
+
+
+def test_text_records_hold_no_control_characters_and_no_forged_traceback() -> None:
+    """Issue 20, item 8: path arguments, headers and exception messages that
+    carry ESC, BEL, C1 characters, a bidi override, or a line break followed
+    by ``Traceback (most recent call last):`` reach the log escaped, inside
+    their record."""
+    forged_traceback = (
+        "\nTraceback (most recent call last):\n"
+        '  File "forged.py", line 1, in <module>\n'
+        f"{FORGED}"
+    )
+    process, port = start_service(
+        SERVICE,
+        env={
+            "SHUTDOWN_LIMIT": "5",
+            "LOG_FORMAT": "text",
+            "ACCESS_LOG_FORMAT": "combined",
+        },
+    )
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for path, status, headers in (
+            # ESC [31m (red), BEL, CSI (C1, as UTF-8), RIGHT-TO-LEFT OVERRIDE
+            ("/echo/%1B%5B31mred%07%C2%9B2J%E2%80%AEevil", 200, {}),
+            # Header values may carry obs-text bytes: NEL and CSI (C1)
+            ("/echo/h", 200, {"User-Agent": "ua\x9b2J", "Referer": "/r\x85forged"}),
+            ("/fail/z" + quote(forged_traceback), 500, {}),
+        ):
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            assert response.status == status
+        connection.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    lines = output.split("\n")[:-1]
+    # Only records start in the first column: a traceback is indented...
+    assert [line for line in lines if not RECORD_START.match(line)] == [
+        line for line in lines if line.startswith(INDENT)
+    ]
+    # ...and nothing raw reaches the output.
+    assert not [line for line in lines if RAW_CONTROL.search(line)], lines
+    (echo,) = [line for line in lines if "echo: \\x1b" in line]
+    assert "echo: \\x1b[31mred\\x07\\x9b2J\\u202eevil [trace_id=" in echo
+    (access,) = [line for line in lines if '"GET /echo/h HTTP/1.1"' in line]
+    assert '"/r\\x85forged" "ua\\x9b2J"' in access
+    # The forged traceback and record stay indented inside the real one.
+    start = lines.index(INDENT + "ValueError: cannot echo z")
+    record = next(line for line in reversed(lines[:start]) if RECORD_START.match(line))
+    assert " ERROR " in record and "exception GET /fail/z" in record, record
+    assert lines[start + 1 : start + 4] == [
+        INDENT + "Traceback (most recent call last):",
+        INDENT + '  File "forged.py", line 1, in <module>',
+        INDENT + FORGED,
+    ]

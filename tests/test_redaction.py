@@ -1,11 +1,17 @@
-"""Secrets in URLs are redacted before they reach spans or logs (issue 15, item 2)."""
+"""Secrets in URLs are redacted before they reach spans or logs (issues 15, 20)."""
 
 from __future__ import annotations
 
-import pytest
+import logging
+import typing
 
+import pytest
+from tornado import httpclient, web
+
+import divak
 import divak.client
 from divak import redaction
+from divak.logs import TextFormatter
 from divak.redaction import (
     INVALID_URL,
     redact_query,
@@ -13,6 +19,8 @@ from divak.redaction import (
     redact_url,
     redacted_query_params,
 )
+from divak.testing import SpanRecorder
+from tests.conftest import flush, listen, run
 
 NAMES = [
     "token",
@@ -33,6 +41,18 @@ NAMES = [
     "client_secret",
     "code",
     "secret",
+    # issue 20, item 9
+    "refresh_token",
+    "id_token",
+    "passwd",
+    "pwd",
+    "jwt",
+    "sessionid",
+    "jsessionid",
+    "auth_token",
+    "private_key",
+    "credentials",
+    "x-api-key",
 ]
 
 
@@ -84,7 +104,7 @@ def test_redact_query(query: str, expected: str) -> None:
         ("http://h/a?token=t#frag", "http://h/a?token=REDACTED"),
         (
             "http://h/a;jsessionid=1;password=p/b",
-            "http://h/a;jsessionid=1;password=REDACTED/b",
+            "http://h/a;jsessionid=REDACTED;password=REDACTED/b",
         ),
         ("http://[::1]:8080/?sig=1", "http://[::1]:8080/?sig=REDACTED"),
         # invalid URLs never appear raw
@@ -109,7 +129,13 @@ def test_redact_url(url: str, expected: str) -> None:
         ("/a?token=t&b=c", "/a?token=REDACTED&b=c"),
         ("/a?b=c;access_token=t", "/a?b=c;access_token=REDACTED"),
         ("/users/me@example.com", "/users/me@example.com"),
-        ("//user:pw@evil/x", "//user:pw@evil/x"),  # a path, no authority
+        # user information inside a path or a query (issue 20, item 9)
+        ("//user:pw@evil/x", "//REDACTED:REDACTED@evil/x"),
+        ("/proxy//user:pw@evil/x", "/proxy//REDACTED:REDACTED@evil/x"),
+        ("/p/http%3A%2F%2Fu%3Apw%40h%2Fx", "/p/http%3A%2F%2FREDACTED:REDACTED%40h%2Fx"),
+        ("/a?next=http://u:pw@h/&x=1", "/a?next=http://REDACTED:REDACTED@h/&x=1"),
+        ("/npm/@scope/pkg", "/npm/@scope/pkg"),
+        ("/a//@b", "/a//@b"),
         ("/a;password=p/b?x=1", "/a;password=REDACTED/b?x=1"),
         ("/a#access_token=t", "/a"),
         ("/a?x=1#access_token=t", "/a?x=1"),
@@ -157,3 +183,117 @@ def test_settings_extend_the_default_names() -> None:
 
 def test_client_keeps_its_name() -> None:
     assert divak.client.redact_url is redact_url
+
+
+# -- Issue 20, item 9: every outlet, over real requests -----------------------
+
+
+class Leak(typing.NamedTuple):
+    """A request that carries a secret, ``{secret}`` in the target or headers."""
+
+    item: str
+    target: str
+    headers: dict[str, str] = {}
+    #: Whether the name is redacted by an application setting only (Sentry,
+    #: started before any application, knows the default names only).
+    setting_only: bool = False
+
+    def secret(self) -> str:
+        return "Hunter2" + "".join(c for c in self.item if c.isalnum())
+
+    def request(self) -> tuple[str, dict[str, str]]:
+        secret = self.secret()
+        headers = {k: v.format(secret=secret) for k, v in self.headers.items()}
+        return self.target.format(secret=secret), headers
+
+
+LEAKS = [
+    *(
+        Leak(name, f"/a?page=2&{name}={{secret}}")
+        for name in (
+            "refresh_token",
+            "id_token",
+            "passwd",
+            "pwd",
+            "jwt",
+            "sessionid",
+            "auth_token",
+            "private_key",
+            "credentials",
+            "client_secret",
+        )
+    ),
+    Leak("x-api-key", "/a?x-api-key={secret}"),
+    Leak("X-Api-Key header", "/a", {"X-Api-Key": "{secret}"}),
+    Leak(";jsessionid=", "/a;jsessionid={secret}/b"),
+    Leak("//user:pass@ in a path", "//user:{secret}@evil.example/a"),
+    Leak("Referer", "/a", {"Referer": "https://shop.example/cb?token={secret}"}),
+    Leak("instance", "/a;otp={secret}/b", setting_only=True),
+]
+
+
+class Refused(
+    divak.RequestTracker,
+    divak.ErrorLogger,
+    divak.ErrorWriter,
+    divak.Logger,
+    web.RequestHandler,
+):
+    def get(self) -> None:
+        self.logger.info("refusing")
+        raise web.HTTPError(403)
+
+
+class LeakApp(divak.Recorder, divak.Application):
+    """Every outlet on: combined access log, problem documents, captured headers."""
+
+    def __init__(self, spans: SpanRecorder) -> None:
+        super().__init__(
+            [(r"/.*", Refused)],
+            access_log_format="combined",
+            problem_details=True,
+            divak_capture_request_headers=["x-api-key", "user-agent"],
+            divak_redacted_query_params=["otp"],
+        )
+        self.set_divak_service("leaks")
+        self.add_divak_reporter(spans)
+        self.add_divak_propagator(divak.RequestIdPropagation())
+
+
+@pytest.mark.parametrize("leak", LEAKS, ids=[leak.item for leak in LEAKS])
+def test_no_secret_reaches_logs_spans_or_error_documents(
+    leak: Leak,
+    log_records: list[logging.LogRecord],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    target, headers = leak.request()
+    spans = SpanRecorder()
+
+    async def go() -> httpclient.HTTPResponse:
+        app = LeakApp(spans)
+        port = listen(app)
+        response = await httpclient.AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{port}{target}", headers=headers, raise_error=False
+        )
+        app._test_server.stop()
+        await flush(app)
+        return response
+
+    response = run(go())
+    assert response.code == 403
+    formatter = TextFormatter("%(name)s %(levelname)s %(message)s")
+    logged = "\n".join(formatter.format(record) for record in log_records)
+    assert "GET " in logged and "failed with 403" in logged  # the lines are there
+    assert len(spans.spans) == 1
+    outlets = {
+        "log": logged,
+        "span": spans.spans[0].to_json(),
+        "response": f"{response.headers!r}\n{response.body.decode()}",
+    }
+    secret = leak.secret()
+    assert {name: secret in text for name, text in outlets.items()} == {
+        "log": False,
+        "span": False,
+        "response": False,
+    }, outlets

@@ -16,6 +16,7 @@ from tornado import web
 import divak.integrations.sentry
 
 from .conftest import ThreadedServer, start_service
+from .test_redaction import LEAKS, Leak
 
 pytest.importorskip("sentry_sdk")
 
@@ -48,6 +49,20 @@ class FakeSentry(ThreadedServer):
     @property
     def dsn(self) -> str:
         return f"http://public0key@127.0.0.1:{self.port}/42"
+
+    def wait_for_event(self, request_id: str, timeout: float = 15.0) -> list[dict]:
+        """The events tagged with *request_id*, once the first one arrived."""
+
+        def tagged() -> list[dict]:
+            return [
+                event
+                for event in self.events
+                if event.get("tags", {}).get("divak.request_id") == request_id
+            ]
+
+        with self.received:
+            self.received.wait_for(tagged, timeout)
+            return tagged()
 
     def add(self, path: str, body: bytes) -> None:
         lines = body.split(b"\n")
@@ -126,3 +141,36 @@ def test_without_dsn_install_does_nothing(monkeypatch):
 def test_add_ids_outside_a_request_leaves_the_event_untagged():
     event = divak.integrations.sentry.add_ids({"message": "x"}, {})
     assert event == {"message": "x", "tags": {}}
+
+
+@pytest.fixture(scope="module")
+def sentry_service():
+    """One service reporting to one fake Sentry, for every row of a table."""
+    sentry = FakeSentry()
+    process, port = start_service(
+        ["tests/services/sentry_service.py"],
+        env={"SENTRY_DSN": sentry.dsn, "OTEL_TRACES_EXPORTER": "none"},
+    )
+    yield sentry, port
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    sentry.stop()
+
+
+SENTRY_LEAKS = [leak for leak in LEAKS if not leak.setting_only]
+
+
+@pytest.mark.parametrize("leak", SENTRY_LEAKS, ids=[leak.item for leak in SENTRY_LEAKS])
+def test_sentry_events_carry_no_secret(sentry_service, leak: Leak) -> None:
+    """Issue 20, item 9: the request of an event (URL, query string, headers)
+    is redacted as the logs are; Sentry copies the query string raw."""
+    sentry, port = sentry_service
+    target, headers = leak.request()
+    request_id = "leak-" + leak.secret().removeprefix("Hunter2")
+    status = _get(port, target, {**headers, "Request-Id": request_id})
+    assert status == 500
+    events = sentry.wait_for_event(request_id)
+    assert events, "no event reached the fake Sentry"
+    crash = next(e for e in events if "boom in a handler" in json.dumps(e))
+    assert crash["request"]["url"].startswith(f"http://127.0.0.1:{port}/")
+    assert leak.secret() not in json.dumps(events)

@@ -19,6 +19,7 @@ from divak import semconv
 from divak.context import activated, request_context_of
 from divak.logs.access import redacted_uri
 from divak.logs.adapter import class_logger
+from divak.logs.ratelimit import safe_log
 
 __all__ = ["ErrorLogger"]
 
@@ -98,6 +99,16 @@ class ErrorLogger:
     :class:`~tornado.web.HTTPError`) is being handled; an ``HTTPError`` is
     an answer, not a crash, and has none.
 
+    When the error happens after the response's status line and headers
+    were sent (the handler called ``flush()``), the error status cannot be
+    sent any more; the record says what the client got instead::
+
+        GET /stream failed after sending 200: Internal Server Error
+
+    Logging never fails the request: when a log filter, formatter or
+    handler raises, the record is lost and the failure reported, one line
+    per interval at most (:func:`divak.logs.ratelimit.safe_log`).
+
     The record is written with the request's OpenTelemetry context
     current, so it carries ``otelTraceID``, ``otelSpanID`` and
     ``divak_request_id`` (see :mod:`divak.logs.ids`), also for errors
@@ -118,6 +129,23 @@ class ErrorLogger:
 
     logger: typing.Any = _InheritedLogger()
     _divak_logged_error: BaseException | None = None
+    #: The status sent with the headers, once ``flush`` sent them.
+    _divak_sent_status: int | None = None
+
+    def flush(self, include_footers: bool = False) -> typing.Any:
+        """Remember the status the headers go out with; chain to ``super()``.
+
+        The first ``flush`` sends the status line and the headers (also
+        when ``finish`` calls it); an error after that is logged with the
+        status the client got (see the class).
+
+        :param include_footers: as for
+            :meth:`tornado.web.RequestHandler.flush`
+        :returns: what ``super().flush()`` returns (a future)
+        """
+        if self._divak_sent_status is None:
+            self._divak_sent_status = self.get_status()  # type: ignore[attr-defined]
+        return super().flush(include_footers)  # type: ignore[misc]
 
     def log_exception(
         self,
@@ -197,13 +225,17 @@ class ErrorLogger:
         level = logging.WARNING if 400 <= status_code < 500 else logging.ERROR
         if not error_logger.isEnabledFor(level):
             return
+        sent = self._divak_sent_status
         with activated(request_context_of(self.request)):
-            error_logger.log(
+            safe_log(
+                error_logger,
                 level,
-                "%s %s failed with %s: %s",
+                "%s %s failed with %s: %s"
+                if sent is None
+                else "%s %s failed after sending %s: %s",
                 self.request.method,
                 redacted_uri(self),  # type: ignore[arg-type]
-                status_code,
+                status_code if sent is None else sent,
                 message,
                 exc_info=exc_info,
             )

@@ -16,6 +16,7 @@ from tornado import httputil, web
 
 from divak import semconv
 from divak.context import request_context_of
+from divak.logs.access import redacted_uri
 
 __all__ = ["ErrorWriter"]
 
@@ -69,7 +70,8 @@ class ErrorWriter:
     (``Content-Type: application/problem+json``, whatever the ``Accept``
     header): ``type`` (``"about:blank"``), ``title`` (the standard reason
     phrase of the status code), ``status``, ``detail`` (the response's
-    reason phrase), ``instance`` (the request's path), and the extension
+    reason phrase), ``instance`` (the request's path, its secrets redacted
+    as in the logs: see :mod:`divak.redaction`), and the extension
     members ``trace_id`` and ``request_id`` (each left out when the request
     has none); plus ``traceback`` when ``serve_traceback`` is on.
     """
@@ -110,7 +112,9 @@ class ErrorWriter:
                 "title": semconv.reason_phrase(status_code),
                 "status": status_code,
                 "detail": reason,
-                "instance": self.request.path,
+                # The path as the logs show it: the redacted target without
+                # its query.
+                "instance": redacted_uri(self).partition("?")[0],  # type: ignore[arg-type]
                 **ids,
             }
             if tb is not None:

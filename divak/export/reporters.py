@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import (
 )
 
 from divak.export.zipkin import B3_DEBUG_ATTRIBUTE, ZipkinV2Encoder
-from divak.logs.ratelimit import RateLimitedLog, describe_error
+from divak.logs.ratelimit import RateLimitedLog, describe_error, muffled
 from divak.settings import env_value, milliseconds_variable, names_variable, warn_once
 
 __all__ = [
@@ -188,11 +188,17 @@ class OTLPReporter(SpanExporter):
     A thin wrapper around ``opentelemetry-exporter-otlp-proto-http``'s
     ``OTLPSpanExporter`` (install divak with the ``otlp`` extra), which
     encodes protobuf and retries transient failures with backoff itself.
-    divak adds the rate-limited, one-line error log that
-    :class:`ZipkinReporter` has; the :class:`~divak.export.queue.SpanQueue` in
-    front of it counts the spans.  The OpenTelemetry specification
-    deprecated the Zipkin exporter, so this is the reporter to use when the
-    backend speaks OTLP.
+    The :class:`~divak.export.queue.SpanQueue` in front of it counts the
+    spans.  The OpenTelemetry specification deprecated the Zipkin exporter,
+    so this is the reporter to use when the backend speaks OTLP.
+
+    Failures are logged as :class:`ZipkinReporter` logs them: one WARNING
+    line at most twice a minute, with the reason and the number of
+    failures not logged, never with a traceback.  The exporter answers a
+    failed batch with ``FAILURE`` and logs its own lines about it (one per
+    attempt); those lines are kept out of the log while this reporter's
+    export runs (:func:`divak.logs.ratelimit.muffled`), and the last of
+    them is the reason its WARNING gives.
     """
 
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0) -> None:
@@ -213,6 +219,8 @@ class OTLPReporter(SpanExporter):
 
         self.exporter = OTLPSpanExporter(endpoint=endpoint, timeout=timeout)
         self._complain = RateLimitedLog(logger)
+        # The exporter logs on the logger of its module.
+        self._exporter_logger = type(self.exporter).__module__
 
     @property
     def endpoint(self) -> str:
@@ -223,21 +231,30 @@ class OTLPReporter(SpanExporter):
     def export(self, spans: typing.Sequence[ReadableSpan]) -> SpanExportResult:
         """Upload *spans*; never raises.
 
+        Blocks the calling thread (the :class:`~divak.export.queue.SpanQueue`
+        worker) for up to *timeout* seconds, retries included.  A failure
+        is logged rate-limited (see the class).
+
         :param spans: the batch
         :returns: ``SUCCESS`` when the collector accepted it, else
             ``FAILURE``
         """
-        try:
-            return self.exporter.export(spans)
-        except Exception as error:  # noqa: BLE001 - export must never raise
+        with muffled(self._exporter_logger) as said:
+            try:
+                result = self.exporter.export(spans)
+            except Exception as error:  # noqa: BLE001 - export must never raise
+                result, reason = SpanExportResult.FAILURE, describe_error(error)
+            else:
+                reason = said.message or "the collector did not accept them"
+        if result is not SpanExportResult.SUCCESS:
             self._complain(
                 logging.WARNING,
                 "cannot send %d spans to %s: %s",
                 len(spans),
                 self.endpoint,
-                describe_error(error),
+                reason,
             )
-            return SpanExportResult.FAILURE
+        return result
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Nothing is buffered here; :data:`True`.

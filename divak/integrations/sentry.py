@@ -19,6 +19,10 @@ attributes, see :mod:`divak.logs.ids`), else from the current OpenTelemetry
 context, which :class:`divak.RequestTracker` makes current while a handler
 runs.  Sentry's own OpenTelemetry span processor needs the global tracer
 provider, which divak does not use, hence this event processor.
+
+The request an event describes is redacted as divak's logs and spans are
+(:func:`redact_event`, see :mod:`divak.redaction`): its URL, its query
+string, which Sentry's Tornado integration copies raw, and its headers.
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ import typing
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from divak import propagation
+from divak import propagation, redaction
 from divak.context import REQUEST_CONTEXT_KEY
 
-__all__ = ["TRACE_ID_TAG", "REQUEST_ID_TAG", "add_ids", "install"]
+__all__ = ["TRACE_ID_TAG", "REQUEST_ID_TAG", "add_ids", "install", "redact_event"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +101,57 @@ def add_ids(event: Event, hint: dict[str, typing.Any] | None = None) -> Event:
     return event
 
 
+def redact_event(
+    event: Event,
+    hint: dict[str, typing.Any] | None = None,
+    names: typing.AbstractSet[str] = redaction.DEFAULT_REDACTED_QUERY_PARAMS,
+) -> Event:
+    """Redact the request of a Sentry *event* as divak's logs are redacted.
+
+    In the event's ``request``: ``url`` by :func:`divak.redaction.redact_uri`,
+    ``query_string`` by :func:`divak.redaction.redact_query` (Sentry's
+    Tornado integration copies it raw), each of ``headers`` by
+    :func:`divak.redaction.redact_header` (``Referer``, ``X-Api-Key``...).
+    Values of other types than strings are left as they are.  Has the
+    signature of Sentry's ``before_send``: :func:`install` runs it before
+    the application's own ``before_send``, after every event processor
+    (Sentry's Tornado integration fills ``request`` in one of those).
+
+    :param event: the event Sentry is about to send
+    :param hint: Sentry's hint (unused)
+    :param names: lower-case query parameter names to redact
+    :returns: *event*, changed in place
+    """
+    request = event.get("request")
+    if not isinstance(request, dict):
+        return event
+    url = request.get("url")
+    if isinstance(url, str):
+        request["url"] = redaction.redact_uri(url, names)
+    query = request.get("query_string")
+    if isinstance(query, str):
+        request["query_string"] = redaction.redact_query(query, names)
+    headers = request.get("headers")
+    if isinstance(headers, dict):
+        for name, value in headers.items():
+            if isinstance(name, str) and isinstance(value, str):
+                headers[name] = redaction.redact_header(name, value, names)
+    return event
+
+
+def _redacting(
+    then: typing.Callable[[Event, dict[str, typing.Any]], Event | None] | None,
+    names: typing.AbstractSet[str],
+) -> typing.Callable[[Event, dict[str, typing.Any]], Event | None]:
+    """A ``before_send`` that redacts the event, then calls *then*."""
+
+    def before_send(event: Event, hint: dict[str, typing.Any]) -> Event | None:
+        event = redact_event(event, hint, names)
+        return then(event, hint) if then is not None else event
+
+    return before_send
+
+
 def install(dsn: str | None = None, **options: typing.Any) -> bool:
     """Start the Sentry SDK when a DSN is known; tag its events with divak's ids.
 
@@ -108,9 +163,16 @@ def install(dsn: str | None = None, **options: typing.Any) -> bool:
     ``SENTRY_RELEASE``) or ``traces_sample_rate``.  Then registers
     :func:`add_ids`, once per process.
 
+    Every event and transaction goes through :func:`redact_event` before
+    it is sent (then through the ``before_send`` or
+    ``before_send_transaction`` given in *options*, if any).
+
     :param dsn: the project's DSN; default the ``SENTRY_DSN`` environment
         variable
-    :param options: keyword arguments of ``sentry_sdk.init``
+    :param options: keyword arguments of ``sentry_sdk.init``; and
+        ``divak_redacted_query_params``, names added to the redacted query
+        parameters as the application setting of that name adds them (see
+        :func:`divak.redaction.redacted_query_params`)
     :returns: :data:`True` when Sentry was started, :data:`False` when
         there is no DSN or ``sentry-sdk`` is not installed (logged as a
         WARNING)
@@ -132,6 +194,13 @@ def install(dsn: str | None = None, **options: typing.Any) -> bool:
     integrations = list(options.pop("integrations", None) or [])
     if not any(isinstance(i, TornadoIntegration) for i in integrations):
         integrations.append(TornadoIntegration())
+    names = redaction.redacted_query_params(
+        {redaction.SETTING: options.pop(redaction.SETTING, None)}
+    )
+    options["before_send"] = _redacting(options.get("before_send"), names)
+    options["before_send_transaction"] = _redacting(
+        options.get("before_send_transaction"), names
+    )
     sentry_sdk.init(dsn=dsn, integrations=integrations, **options)
     with _lock:
         if not _processor_added:

@@ -32,8 +32,9 @@ client address, ``-`` (RFC 1413 identity), the handler's
 ``current_user`` or ``-``, the request's start time in UTC, the request
 line, the status, the reason phrase in quotes, the bytes written (the
 handler's ``response_bytes_written`` attribute when it sets one, else
-``-``, as in sprockets.http), the ``Referer`` and ``User-Agent`` headers
-(``-`` when absent) and the duration in seconds.
+``-``, as in sprockets.http), the ``Referer`` (its secrets redacted, see
+:mod:`divak.redaction`) and ``User-Agent`` headers (``-`` when absent) and
+the duration in seconds.
 """
 
 from __future__ import annotations
@@ -151,7 +152,11 @@ def write_access_log(handler: web.RequestHandler) -> None:
         status,
         reason,
         bytes_written,
-        request.headers.get("Referer", "-"),
+        redaction.redact_header(
+            "Referer",
+            request.headers.get("Referer", "-"),
+            redaction.redacted_query_params(handler.settings),
+        ),
         request.headers.get("User-Agent", "-"),
         seconds,
         extra=fields,

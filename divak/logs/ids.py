@@ -42,6 +42,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from divak.context import REQUEST_CONTEXT_KEY
+from divak.logs.ratelimit import LOGGING_FAILURES
 
 if typing.TYPE_CHECKING:
     from divak.context import RequestContext
@@ -105,20 +106,44 @@ def install_log_ids() -> None:
     logging.setLogRecordFactory(factory)
 
 
-class RequestLogger(logging.LoggerAdapter):
+class RequestLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A :class:`logging.LoggerAdapter` for request handlers.
 
     The correlation ids come from the record factory, so this adapter only
     merges its own ``extra`` with the ``extra`` of each call instead of
     replacing it (the standard adapter drops the caller's ``extra``).
+
+    A logging call never raises: when a filter (of the logger or of a
+    handler), a formatter or a handler raises, the record is lost, the
+    handler goes on serving its request, and the failure is reported on
+    standard error, one line per interval at most
+    (:data:`divak.logs.ratelimit.LOGGING_FAILURES`).  The standard library
+    already keeps a handler's ``emit`` from raising; it lets a filter's
+    exception through.
     """
 
     def process(
         self, msg: typing.Any, kwargs: typing.MutableMapping[str, typing.Any]
     ) -> tuple[typing.Any, typing.MutableMapping[str, typing.Any]]:
+        """Merge the adapter's ``extra`` with the call's."""
         if self.extra:
             kwargs["extra"] = {**self.extra, **(kwargs.get("extra") or {})}
         return msg, kwargs
+
+    def log(
+        self, level: int, msg: typing.Any, *args: typing.Any, **kwargs: typing.Any
+    ) -> None:
+        """Log *msg* at *level* as :meth:`logging.Logger.log` does; never raise.
+
+        The record's ``funcName`` and ``lineno`` are those of the code that
+        called the adapter, as without this method.
+        """
+        # One more frame (this one) between the caller and the logger.
+        kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
+        try:
+            super().log(level, msg, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - logging must not fail a request
+            LOGGING_FAILURES.report(self.name, error)
 
 
 #: The ``%``-style format of divak's text log lines.
@@ -134,10 +159,17 @@ def default_logging_config(debug: bool = False) -> dict[str, typing.Any]:
     One line per record on standard output with the time, level, logger
     name, message, trace id and request id (:data:`DEFAULT_FORMAT`),
     written by :class:`divak.logs.formatters.TextFormatter`, which escapes line
-    breaks in the message and the fields (``\\n``), so that request data
-    cannot forge log lines; a traceback keeps its lines.  ``DEBUG`` level
+    breaks and other control characters in the message and the fields
+    (``\\n``, ``\\x1b``), so that request data cannot forge log lines; a
+    traceback keeps its lines, indented under its record.  ``DEBUG`` level
     when *debug* is true, ``INFO`` otherwise.  Existing loggers are never
     disabled.
+
+    The handler is a :class:`divak.logs.ratelimit.StreamHandler`: a filter
+    added to it, its formatter or its stream may raise; the record is lost
+    and the failure reported on standard error, one line per 30 s at most,
+    instead of an exception in the code that logged or a traceback per
+    record.
 
     Setting the environment variable ``LOG_FORMAT=json`` switches to one
     JSON object per line (:class:`divak.logs.formatters.JsonFormatter`) with the
@@ -172,7 +204,7 @@ def default_logging_config(debug: bool = False) -> dict[str, typing.Any]:
         "formatters": {"divak": formatter},
         "handlers": {
             "console": {
-                "class": "logging.StreamHandler",
+                "class": "divak.logs.ratelimit.StreamHandler",
                 "stream": "ext://sys.stdout",
                 "formatter": "divak",
             }

@@ -9,11 +9,8 @@ import typing
 from opentelemetry.context import Context, set_value
 from opentelemetry.propagators import textmap
 
-from divak.propagation._common import (
-    REQUEST_ID_KEY,
-    _first,
-    get_request_id,
-)
+from divak.logs.ratelimit import safe_log
+from divak.propagation._common import REQUEST_ID_KEY, get_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +29,34 @@ def new_request_id() -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-def _valid_request_id(value: str | None, max_length: int) -> bool:
+def _valid_request_id(value: str, max_length: int) -> bool:
     if not value or len(value) > max_length:
         return False
     return all("!" <= ch <= "~" for ch in value)
+
+
+def _first_valid(
+    values: typing.Iterable[str] | None, max_length: int
+) -> tuple[str | None, int | None]:
+    """The first valid id of a header's values; and how long the header was.
+
+    A header sent more than once reaches the propagator combined with
+    commas (Tornado's ``HTTPHeaders``, as RFC 9110 section 5.3 allows), or
+    as several values: both are read as one list of ids.  The length is
+    :data:`None` when there is no header.
+    """
+    if values is None:
+        return None, None
+    if isinstance(values, str):
+        values = (values,)
+    length = 0
+    for value in values:
+        length += len(value)
+        for piece in value.split(","):
+            piece = piece.strip(" \t")
+            if _valid_request_id(piece, max_length):
+                return piece, length
+    return None, length
 
 
 class RequestIdPropagation(textmap.TextMapPropagator):
@@ -43,8 +64,12 @@ class RequestIdPropagation(textmap.TextMapPropagator):
 
     The incoming header is accepted when it is 1 to *max_length* visible
     ASCII characters (``!`` to ``~``: no spaces, no control characters,
-    so no CR or LF); otherwise *value_factory* makes a new one (an invalid
-    value is logged at DEBUG and never echoed).  The id is echoed on every
+    so no CR or LF) other than the comma; otherwise *value_factory* makes a
+    new one (an invalid value is logged at DEBUG and never echoed).  A
+    header sent more than once is read as a comma-separated list (as
+    RFC 9110 section 5.3 combines field lines, and Tornado does): its
+    first valid element is the id, so ``Request-Id: a`` and
+    ``Request-Id: b`` give ``a``, not ``a,b``.  The id is echoed on every
     response (errors and 404s included), written into every log record as
     ``divak_request_id``, set on the server span as the ``divak.request_id``
     attribute, and sent on every outgoing request.
@@ -76,15 +101,18 @@ class RequestIdPropagation(textmap.TextMapPropagator):
         getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter,
     ) -> Context:
         """Return *context* with the request's correlation id added."""
-        value = _first(getter.get(carrier, self.header_name))
-        if not _valid_request_id(value, self.max_length):
-            if value is not None:
-                logger.debug(
+        value, length = _first_valid(
+            getter.get(carrier, self.header_name), self.max_length
+        )
+        if value is None:
+            if length is not None and logger.isEnabledFor(logging.DEBUG):
+                safe_log(
+                    logger,
+                    logging.DEBUG,
                     "ignoring invalid %s header of %d characters",
                     self.header_name,
-                    len(value),
+                    length,
                 )
-            value = None
             if self.value_factory is not None:
                 value = str(self.value_factory())
         if value is None:

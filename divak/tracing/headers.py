@@ -13,15 +13,11 @@ import os
 import re
 import typing
 
+# The headers whose values are never recorded, whatever the settings say,
+# are divak's one list (divak.redaction), shared with logs and reports.
+from divak.redaction import REDACTED, REDACTED_HEADERS
+
 __all__ = ["CapturedHeaders", "REDACTED", "REDACTED_HEADERS", "captured_headers"]
-
-#: What a redacted value is replaced with.
-REDACTED = "REDACTED"
-
-#: Headers whose values are never recorded, whatever the settings say.
-REDACTED_HEADERS = frozenset(
-    {"authorization", "cookie", "set-cookie", "proxy-authorization"}
-)
 
 #: Longest recorded header value, in characters; longer values are cut.
 MAX_VALUE_LENGTH = 256
@@ -44,7 +40,8 @@ class CapturedHeaders:
     spans (:meth:`divak.HttpClientMixin.send_request`).  As the HTTP
     semantic conventions say, ``<name>`` is the lower-case header name and
     the value a list of strings, one per header line.  ``Authorization``,
-    ``Cookie``, ``Set-Cookie`` and ``Proxy-Authorization`` are always
+    ``Cookie``, ``Set-Cookie``, ``Proxy-Authorization``, ``X-Api-Key`` and
+    ``X-Auth-Token`` (:data:`divak.redaction.REDACTED_HEADERS`) are always
     recorded as ``REDACTED``; other values are cut to 256 characters.
 
     When a setting is not given, OpenTelemetry's environment variables

@@ -1,4 +1,9 @@
-"""A service that logs what it is given, run by the tests with divak.run()."""
+"""A service that logs what it is given, run by the tests with divak.run().
+
+``ACCESS_LOG_FORMAT`` sets ``settings['access_log_format']``.
+"""
+
+import os
 
 from tornado import web
 
@@ -18,6 +23,7 @@ class FailHandler(divak.RequestTracker, divak.Logger, web.RequestHandler):
 
 class Application(divak.Recorder, divak.Application):
     def __init__(self, **settings):
+        settings.setdefault("access_log_format", os.environ.get("ACCESS_LOG_FORMAT"))
         super().__init__(
             [
                 (r"/echo/(.*)", EchoHandler),

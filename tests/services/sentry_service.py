@@ -1,6 +1,7 @@
 """A service that reports its errors to the Sentry DSN in ``SENTRY_DSN``.
 
-Routes: ``/crash`` (raises), ``/log-error`` (logs an ERROR), ``/status``.
+Routes: ``/crash`` (raises), ``/log-error`` (logs an ERROR), ``/status``;
+any other path raises too.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Application(divak.Recorder, divak.Application):
                 (r"/crash", CrashHandler),
                 (r"/log-error", LogErrorHandler),
                 (r"/status", divak.StatusHandler),
+                (r"/.*", CrashHandler),
             ],
             **settings,
         )
