@@ -12,7 +12,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators import textmap
 
-from divak.logs.ratelimit import RateLimitedLog, describe_error
+from divak.logs.ratelimit import RateLimitedLog, describe_error, safe_log
 from divak.propagation.b3 import ZipkinPropagation
 from divak.propagation.baggage import BaggagePropagation
 from divak.propagation.requestid import RequestIdPropagation
@@ -53,7 +53,13 @@ class Propagation:
             try:
                 extracted = propagator.extract(carrier, context)
             except Exception:  # noqa: BLE001 - a header must never fail a request
-                logger.debug("%r failed to extract", propagator, exc_info=True)
+                safe_log(
+                    logger,
+                    logging.DEBUG,
+                    "%r failed to extract",
+                    propagator,
+                    exc_info=True,
+                )
                 continue
             if extracted is context:
                 continue
