@@ -216,8 +216,8 @@ def install(
 ) -> RequestStats:
     """Serve the debug page at *path* of *application*.
 
-    The route is added for every host, before the application's own
-    routes, so a catch-all route does not hide it.  The settings are read
+    The route is added for every host, before the routes given to the
+    application's constructor, so a catch-all route does not hide it.  The settings are read
     now (see the module).
 
     :param application: the application that serves the page
