@@ -217,8 +217,8 @@ def install(
     """Serve the debug page at *path* of *application*.
 
     The route is added for every host, before the routes given to the
-    application's constructor, so a catch-all route does not hide it.  The settings are read
-    now (see the module).
+    application's constructor, so a catch-all route does not hide it.
+    The settings are read now (see the module).
 
     :param application: the application that serves the page
     :param path: the page's path, e.g. ``"/divak"`` (exactly; no pattern)
