@@ -28,6 +28,7 @@ LAYERS = {
     "divak.tracing": 4,
     "divak.errors": 4,
     "divak.client": 4,
+    "divak.debug": 4,
     "divak.lifecycle": 5,
     "divak.integrations": 5,
     "divak.testing": 5,

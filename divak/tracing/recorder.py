@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from tornado import httputil, web
 
-from divak import propagation
+from divak import debug, propagation
 from divak.context import RequestContext, activated, request_context_of
 from divak.export.queue import SpanQueue
 from divak.logs import access
@@ -192,6 +192,23 @@ class Recorder(web.Application):
         :raises RuntimeError: once the metrics were created (first request)
         """
         self.divak_instrumentation.add_metrics_reporter(reporter)
+
+    #: The debug page's statistics once :meth:`set_divak_debug_page` served it.
+    divak_debug_stats: debug.RequestStats | None = None
+
+    def set_divak_debug_page(self, path: str | None = None) -> None:
+        """Serve the live debug page at *path* (see :mod:`divak.debug`).
+
+        :param path: e.g. ``"/divak"``; default ``settings['divak_debug_page']``,
+            then ``DIVAK_DEBUG_PAGE``; no page when none is set
+        :raises ValueError: for a path not starting with ``/``
+        :raises RuntimeError: when the page is already served
+        """
+        if self.divak_debug_stats is not None:
+            raise RuntimeError("the debug page is already served")
+        path = debug.page_path(self.settings, path)
+        if path is not None:
+            self.divak_debug_stats = debug.install(self, path)
 
     # -- runtime ---------------------------------------------------------
     @property
