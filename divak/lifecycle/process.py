@@ -3,6 +3,10 @@
 The parent binds the sockets, forks, and then only forwards SIGTERM/SIGINT
 to its children and reaps them; each child builds its own application
 (and so its own tracer provider and reporter threads) after the fork.
+
+Also the process-wide preparation :func:`divak.run` and the
+:class:`~divak.lifecycle.runner.Runner` make before serving:
+:func:`raise_open_files_limit`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -24,6 +29,7 @@ __all__ = [
     "Supervisor",
     "flush_std_streams",
     "fork_and_serve",
+    "raise_open_files_limit",
 ]
 
 logger = logging.getLogger("divak.runner")
@@ -40,6 +46,37 @@ ServeHere = typing.Callable[
     [typing.Callable[..., web.Application], dict[str, typing.Any], list[socket.socket]],
     tuple[int, bool],
 ]
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files (``RLIMIT_NOFILE``) to the hard limit.
+
+    Every connection takes a file descriptor; the soft limit (often 1,024)
+    is what a slow or hostile set of clients exhausts first, while the hard
+    limit, which an unprivileged process may raise its soft limit to, is
+    usually far higher.  An infinite hard limit (macOS) is tried as 10,240
+    (``OPEN_MAX``).  Logs an INFO line when the limit changed, a WARNING
+    when it could not be raised.
+
+    :returns: the soft limit now in force
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return soft
+    targets = [hard] if hard != resource.RLIM_INFINITY else [1 << 20, 10240]
+    reason: Exception | None = None
+    for target in targets:
+        if target <= soft:
+            return soft
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as error:
+            reason = error
+            continue
+        logger.info("raised the open files limit from %d to %d", soft, target)
+        return target
+    logger.warning("cannot raise the open files limit from %d: %s", soft, reason)
+    return soft
 
 
 class Supervisor:

@@ -17,8 +17,13 @@ import typing
 from tornado import process, web
 
 from divak.integrations import sentry
-from divak.lifecycle.process import EXIT_FORCED, EXIT_START_FAILED, fork_and_serve
-from divak.lifecycle.runner import Runner
+from divak.lifecycle.process import (
+    EXIT_FORCED,
+    EXIT_START_FAILED,
+    fork_and_serve,
+    raise_open_files_limit,
+)
+from divak.lifecycle.runner import HEADER_TIMEOUT, Runner
 from divak.lifecycle.server import bind_sockets
 from divak.logs import ids as divak_log
 from divak.metrics import peers as metrics_peers
@@ -90,6 +95,9 @@ def run(
     process exits without waiting any longer for a collector that does not
     answer.
 
+    Before binding, the soft limit of open files is raised to the hard
+    limit (:func:`divak.lifecycle.process.raise_open_files_limit`).
+
     .. rubric:: settings['port']
 
     The TCP port; default the ``PORT`` environment variable, else 8000.
@@ -122,6 +130,20 @@ def run(
     Seconds the ``before_run`` callbacks, then the ``on_start`` callbacks,
     may take; default 30 (see :class:`divak.Application`).
 
+    .. rubric:: settings['header_timeout']
+
+    Seconds a request's headers may take to arrive (a new connection's
+    first request counts from the accept); a connection that misses the
+    deadline is closed.  Default the ``HEADER_TIMEOUT`` environment
+    variable, else 10; 0 turns the limit off.  See
+    :class:`~divak.lifecycle.server.DrainingHTTPServer`.
+
+    .. rubric:: settings['idle_connection_timeout'], settings['body_timeout']
+
+    Seconds, passed to :class:`tornado.httpserver.HTTPServer`: how long an
+    idle keep-alive connection is kept (Tornado's default is an hour), and
+    how long a request body may take to arrive (no limit by default).
+
     .. rubric:: settings['wait_timeout']
 
     Seconds between progress checks while draining; default 1.
@@ -145,9 +167,19 @@ def run(
     address = setting(app_settings, "address", "ADDRESS", None)[0] or None
     if address is not None:
         app_settings["address"] = address
-    for key in ("shutdown_limit", "wait_timeout", "start_limit"):
+    for key in (
+        "shutdown_limit",
+        "wait_timeout",
+        "start_limit",
+        "idle_connection_timeout",
+        "body_timeout",
+    ):
         if app_settings.get(key) is not None:  # fail now, naming the setting
             app_settings[key] = number_setting(app_settings, key, None, 0.0)
+    # fail now, naming the setting or the variable
+    app_settings["header_timeout"] = number_setting(
+        app_settings, "header_timeout", "HEADER_TIMEOUT", HEADER_TIMEOUT
+    )
     app_settings.setdefault("xheaders", True)
     _configure_logging(log_config, debug)
     sentry.install()  # only when SENTRY_DSN is set, as sprockets.http
@@ -156,6 +188,7 @@ def run(
         procs = 1
     if procs == 0:
         procs = process.cpu_count()
+    raise_open_files_limit()
     if procs == 1:
         sockets = bind_sockets(port, address)
         status, clean = _serve_here(create_application, app_settings, sockets)
