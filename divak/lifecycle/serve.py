@@ -20,6 +20,7 @@ from divak.integrations import sentry
 from divak.lifecycle.process import (
     EXIT_FORCED,
     EXIT_START_FAILED,
+    MAX_RESTARTS,
     fork_and_serve,
     raise_open_files_limit,
 )
@@ -87,7 +88,7 @@ def run(
         divak applies :func:`divak.logs.ids.default_logging_config`.
     :raises SystemExit: with a non-zero status when the application could
         not be created or started (70), when a second signal cut the drain
-        short (1), or when a child process failed
+        short (1), or when children kept failing beyond ``max_restarts``
     :raises ValueError: for a malformed ``DEBUG``, ``PORT`` or numeric
         setting; the message names the variable or setting
 
@@ -96,7 +97,9 @@ def run(
     answer.
 
     Before binding, the soft limit of open files is raised to the hard
-    limit (:func:`divak.lifecycle.process.raise_open_files_limit`).
+    limit (:func:`divak.lifecycle.process.raise_open_files_limit`), and the
+    metrics directories that runs killed before they could clean up left
+    behind are removed (:func:`divak.metrics.peers.remove_stale_directories`).
 
     .. rubric:: settings['port']
 
@@ -118,7 +121,17 @@ def run(
     Processes to serve from: 1 (the default) serves from this process;
     another number forks that many children after binding the sockets
     (with ``SO_REUSEPORT``); 0 forks one per CPU.  sprockets.http's default
-    is 0.
+    is 0.  A child stops when the parent dies (even of SIGKILL); a child
+    that dies while the parent is not stopping is restarted (see
+    ``max_restarts``).
+
+    .. rubric:: settings['max_restarts']
+
+    How many children the parent restarts at most over its life, when
+    forking; default 100, as :func:`tornado.process.fork_processes`.  One
+    more unexpected exit then stops the service, with that child's status
+    (1 when it was killed by a signal).  A child that could not start its
+    application (status 70) is never restarted.
 
     .. rubric:: settings['shutdown_limit']
 
@@ -180,6 +193,7 @@ def run(
     app_settings["header_timeout"] = number_setting(
         app_settings, "header_timeout", "HEADER_TIMEOUT", HEADER_TIMEOUT
     )
+    max_restarts = number_setting(app_settings, "max_restarts", None, MAX_RESTARTS)
     app_settings.setdefault("xheaders", True)
     _configure_logging(log_config, debug)
     sentry.install()  # only when SENTRY_DSN is set, as sprockets.http
@@ -189,6 +203,7 @@ def run(
     if procs == 0:
         procs = process.cpu_count()
     raise_open_files_limit()
+    metrics_peers.remove_stale_directories()
     if procs == 1:
         sockets = bind_sockets(port, address)
         status, clean = _serve_here(create_application, app_settings, sockets)
@@ -202,7 +217,12 @@ def run(
         # Each child answers /metrics with the sum over all of them.
         with metrics_peers.shared_directory():
             status = fork_and_serve(
-                _serve_here, create_application, app_settings, sockets, procs
+                _serve_here,
+                create_application,
+                app_settings,
+                sockets,
+                procs,
+                max_restarts,
             )
     if status:
         raise SystemExit(status)
