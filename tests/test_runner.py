@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import http.client
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,8 +19,11 @@ import types
 import typing
 
 import pytest
+from tornado import web
 
-from tests.conftest import ROOT, free_port, start_service
+import divak
+from divak.lifecycle.server import bind_sockets
+from tests.conftest import ROOT, free_port, run, start_service
 from tests.zipkin_schema import validate_spans
 
 SERVICE = ["-m", "tests.services.lifecycle"]
@@ -390,6 +395,7 @@ def test_coroutine_before_run_failure_exits_non_zero() -> None:
     [
         ({"PORT": "http"}, "PORT must be an integer, not 'http'"),
         ({"SHUTDOWN_LIMIT": "soon"}, "settings['shutdown_limit'] must be a number"),
+        ({"HEADER_TIMEOUT": "soon"}, "HEADER_TIMEOUT must be a number, not 'soon'"),
     ],
 )
 def test_a_malformed_number_names_its_variable(
@@ -444,7 +450,6 @@ def test_tornado_still_has_the_read_buffer_size() -> None:
     from tornado import iostream
 
     from divak.lifecycle.server import _has_pending_request
-    from tests.conftest import run
 
     async def scenario() -> tuple[bytes, bool]:
         ours, theirs = socket.socketpair()
@@ -458,3 +463,54 @@ def test_tornado_still_has_the_read_buffer_size() -> None:
         return first, pending
 
     assert run(scenario()) == (b"GET / HTTP/1.1\r\n\r\n", True)
+
+
+def test_requests_still_running_at_the_shutdown_limit_are_cut_off() -> None:
+    process, port, output = service({"SHUTDOWN_LIMIT": "1"})
+    pending = send_request(port, "/slow?delay=60")
+    output.wait_for("slow request started")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(20) == 0, output.text
+    assert pending.recv(1) == b""  # closed without an answer
+    pending.close()
+    text = output.text
+    assert (
+        "shutdown_limit of 1.0s passed with 1 request(s) in flight: "
+        "cutting them off (GET /slow)" in text
+    ), text
+    assert re.search(r"stopped after [\d.]+s, 1 request\(s\) cut off by shutdown", text)
+
+
+def test_the_runner_knows_which_requests_it_cut_off() -> None:
+    started = asyncio.Event()
+
+    class Hanging(web.RequestHandler):
+        async def get(self) -> None:
+            started.set()
+            await asyncio.sleep(60)
+
+    class Quick(web.RequestHandler):
+        def get(self) -> None:
+            self.write("quick")
+
+    app = divak.Application(
+        [(r"/hang", Hanging), (r"/quick", Quick)], shutdown_limit=0.5
+    )
+    runner = divak.Runner(app)
+    sockets = bind_sockets(0, "127.0.0.1")
+    port = sockets[0].getsockname()[1]
+
+    async def scenario() -> bytes:
+        serving = asyncio.ensure_future(runner.serve(sockets))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /hang?token=s3cret HTTP/1.1\r\nHost: test\r\n\r\n")
+        await asyncio.wait_for(started.wait(), 10)
+        runner.stop()
+        await asyncio.wait_for(serving, 10)
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    assert run(scenario()) == b""
+    [request] = runner.cut_off
+    assert request.method == "GET" and request.path == "/hang"

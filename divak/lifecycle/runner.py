@@ -3,9 +3,10 @@
 The runner listens, runs the application's life-cycle callbacks, and on
 SIGTERM or SIGINT drains: it stops accepting connections, flips readiness
 to 503, closes idle keep-alive connections, lets in-flight requests finish
-(bounded by ``shutdown_limit`` seconds), runs the shutdown callbacks
-(bounded again), flushes the application's spans (bounded again) and
-returns.  A second SIGTERM or SIGINT exits at once.
+(bounded by ``shutdown_limit`` seconds, after which the requests still
+running are cut off), runs the shutdown callbacks (bounded again), flushes
+the application's spans (bounded again) and returns.  A second SIGTERM or
+SIGINT exits at once.
 
 With ``number_of_procs`` other than 1, :func:`run` binds the listening
 sockets, forks the children and calls the application factory in each
@@ -24,13 +25,15 @@ import threading
 import time
 import typing
 
-from tornado import ioloop, web
+from tornado import httputil, ioloop, web
 
+from divak.context import request_context_of
 from divak.lifecycle.process import (
     EXIT_FORCED,
     EXIT_START_FAILED,
     STOP_SIGNALS,
     flush_std_streams,
+    raise_open_files_limit,
 )
 from divak.lifecycle.server import DrainingHTTPServer, bind_sockets
 from divak.settings import number_setting, setting
@@ -40,7 +43,8 @@ __all__ = ["Runner"]
 
 logger = logging.getLogger("divak.runner")
 
-#: Exit status when the application could not start (``EX_SOFTWARE``).
+#: Default of ``settings['header_timeout']``, in seconds.
+HEADER_TIMEOUT = 10.0
 
 
 class Runner:
@@ -55,8 +59,18 @@ class Runner:
     :param shutdown: extra ``callback(app)`` run on shutdown
 
     The application's settings ``xheaders`` (default :data:`True`),
-    ``max_body_size``, ``max_buffer_size`` (bytes) configure the
-    :class:`tornado.httpserver.HTTPServer`.
+    ``max_body_size``, ``max_buffer_size`` (bytes),
+    ``idle_connection_timeout`` and ``body_timeout`` (seconds) configure the
+    :class:`tornado.httpserver.HTTPServer`.  When it starts serving, the
+    runner raises the process's soft limit of open files to the hard limit
+    (see :func:`divak.lifecycle.process.raise_open_files_limit`).
+
+    .. attribute:: header_timeout
+
+       Seconds a request's headers may take to arrive, or :data:`None` for
+       no limit (see :class:`~divak.lifecycle.server.DrainingHTTPServer`);
+       ``settings['header_timeout']``, else the ``HEADER_TIMEOUT``
+       environment variable, default 10; 0 turns the limit off.
 
     .. attribute:: shutdown_limit
 
@@ -72,6 +86,12 @@ class Runner:
     .. attribute:: forced
 
        :data:`True` once a second signal cut the drain short.
+
+    .. attribute:: cut_off
+
+       The requests (:class:`tornado.httputil.HTTPServerRequest`) still
+       running when ``shutdown_limit`` passed during the drain, whose
+       connections the runner then closed; empty until then.
 
     .. attribute:: flush_abandoned
 
@@ -96,8 +116,13 @@ class Runner:
                 getattr(app, name).extend(extra)
         self.shutdown_limit = number_setting(app.settings, "shutdown_limit", None, 5.0)
         self.wait_timeout = number_setting(app.settings, "wait_timeout", None, 1.0)
+        header_timeout = number_setting(
+            app.settings, "header_timeout", "HEADER_TIMEOUT", HEADER_TIMEOUT
+        )
+        self.header_timeout = header_timeout if header_timeout > 0 else None
         self.server: DrainingHTTPServer | None = None
         self.forced = False
+        self.cut_off: list[httputil.HTTPServerRequest] = []
         self.flush_abandoned = False
         self._stopping: asyncio.Event | None = None
         self._starting: asyncio.Future[None] | None = None
@@ -110,6 +135,9 @@ class Runner:
             xheaders=settings.get("xheaders", True),
             max_body_size=settings.get("max_body_size"),
             max_buffer_size=settings.get("max_buffer_size"),
+            idle_connection_timeout=settings.get("idle_connection_timeout"),
+            body_timeout=settings.get("body_timeout"),
+            header_timeout=self.header_timeout,
         )
 
     def run(self, port_number: int, number_of_procs: int = 1) -> None:
@@ -216,6 +244,7 @@ class Runner:
             await self._run_before_run(sockets, io_loop)
         if isinstance(self.application, Recorder):
             self.application.divak_instrumentation.spans_go_to_log()
+        raise_open_files_limit()
         self.server = self._make_server()
         self.server.add_sockets(sockets)
         self._loop = loop
@@ -279,8 +308,9 @@ class Runner:
            the application owns is left alone;
         2. close idle keep-alive connections;
         3. wait up to :attr:`shutdown_limit` seconds for in-flight requests
-           (they answer with ``Connection: close``), then close whatever
-           connection is left;
+           (they answer with ``Connection: close``), then cut off the
+           requests still running (:attr:`cut_off`, one WARNING line with
+           their number) and close whatever connection is left;
         4. run the shutdown callbacks, bounded by :attr:`shutdown_limit`;
         5. flush and stop the span reporters off the IOLoop, bounded by
            :attr:`shutdown_limit`.
@@ -295,23 +325,19 @@ class Runner:
                 app.ready_to_serve.clear()
         assert self.server is not None
         server = self.server
-        idle = len(server.connections - server.busy.keys())
-        server.start_draining()
+        closed = server.start_draining()
         logger.info(
             "draining: not accepting, closed %d idle connection(s), "
             "%d request(s) in flight",
-            idle - len(server.connections - server.busy.keys()),
+            closed,
             len(server.busy),
         )
         deadline = started + self.shutdown_limit
+        cut_off = 0
         while not server.drained.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                logger.warning(
-                    "%d request(s) still in flight after %.1fs, closing",
-                    len(server.busy),
-                    self.shutdown_limit,
-                )
+                cut_off = self._cut_off(server)
                 break
             logger.debug("waiting for %d request(s) in flight", len(server.busy))
             try:
@@ -328,7 +354,30 @@ class Runner:
         if run_callbacks is not None:
             await run_callbacks(self.shutdown_limit)
         await self.flush_spans()
-        logger.info("stopped after %.3fs", time.monotonic() - started)
+        logger.info(
+            "stopped after %.3fs%s",
+            time.monotonic() - started,
+            f", {cut_off} request(s) cut off by shutdown" if cut_off else "",
+        )
+
+    def _cut_off(self, server: DrainingHTTPServer) -> int:
+        """``shutdown_limit`` passed: cut off the requests still running.
+
+        Records them in :attr:`cut_off` and logs how many there are; the
+        drain closes their connections next.  Returns their number.
+        """
+        self.cut_off = server.in_flight_requests()
+        described = [_describe_request(request) for request in self.cut_off[:5]]
+        if len(self.cut_off) > 5:
+            described.append("...")
+        logger.warning(
+            "shutdown_limit of %.1fs passed with %d request(s) in flight: "
+            "cutting them off%s",
+            self.shutdown_limit,
+            len(server.busy),
+            f" ({', '.join(described)})" if described else "",
+        )
+        return len(server.busy)
 
     async def flush_spans(self) -> None:
         """Flush and shut down the application's reporters, off the IOLoop.
@@ -371,6 +420,13 @@ class Runner:
 def _address(settings: typing.Mapping[str, typing.Any]) -> str | None:
     """``settings['address']``, else ``ADDRESS``, else all interfaces."""
     return setting(settings, "address", "ADDRESS", None)[0] or None
+
+
+def _describe_request(request: httputil.HTTPServerRequest) -> str:
+    """``GET /items/{item_id}``: the method and route, never the raw path."""
+    request_context = request_context_of(request)
+    route = request_context.route if request_context is not None else None
+    return f"{request.method} {route}" if route else str(request.method)
 
 
 def _describe(sockets: list[socket.socket]) -> str:

@@ -17,8 +17,14 @@ import typing
 from tornado import process, web
 
 from divak.integrations import sentry
-from divak.lifecycle.process import EXIT_FORCED, EXIT_START_FAILED, fork_and_serve
-from divak.lifecycle.runner import Runner
+from divak.lifecycle.process import (
+    EXIT_FORCED,
+    EXIT_START_FAILED,
+    MAX_RESTARTS,
+    fork_and_serve,
+    raise_open_files_limit,
+)
+from divak.lifecycle.runner import HEADER_TIMEOUT, Runner
 from divak.lifecycle.server import bind_sockets
 from divak.logs import ids as divak_log
 from divak.metrics import peers as metrics_peers
@@ -82,13 +88,18 @@ def run(
         divak applies :func:`divak.logs.ids.default_logging_config`.
     :raises SystemExit: with a non-zero status when the application could
         not be created or started (70), when a second signal cut the drain
-        short (1), or when a child process failed
+        short (1), or when children kept failing beyond ``max_restarts``
     :raises ValueError: for a malformed ``DEBUG``, ``PORT`` or numeric
         setting; the message names the variable or setting
 
     When the span flush does not finish within ``shutdown_limit``, the
     process exits without waiting any longer for a collector that does not
     answer.
+
+    Before binding, the soft limit of open files is raised to the hard
+    limit (:func:`divak.lifecycle.process.raise_open_files_limit`), and the
+    metrics directories that runs killed before they could clean up left
+    behind are removed (:func:`divak.metrics.peers.remove_stale_directories`).
 
     .. rubric:: settings['port']
 
@@ -110,7 +121,17 @@ def run(
     Processes to serve from: 1 (the default) serves from this process;
     another number forks that many children after binding the sockets
     (with ``SO_REUSEPORT``); 0 forks one per CPU.  sprockets.http's default
-    is 0.
+    is 0.  A child stops when the parent dies (even of SIGKILL); a child
+    that dies while the parent is not stopping is restarted (see
+    ``max_restarts``).
+
+    .. rubric:: settings['max_restarts']
+
+    How many children the parent restarts at most over its life, when
+    forking; default 100, as :func:`tornado.process.fork_processes`.  One
+    more unexpected exit then stops the service, with that child's status
+    (1 when it was killed by a signal).  A child that could not start its
+    application (status 70) is never restarted.
 
     .. rubric:: settings['shutdown_limit']
 
@@ -121,6 +142,20 @@ def run(
 
     Seconds the ``before_run`` callbacks, then the ``on_start`` callbacks,
     may take; default 30 (see :class:`divak.Application`).
+
+    .. rubric:: settings['header_timeout']
+
+    Seconds a request's headers may take to arrive (a new connection's
+    first request counts from the accept); a connection that misses the
+    deadline is closed.  Default the ``HEADER_TIMEOUT`` environment
+    variable, else 10; 0 turns the limit off.  See
+    :class:`~divak.lifecycle.server.DrainingHTTPServer`.
+
+    .. rubric:: settings['idle_connection_timeout'], settings['body_timeout']
+
+    Seconds, passed to :class:`tornado.httpserver.HTTPServer`: how long an
+    idle keep-alive connection is kept (Tornado's default is an hour), and
+    how long a request body may take to arrive (no limit by default).
 
     .. rubric:: settings['wait_timeout']
 
@@ -145,9 +180,20 @@ def run(
     address = setting(app_settings, "address", "ADDRESS", None)[0] or None
     if address is not None:
         app_settings["address"] = address
-    for key in ("shutdown_limit", "wait_timeout", "start_limit"):
+    for key in (
+        "shutdown_limit",
+        "wait_timeout",
+        "start_limit",
+        "idle_connection_timeout",
+        "body_timeout",
+    ):
         if app_settings.get(key) is not None:  # fail now, naming the setting
             app_settings[key] = number_setting(app_settings, key, None, 0.0)
+    # fail now, naming the setting or the variable
+    app_settings["header_timeout"] = number_setting(
+        app_settings, "header_timeout", "HEADER_TIMEOUT", HEADER_TIMEOUT
+    )
+    max_restarts = number_setting(app_settings, "max_restarts", None, MAX_RESTARTS)
     app_settings.setdefault("xheaders", True)
     _configure_logging(log_config, debug)
     sentry.install()  # only when SENTRY_DSN is set, as sprockets.http
@@ -156,6 +202,8 @@ def run(
         procs = 1
     if procs == 0:
         procs = process.cpu_count()
+    raise_open_files_limit()
+    metrics_peers.remove_stale_directories()
     if procs == 1:
         sockets = bind_sockets(port, address)
         status, clean = _serve_here(create_application, app_settings, sockets)
@@ -169,7 +217,12 @@ def run(
         # Each child answers /metrics with the sum over all of them.
         with metrics_peers.shared_directory():
             status = fork_and_serve(
-                _serve_here, create_application, app_settings, sockets, procs
+                _serve_here,
+                create_application,
+                app_settings,
+                sockets,
+                procs,
+                max_restarts,
             )
     if status:
         raise SystemExit(status)

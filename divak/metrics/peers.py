@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -39,7 +40,14 @@ from tornado import iostream, netutil, tcpserver
 
 from divak.metrics.snapshot import snapshot
 
-__all__ = ["ENVIRONMENT_VARIABLE", "Peer", "gather", "join", "shared_directory"]
+__all__ = [
+    "ENVIRONMENT_VARIABLE",
+    "Peer",
+    "gather",
+    "join",
+    "remove_stale_directories",
+    "shared_directory",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +61,17 @@ def shared_directory() -> typing.Iterator[str]:
 
     Sets :data:`ENVIRONMENT_VARIABLE` for the ``with`` block (children
     forked inside inherit it), then restores the environment and removes
-    the directory.
+    the directory.  A lock on the directory's ``.lock`` file is held for
+    the block, and by the children forked in it (they share the open
+    file), so :func:`remove_stale_directories` leaves it alone.
 
     :returns: the directory's path
     """
-    directory = tempfile.mkdtemp(prefix="divak-metrics-")
+    directory = tempfile.mkdtemp(prefix=_PREFIX)
+    # Locked before it gets its name: a lock file is never seen unlocked.
+    lock = os.open(os.path.join(directory, ".lock.new"), os.O_WRONLY | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    os.rename(os.path.join(directory, ".lock.new"), os.path.join(directory, ".lock"))
     previous = os.environ.get(ENVIRONMENT_VARIABLE)
     os.environ[ENVIRONMENT_VARIABLE] = directory
     try:
@@ -68,6 +82,43 @@ def shared_directory() -> typing.Iterator[str]:
         else:
             os.environ[ENVIRONMENT_VARIABLE] = previous
         shutil.rmtree(directory, ignore_errors=True)
+        os.close(lock)
+
+
+_PREFIX = "divak-metrics-"
+
+
+def remove_stale_directories() -> list[str]:
+    """Remove the meeting directories no process uses any more.
+
+    A run whose parent was killed (SIGKILL) could not remove its
+    directory; once its children are gone too, nobody holds the
+    directory's lock.  Directories of other users, of runs still alive
+    and of runs still creating theirs are left alone.
+
+    :returns: the paths removed
+    """
+    base = tempfile.gettempdir()
+    try:
+        names = [name for name in os.listdir(base) if name.startswith(_PREFIX)]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            lock = os.open(os.path.join(path, ".lock"), os.O_RDONLY)
+        except OSError:  # another user's, being created, or gone
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # in use
+            os.close(lock)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(lock)
+        removed.append(path)
+    return removed
 
 
 class Peer:

@@ -6,7 +6,7 @@
     ``1`` adds a shutdown callback that never finishes.
 ``FAIL_BEFORE_RUN``
     ``1`` adds a ``before_run`` callback that raises.
-``NUMBER_OF_PROCS``, ``SHUTDOWN_LIMIT``
+``NUMBER_OF_PROCS``, ``SHUTDOWN_LIMIT``, ``MAX_RESTARTS``
     passed to :func:`divak.run` as settings.
 
 Routes: ``/slow?delay=SECONDS`` (asynchronous wait), ``/block?delay=SECONDS``
@@ -95,4 +95,6 @@ if __name__ == "__main__":
         settings["number_of_procs"] = int(os.environ["NUMBER_OF_PROCS"])
     if os.environ.get("SHUTDOWN_LIMIT"):
         settings["shutdown_limit"] = float(os.environ["SHUTDOWN_LIMIT"])
+    if os.environ.get("MAX_RESTARTS"):
+        settings["max_restarts"] = int(os.environ["MAX_RESTARTS"])
     divak.run(make_app, settings)
