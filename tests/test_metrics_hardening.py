@@ -1,4 +1,5 @@
-"""Metrics that hold up against hostile input.  Real servers on 127.0.0.1."""
+"""Metrics that hold up against hostile input: bounded series, scrapes that
+never block the IOLoop, any ``Accept`` header.  Real servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -6,8 +7,14 @@ import asyncio
 import collections
 import random
 import string
+import threading
 import typing
 
+import pytest
+from opentelemetry import metrics as otel_metrics
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from tornado import httpclient, web
 
@@ -197,5 +204,102 @@ def test_long_operation_names_share_one_bounded_series() -> None:
         # the keys the application keeps are as bounded as the labels
         bound = app.divak_metrics._series_of(divak.metrics.OPERATION_DURATION).bound
         assert max(len(str(key)) for key in bound) <= metric_series.MAX_VALUE_LENGTH
+
+    run(main())
+
+
+def test_each_sample_carries_only_its_own_labels() -> None:
+    async def main() -> None:
+        app = Application()
+        port = listen(app)
+        for index in range(300):  # 300 series, each with its own attribute name
+            assert (await fetch(port, f"/events?key=k{index}")).code == 200
+        families = await scrape(port)
+        events = samples(families, "divak_events_total")
+        assert len(events) == 300
+        assert {frozenset(s.labels) for s in events} == {
+            frozenset({"divak_event_name", f"k{index}"}) for index in range(300)
+        }
+
+    run(main())
+
+
+# -- 2. the scrape does not block the IOLoop ---------------------------------
+def test_requests_are_answered_while_a_scrape_is_being_collected() -> None:
+    async def main() -> None:
+        app = Application()
+        port = listen(app)
+        collecting = threading.Event()
+        release = threading.Event()
+
+        def slow_callback(
+            options: otel_metrics.CallbackOptions,
+        ) -> typing.Iterator[otel_metrics.Observation]:
+            # an observable instrument of the application that takes its
+            # time, as one that asks a database would
+            collecting.set()
+            release.wait(30)
+            yield otel_metrics.Observation(1)
+
+        app.divak_metrics.meter.create_observable_gauge("slow.gauge", [slow_callback])
+        scraping = asyncio.ensure_future(fetch(port, "/metrics"))
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, collecting.wait, 30)
+        try:
+            # the scrape is being collected: the IOLoop still serves
+            response = await asyncio.wait_for(fetch(port, "/items/3"), 30)
+            assert response.code == 200
+            assert app.scrapes_finished == 0
+            assert not scraping.done()
+        finally:
+            release.set()
+        scraped = await scraping
+        assert scraped.code == 200
+        assert "slow_gauge 1.0" in scraped.body.decode()
+        assert app.scrapes_finished == 1
+
+    run(main())
+
+
+# -- 3. any Accept header ----------------------------------------------------
+TEXT = "text/plain; version=0.0.4"
+OPENMETRICS = "application/openmetrics-text"
+
+
+@pytest.mark.parametrize(
+    "accept,expected",
+    [
+        ("application/openmetrics-text; version=abc", TEXT),
+        ("application/openmetrics-text; version=1.x", TEXT),
+        ("application/openmetrics-text;version=1.0.0-rc1", TEXT),
+        ("application/openmetrics-text; version=..", TEXT),
+        ("text/plain; version=garbage", TEXT),
+        ("text/plain;version=1.0.0;escaping=nonsense", "text/plain; version=1.0.0"),
+        ('application/openmetrics-text; version="1.0.0"', OPENMETRICS),
+        ("application/openmetrics-text; version=", OPENMETRICS),
+        ("application/openmetrics-text; version=0.0.1", TEXT),
+        (";;;,,,==;version", TEXT),
+        ("garbage" * 1000, TEXT),
+        ("*/*", TEXT),
+        ("application/openmetrics-text; version=1.x, text/plain", TEXT),
+        (
+            "application/openmetrics-text; version=x,"
+            " application/openmetrics-text; version=1.0.0",
+            OPENMETRICS,
+        ),
+    ],
+)
+def test_any_accept_header_gets_an_answer(accept: str, expected: str) -> None:
+    async def main() -> None:
+        app = Application()
+        port = listen(app)
+        assert (await fetch(port, "/items/1")).code == 200
+        response = await fetch(port, "/metrics", headers={"Accept": accept})
+        assert response.code == 200
+        content_type = response.headers["Content-Type"]
+        assert content_type.startswith(expected), content_type
+        parse = parse_openmetrics if expected == OPENMETRICS else parse_text
+        names = {family.name for family in parse(response.body.decode())}
+        assert DURATION in names
 
     run(main())

@@ -10,6 +10,7 @@ the trace sampling rate.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -32,6 +33,7 @@ from tornado import httputil
 from divak.metrics import peers
 from divak.metrics import series as metric_series
 from divak.metrics.otlp import periodic_reader
+from divak.metrics.thread import MetricsThread
 from divak.version import __version__
 
 __all__ = [
@@ -60,6 +62,7 @@ MAX_CUSTOM_INSTRUMENTS = 100
 _ACTIVE_ATTRIBUTE = "_divak_active_attributes"
 _BUCKETS = metric_series.DURATION_BUCKETS
 Attributes = metric_series.Attributes
+_T = typing.TypeVar("_T")
 
 
 class HandlerMeasurements:
@@ -233,6 +236,8 @@ class ApplicationMetrics(HandlerMeasurements):
         self.final_snapshot: dict[str, typing.Any] | None = None
         #: The endpoint sibling processes read this one's metrics from.
         self.peer: peers.Peer | None = None
+        #: Where scrapes collect and encode (see :meth:`run_off_loop`).
+        self.thread = MetricsThread()
         self._custom: dict[tuple[str, str], otel_metrics.Histogram | None] = {}
         self._series: dict[str, metric_series.Series] = {}
         readers: list[MetricReader] = []
@@ -426,6 +431,21 @@ class ApplicationMetrics(HandlerMeasurements):
             return None
         return self.reader.get_metrics_data()
 
+    def run_off_loop(
+        self, function: typing.Callable[..., _T], *args: typing.Any
+    ) -> asyncio.Future[_T]:
+        """Run ``function(*args)`` on this application's metrics thread.
+
+        Collecting and encoding a big registry takes long enough to stall
+        every request of the IOLoop (hundreds of milliseconds for a few
+        thousand series), so scrapes and sibling snapshots run there
+        instead (see :mod:`divak.metrics.thread`).  Call it on the
+        IOLoop's thread.
+
+        :returns: a future of the result, resolved on the current IOLoop
+        """
+        return self.thread.run(function, *args)
+
     def shutdown(self, timeout: float = 5.0) -> None:
         """Push the last metrics to the reporters and stop them.
 
@@ -439,6 +459,7 @@ class ApplicationMetrics(HandlerMeasurements):
         provider, self.provider = self.provider, None
         if provider is not None:
             provider.shutdown(int(timeout * 1000))
+        self.thread.stop()
 
 
 #: Every ApplicationMetrics of this process, flagged ``forked`` in a child.
