@@ -158,6 +158,30 @@ def test_unknown_methods_are_other_and_never_crowd_out_real_series() -> None:
     run(main())
 
 
+def test_active_requests_past_the_limit_share_the_overflow_entry() -> None:
+    async def main() -> None:
+        app = Application(metrics_cardinality_limit=1)
+        port = listen(app)
+        for method in ("GET", "DELETE", "PUT", "PATCH", "OPTIONS"):
+            body = "" if method in ("PUT", "PATCH") else None
+            assert (await fetch(port, "/items/1", method=method, body=body)).code in (
+                200,
+                405,
+            )
+        families = await scrape(port)
+        active = sorted(
+            (
+                s.labels.get("http_request_method", ""),
+                s.labels.get("otel_metric_overflow", ""),
+            )
+            for s in samples(families, "http_server_active_requests")
+        )
+        assert active == [("", "true"), ("GET", "")]
+        assert len(app.divak_metrics._active) == 2
+
+    run(main())
+
+
 def test_client_methods_and_hosts_are_bounded() -> None:
     async def main() -> None:
         app = Application(metrics_cardinality_limit=100)

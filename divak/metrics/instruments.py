@@ -326,12 +326,11 @@ class ApplicationMetrics(HandlerMeasurements):
     def _observe_active(
         self, options: otel_metrics.CallbackOptions
     ) -> typing.Iterator[otel_metrics.Observation]:
-        counts: dict[typing.Any, int] = {}
+        # Called on the thread that collects, while the IOLoop may add
+        # entries: list() copies the values in one step under the GIL.
+        # One entry per attribute set (the overflow set included).
         for attributes, count in list(self._active.values()):
-            key = tuple(attributes.items())  # overflowed keys share a set
-            counts[key] = counts.get(key, 0) + count
-        for key, count in counts.items():
-            yield otel_metrics.Observation(count, dict(key))
+            yield otel_metrics.Observation(count, attributes)
 
     def request_finished(
         self,
