@@ -16,6 +16,8 @@ from divak import redaction
 __all__ = [
     "DEFAULT_PORTS",
     "KNOWN_METHODS",
+    "MAX_TEXT_LENGTH",
+    "bounded_text",
     "exception_type",
     "reason_phrase",
     "server_attributes",
@@ -29,10 +31,26 @@ KNOWN_METHODS = frozenset(
 #: The port a URL scheme implies when a URL or ``Host`` names none.
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
+#: Longest text, in characters, that divak lets reach a metric's attribute
+#: set or a span's name from outside (a request, a handler's argument).
+MAX_TEXT_LENGTH = 1024
+
 #: Longest value, in characters, of a span attribute taken from the
 #: request (``user_agent.original``, ``server.address``, ``url.path``...);
 #: ``settings['divak_max_request_attribute_length']`` changes it.
 MAX_REQUEST_ATTRIBUTE_LENGTH = 256
+
+
+def bounded_text(value: str, limit: int = MAX_TEXT_LENGTH) -> str:
+    """*value* cut to its first *limit* characters (itself when shorter).
+
+    For text that becomes a metric attribute, a span name or any other key
+    kept in memory: a client or a handler can make it arbitrarily long.
+
+    :param value: the text
+    :param limit: most characters kept, default :data:`MAX_TEXT_LENGTH`
+    """
+    return value if len(value) <= limit else value[:limit]
 
 
 def reason_phrase(status_code: int) -> str:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import collections
+import http.client
+import pathlib
 import signal
+import threading
 import urllib.error
 import urllib.request
 
@@ -116,3 +119,88 @@ def test_a_sibling_that_is_gone_counts_with_its_last_saved_state() -> None:
         assert metrics_peers.ENVIRONMENT_VARIABLE not in os.environ
 
     asyncio.run(main())
+
+
+STALE = "divak_metrics_stale_processes"
+
+
+def stale_processes(text: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == STALE:
+                return sample.value
+    return None
+
+
+class Child:
+    """A keep-alive connection, and so one child: every request reaches it."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.pid = self.get("/items/0")[1]["X-Pid"]
+
+    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        self.connection.request("GET", path)
+        response = self.connection.getresponse()
+        return response.status, dict(response.headers), response.read()
+
+    def scrape(self) -> str:
+        status, headers, body = self.get("/metrics")
+        assert status == 200 and headers["X-Pid"] == self.pid
+        return body.decode()
+
+
+def test_a_blocked_child_counts_with_its_last_known_state_and_is_marked_stale(
+    tmp_path: pathlib.Path,
+) -> None:
+    process, port = start_service(["tests/services/metrics_service.py"])
+    release = tmp_path / "release"
+    blocker: threading.Thread | None = None
+    try:
+        # One connection per child: the kernel spreads new connections
+        # over both, a keep-alive connection stays with its child.
+        children: dict[str, Child] = {}
+        for _ in range(200):
+            child = Child(port)
+            children.setdefault(child.pid, child)
+            if len(children) == 2:
+                break
+        assert len(children) == 2
+        busy, other = children.values()
+        sent = collections.Counter({"200": 2})  # one /items/0 each
+        other.scrape()  # "other" reads busy's state (busy saves it)
+        for index in range(5):  # then busy serves more...
+            assert busy.get(f"/items/{index}")[0] == 200
+            sent["200"] += 1
+        before = busy.scrape()  # ...and answers a scrape with them
+        assert counts(before) == sent
+        assert stale_processes(before) == 0
+
+        # busy's IOLoop now blocks, well past the 2 s collection timeout
+        blocked = threading.Event()
+
+        def block() -> None:
+            busy.connection.request("GET", f"/block?until={release}")
+            response = busy.connection.getresponse()  # the headers: blocking now
+            blocked.set()
+            response.read()
+
+        blocker = threading.Thread(target=block, daemon=True)
+        blocker.start()
+        assert blocked.wait(30)
+        during = other.scrape()  # waits for busy, then does without it
+        # busy's share is its last known one, not gone: nothing goes back
+        assert counts(during) == sent
+        assert stale_processes(during) == 1
+
+        release.touch()
+        blocker.join(30)
+        after = other.scrape()
+        assert counts(after) == sent
+        assert stale_processes(after) == 0
+    finally:
+        release.touch()
+        if blocker is not None:
+            blocker.join(30)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, process.stdout.read()

@@ -10,6 +10,7 @@ the trace sampling rate.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -32,6 +33,7 @@ from tornado import httputil
 from divak.metrics import peers
 from divak.metrics import series as metric_series
 from divak.metrics.otlp import periodic_reader
+from divak.metrics.thread import MetricsThread
 from divak.version import __version__
 
 __all__ = [
@@ -60,6 +62,7 @@ MAX_CUSTOM_INSTRUMENTS = 100
 _ACTIVE_ATTRIBUTE = "_divak_active_attributes"
 _BUCKETS = metric_series.DURATION_BUCKETS
 Attributes = metric_series.Attributes
+_T = typing.TypeVar("_T")
 
 
 class HandlerMeasurements:
@@ -77,7 +80,7 @@ class HandlerMeasurements:
         meter: otel_metrics.Meter
         operation_duration: otel_metrics.Histogram
         events: otel_metrics.Counter
-        _custom: dict[tuple[str, str], otel_metrics.Histogram]
+        _custom: dict[tuple[str, str], otel_metrics.Histogram | None]
 
         def _series_of(self, instrument: str) -> metric_series.Series: ...
 
@@ -89,14 +92,16 @@ class HandlerMeasurements:
     ) -> None:
         """Record an operation's duration into ``divak.operation.duration``.
 
-        :param name: ``divak.operation.name``, e.g. ``"query-db"``
+        :param name: ``divak.operation.name``, e.g. ``"query-db"``; cut to
+            :data:`~divak.metrics.series.MAX_VALUE_LENGTH` characters
         :param seconds: the duration
         :param context: the context of the operation's span (exemplar)
         """
         if not self.enabled:
             return
+        value = metric_series.bounded(name)  # the key is the attribute's value
         attributes = self._series_of(OPERATION_DURATION).bind(
-            name, lambda: {"divak.operation.name": metric_series.bounded(name)}
+            value, lambda: {"divak.operation.name": value}
         )
         self.operation_duration.record(seconds, attributes, context)
 
@@ -132,7 +137,9 @@ class HandlerMeasurements:
     ) -> None:
         """Record *value* into the histogram *name*, created on first use.
 
-        :param name: the instrument name, e.g. ``"queue.wait"``
+        :param name: the instrument name, e.g. ``"queue.wait"``; a name the
+            OpenTelemetry SDK refuses (longer than 255 characters, not
+            ASCII...) records nothing and logs a WARNING
         :param value: the measurement
         :param unit: UCUM unit, e.g. ``"s"`` or ``"By"``; with ``"s"`` the
             histogram uses :data:`~divak.metrics.series.DURATION_BUCKETS`
@@ -143,19 +150,36 @@ class HandlerMeasurements:
         """
         if not self.enabled:
             return
-        histogram = self._custom.get((name, unit))
+        # The SDK refuses names longer than 255 characters: every longer
+        # one is refused, so the key keeps at most 256 of them.
+        instrument = (name[:256], unit[:64])
+        histogram = self._custom.get(instrument)
         if histogram is None:
+            if instrument in self._custom:
+                return  # refused before, said so then
             if len(self._custom) >= MAX_CUSTOM_INSTRUMENTS:
-                logger.warning("too many histograms, not recording %s", name)
+                logger.warning(
+                    "too many histograms, not recording %s", metric_series.bounded(name)
+                )
                 return
             if boundaries is None and unit == "s":
                 boundaries = metric_series.DURATION_BUCKETS
-            histogram = self._custom[(name, unit)] = self.meter.create_histogram(
-                name,
-                unit=unit,
-                description=f"Values of {name} handlers recorded.",
-                explicit_bucket_boundaries_advisory=boundaries,
-            )
+            try:
+                histogram = self.meter.create_histogram(
+                    name,
+                    unit=unit,
+                    description=f"Values of {name} handlers recorded.",
+                    explicit_bucket_boundaries_advisory=boundaries,
+                )
+            except Exception as error:  # noqa: BLE001 - a bad name costs the value only
+                logger.warning(
+                    "not recording %s: %s",
+                    metric_series.bounded(name),
+                    metric_series.bounded(str(error)),
+                )
+                self._custom[instrument] = None
+                return
+            self._custom[instrument] = histogram
         key, build = metric_series.custom_attributes(name, {}, attributes)
         bound = self._series_of(name).bind(key, build)
         histogram.record(value, bound, context)
@@ -211,8 +235,10 @@ class ApplicationMetrics(HandlerMeasurements):
         #: serves with siblings (see :mod:`divak.metrics.peers`).
         self.final_snapshot: dict[str, typing.Any] | None = None
         #: The endpoint sibling processes read this one's metrics from.
-        self.peer: typing.Any = None
-        self._custom: dict[tuple[str, str], otel_metrics.Histogram] = {}
+        self.peer: peers.Peer | None = None
+        #: Where scrapes collect and encode (see :meth:`run_off_loop`).
+        self.thread = MetricsThread()
+        self._custom: dict[tuple[str, str], otel_metrics.Histogram | None] = {}
         self._series: dict[str, metric_series.Series] = {}
         readers: list[MetricReader] = []
         if enabled and scrape:
@@ -241,7 +267,9 @@ class ApplicationMetrics(HandlerMeasurements):
         # Counted in plain integers on the IOLoop, observed by the SDK when
         # it collects: two SDK measurements per request would cost more
         # than the whole request's other metrics.
-        self._active: dict[tuple[str | None, str], list[typing.Any]] = {}
+        # Keyed by the attribute set's (method, scheme), :data:`None` for
+        # the overflow set: at most the cardinality limit and one entries.
+        self._active: dict[tuple[str, str] | None, list[typing.Any]] = {}
         self.active_requests = meter.create_observable_up_down_counter(
             ACTIVE_REQUESTS,
             [self._observe_active],
@@ -276,31 +304,33 @@ class ApplicationMetrics(HandlerMeasurements):
         """
         if not self.enabled or _ACTIVE_ATTRIBUTE in request.__dict__:
             return
-        key = (request.method, request.protocol)
+        key: tuple[str, str] | None = (
+            metric_series.method_attribute(request.method),
+            metric_series.key_text(request.protocol) or "",
+        )
         entry = self._active.get(key)
         if entry is None:
-            entry = self._active.setdefault(key, [self._active_attributes(*key), 0])
+            attributes = self._active_attributes(*key)  # type: ignore[misc]
+            if attributes is metric_series.OVERFLOW_ATTRIBUTES:
+                key = None  # one entry for all sets past the limit
+            entry = self._active.setdefault(key, [attributes, 0])
         entry[1] += 1
         request.__dict__[_ACTIVE_ATTRIBUTE] = entry
 
-    def _active_attributes(self, method: str | None, scheme: str) -> Attributes:
+    def _active_attributes(self, method: str, scheme: str) -> Attributes:
         return self._series_of(ACTIVE_REQUESTS).bind(
             (method, scheme),
-            lambda: {
-                "http.request.method": metric_series.method_attribute(method),
-                "url.scheme": scheme,
-            },
+            lambda: {"http.request.method": method, "url.scheme": scheme},
         )
 
     def _observe_active(
         self, options: otel_metrics.CallbackOptions
     ) -> typing.Iterator[otel_metrics.Observation]:
-        counts: dict[typing.Any, int] = {}
+        # Called on the thread that collects, while the IOLoop may add
+        # entries: list() copies the values in one step under the GIL.
+        # One entry per attribute set (the overflow set included).
         for attributes, count in list(self._active.values()):
-            key = tuple(attributes.items())  # overflowed keys share a set
-            counts[key] = counts.get(key, 0) + count
-        for key, count in counts.items():
-            yield otel_metrics.Observation(count, dict(key))
+            yield otel_metrics.Observation(count, attributes)
 
     def request_finished(
         self,
@@ -335,8 +365,14 @@ class ApplicationMetrics(HandlerMeasurements):
         active[1] -= 1
         if error_type is None and status_code is not None and status_code >= 500:
             error_type = str(status_code)
-        method, scheme, version = request.method, request.protocol, request.version
-        key = (method, route, status_code, error_type, scheme, version)
+        key = (
+            metric_series.method_attribute(request.method),
+            metric_series.key_text(route),
+            status_code,
+            metric_series.key_text(error_type),
+            metric_series.key_text(request.protocol),
+            metric_series.key_text(request.version),
+        )
         series = self._series_of(SERVER_DURATION)
         attributes = series.bound.get(key) or series.bind(
             key, lambda: metric_series.server_attributes(*key)
@@ -372,19 +408,42 @@ class ApplicationMetrics(HandlerMeasurements):
             return
         if error_type is None and status_code is not None and status_code >= 400:
             error_type = str(status_code)
+        key = (
+            metric_series.method_attribute(method),
+            metric_series.key_text(host),
+            port,
+            status_code,
+            metric_series.key_text(error_type),
+        )
         attributes = self._series_of(CLIENT_DURATION).bind(
-            (method, host, port, status_code, error_type),
-            lambda: metric_series.client_attributes(
-                method, host, port, status_code, error_type
-            ),
+            key, lambda: metric_series.client_attributes(*key)
         )
         self.client_duration.record(seconds, attributes, context)
 
     def collect(self) -> MetricsData | None:
-        """Read the current (cumulative) state from the scrape reader."""
+        """Read the current (cumulative) state from the scrape reader.
+
+        Safe from any thread: the SDK collects under its own locks, and the
+        active-requests callback only reads integers.
+        """
         if self.reader is None:
             return None
         return self.reader.get_metrics_data()
+
+    def run_off_loop(
+        self, function: typing.Callable[..., _T], *args: typing.Any
+    ) -> asyncio.Future[_T]:
+        """Run ``function(*args)`` on this application's metrics thread.
+
+        Collecting and encoding a big registry takes long enough to stall
+        every request of the IOLoop (hundreds of milliseconds for a few
+        thousand series), so scrapes and sibling snapshots run there
+        instead (see :mod:`divak.metrics.thread`).  Call it on the
+        IOLoop's thread.
+
+        :returns: a future of the result, resolved on the current IOLoop
+        """
+        return self.thread.run(function, *args)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Push the last metrics to the reporters and stop them.
@@ -399,6 +458,7 @@ class ApplicationMetrics(HandlerMeasurements):
         provider, self.provider = self.provider, None
         if provider is not None:
             provider.shutdown(int(timeout * 1000))
+        self.thread.stop()
 
 
 #: Every ApplicationMetrics of this process, flagged ``forked`` in a child.

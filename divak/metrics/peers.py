@@ -13,13 +13,22 @@ sibling for its current cumulative state and answers the sum:
   Unix socket ``<pid>.sock`` in it, on the child's IOLoop; connecting to
   it returns the child's snapshot as JSON (see
   :func:`divak.metrics.snapshot.snapshot`);
-* every snapshot a child hands out is also written to ``<pid>.json``
-  (atomically), and so is its last one when it shuts down: a sibling that
-  does not answer within the timeout (busy, or gone) is counted with the
-  newest state it ever handed out, so the sums never go back.
+* every snapshot a child puts into an answer, its own scrapes' and the
+  ones it hands to siblings alike, is first written to ``<pid>.json``
+  (atomically), and so is its last one when it shuts down (it then removes
+  its socket): a sibling that does not answer within the timeout (its
+  IOLoop is blocked, or it died) is counted with the newest state it ever
+  put into an answer, so the sums never go back;
+* such a sibling is *stale*: the sums carry the gauge
+  :data:`STALE_PROCESSES`, the number of siblings that did not answer the
+  scrape and are counted with their last known state (0 when every
+  sibling answered).
 
 Each child keeps aggregating with its own OpenTelemetry SDK; nothing is
-shared but these snapshots, read only when a scrape arrives.
+shared but these snapshots, read only when a scrape arrives.  Taking,
+saving, reading and decoding snapshots runs on the metrics thread
+(:meth:`~divak.metrics.ApplicationMetrics.run_off_loop`), never on the
+IOLoop.
 """
 
 from __future__ import annotations
@@ -38,14 +47,16 @@ import typing
 
 from tornado import iostream, netutil, tcpserver
 
-from divak.metrics.snapshot import snapshot
+from divak.metrics.snapshot import Collectable, Snapshot, snapshot
 
 __all__ = [
     "ENVIRONMENT_VARIABLE",
+    "STALE_PROCESSES",
     "Peer",
     "gather",
     "join",
     "remove_stale_directories",
+    "share",
     "shared_directory",
 ]
 
@@ -53,6 +64,23 @@ logger = logging.getLogger(__name__)
 
 #: Names the directory sibling processes meet in.
 ENVIRONMENT_VARIABLE = "DIVAK_METRICS_PEERS_DIR"
+#: The gauge a sum over processes carries: how many siblings did not
+#: answer and are counted with their last known state.
+STALE_PROCESSES = "divak.metrics.stale_processes"
+
+_T = typing.TypeVar("_T")
+
+
+class Shared(Collectable, typing.Protocol):
+    """What a :class:`Peer` serves: :class:`~divak.metrics.ApplicationMetrics`."""
+
+    #: This process's endpoint, :data:`None` without siblings.
+    peer: Peer | None
+
+    def run_off_loop(
+        self, function: typing.Callable[..., _T], *args: typing.Any
+    ) -> typing.Awaitable[_T]:
+        """Run ``function(*args)`` on the metrics thread."""
 
 
 @contextlib.contextmanager
@@ -129,26 +157,47 @@ class Peer:
     :raises OSError: when the Unix socket cannot be bound
     """
 
-    def __init__(self, metrics: typing.Any, directory: str) -> None:
+    def __init__(self, metrics: Shared, directory: str) -> None:
         self.metrics = metrics
         self.directory = directory
         self.pid = os.getpid()
         self.socket_path = os.path.join(directory, f"{self.pid}.sock")
         self.snapshot_path = os.path.join(directory, f"{self.pid}.json")
+        # Snapshots are taken and saved in one step, one at a time: the
+        # file never goes back to an older state than one handed out.
+        self._lock = threading.Lock()
         self.server = _PeerServer(self)
         self.server.add_socket(netutil.bind_unix_socket(self.socket_path))
 
+    def share(self) -> Snapshot:
+        """The current snapshot, saved first for when this process does not answer.
+
+        Blocks the calling thread (call it on the metrics thread).
+        """
+        with self._lock:
+            current = snapshot(self.metrics)
+            self._save(json.dumps(current).encode())
+        return current
+
     def answer(self) -> bytes:
-        """The current snapshot as JSON, also saved for when this process is gone."""
-        body = json.dumps(snapshot(self.metrics)).encode()
-        self._save(body)
+        """The current snapshot as JSON, also saved (see :meth:`share`)."""
+        with self._lock:
+            body = json.dumps(snapshot(self.metrics)).encode()
+            self._save(body)
         return body
 
     def save_final(self) -> None:
-        """Take the last snapshot; siblings read it from now on."""
-        final = snapshot(self.metrics)
-        self.metrics.final_snapshot = final
-        self._save(json.dumps(final).encode())
+        """Take the last snapshot; siblings read it from now on.
+
+        Also removes the socket: a sibling that finds no socket counts this
+        process with its final state, and not as stale.
+        """
+        with self._lock:
+            final = snapshot(self.metrics)
+            self.metrics.final_snapshot = final
+            self._save(json.dumps(final).encode())
+        with contextlib.suppress(OSError):
+            os.unlink(self.socket_path)
 
     def _save(self, body: bytes) -> None:
         temporary = f"{self.snapshot_path}.{threading.get_ident()}.tmp"
@@ -169,14 +218,14 @@ class _PeerServer(tcpserver.TCPServer):
         self, stream: iostream.IOStream, address: typing.Any
     ) -> None:
         try:
-            await stream.write(self.peer.answer())
+            await stream.write(await self.peer.metrics.run_off_loop(self.peer.answer))
         except iostream.StreamClosedError:
             pass
         finally:
             stream.close()
 
 
-def join(metrics: typing.Any) -> None:
+def join(metrics: Shared) -> None:
     """Start answering siblings, when this process has any.
 
     Does nothing unless :data:`ENVIRONMENT_VARIABLE` names an existing
@@ -192,18 +241,31 @@ def join(metrics: typing.Any) -> None:
         logger.warning("metrics are not summed over processes: %s", error)
 
 
-async def gather(
-    metrics: typing.Any, timeout: float = 2.0
-) -> list[dict[str, typing.Any]]:
+def share(metrics: Shared) -> Snapshot:
+    """This process's snapshot for an answer; saved first when it has siblings.
+
+    Blocks the calling thread (call it on the metrics thread): whatever a
+    scrape answers must be what siblings fall back on later.
+    """
+    peer = metrics.peer
+    if peer is None:
+        return snapshot(metrics)
+    return peer.share()
+
+
+async def gather(metrics: Shared, timeout: float = 2.0) -> list[Snapshot]:
     """The snapshots of every sibling process, read concurrently.
+
+    Call it on the IOLoop; decoding runs on the metrics thread.
 
     :param metrics: this process's :class:`~divak.metrics.ApplicationMetrics`
     :param timeout: seconds to wait for a sibling before using the last
         snapshot it saved
-    :returns: one snapshot per sibling that ever recorded metrics; empty
-        when the process has no siblings
+    :returns: one snapshot per sibling that ever saved one, and one that
+        holds the gauge :data:`STALE_PROCESSES`; empty when the process has
+        no siblings
     """
-    peer: Peer | None = metrics.peer
+    peer = metrics.peer
     if peer is None:
         return []
     try:
@@ -217,15 +279,20 @@ async def gather(
             pids.add(int(stem))
     pids.discard(peer.pid)
     found = await asyncio.gather(
-        *(_read(peer.directory, pid, timeout) for pid in sorted(pids))
+        *(_read(metrics, peer.directory, pid, timeout) for pid in sorted(pids))
     )
-    return [each for each in found if each is not None]
+    stale = sum(1 for _, was_stale in found if was_stale)
+    snapshots = [each for each, _ in found if each is not None]
+    snapshots.append(_stale_gauge(stale))
+    return snapshots
 
 
 async def _read(
-    directory: str, pid: int, timeout: float
-) -> dict[str, typing.Any] | None:
+    metrics: Shared, directory: str, pid: int, timeout: float
+) -> tuple[Snapshot | None, bool]:
+    """A sibling's snapshot, and whether it is its last saved one (stale)."""
     path = os.path.join(directory, f"{pid}.sock")
+    stale = False
     if os.path.exists(path):
         stream = iostream.IOStream(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
         try:
@@ -235,13 +302,34 @@ async def _read(
             data = await asyncio.wait_for(
                 stream.read_until_close(), max(0.0, deadline - loop.time())
             )
-            return typing.cast(dict[str, typing.Any], json.loads(data))
+            return await metrics.run_off_loop(_decode, data), False
         except (OSError, iostream.StreamClosedError, TimeoutError, ValueError):
-            pass  # busy or gone: its last saved snapshot below
+            stale = True  # busy or gone: its last saved snapshot below
         finally:
             stream.close()
+    saved = os.path.join(directory, f"{pid}.json")
+    return await metrics.run_off_loop(_load, saved), stale
+
+
+def _decode(data: bytes) -> Snapshot:
+    return typing.cast(Snapshot, json.loads(data))
+
+
+def _load(path: str) -> Snapshot | None:
     try:
-        with open(os.path.join(directory, f"{pid}.json"), "rb") as file:
-            return typing.cast(dict[str, typing.Any], json.loads(file.read()))
+        with open(path, "rb") as file:
+            return _decode(file.read())
     except (OSError, ValueError):
         return None
+
+
+def _stale_gauge(stale: int) -> Snapshot:
+    return {
+        STALE_PROCESSES: {
+            "kind": "gauge",
+            "description": "Sibling processes that did not answer the scrape,"
+            " counted with their last known state.",
+            "unit": "{process}",
+            "points": {"[]": {"attributes": [], "value": stale}},
+        }
+    }

@@ -19,22 +19,31 @@ from __future__ import annotations
 import re
 import typing
 
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
+from prometheus_client.exposition import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    choose_encoder,
+    generate_latest,
 )
-from prometheus_client.samples import Exemplar
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
 from tornado import web
 
 from divak.metrics import peers
-from divak.metrics.instruments import MetricsSource
-from divak.metrics.snapshot import Snapshot, merge, snapshot
+from divak.metrics.instruments import ApplicationMetrics, MetricsSource
+from divak.metrics.snapshot import Snapshot, merge
+from divak.metrics.thread import paced
 
-__all__ = ["MetricsHandler", "prometheus_name", "to_families"]
+__all__ = [
+    "MetricsHandler",
+    "choose_format",
+    "exposition",
+    "prometheus_name",
+    "to_families",
+]
+
+#: An encoder of ``prometheus_client``: metric families to the answer's body.
+Encoder = typing.Callable[[typing.Any], bytes]
 
 _UNITS = {
     "s": "seconds",
@@ -74,64 +83,135 @@ def _label_name(key: str) -> str:
 
 
 def to_families(total: Snapshot) -> list[Metric]:
-    """``prometheus_client`` metric families for a (merged) snapshot."""
+    """``prometheus_client`` metric families for a (merged) snapshot.
+
+    Each sample carries the labels of its own attributes only (an absent
+    label and an empty one are the same series for Prometheus), so the
+    answer grows with the number of series, not with series times the
+    attribute names of the whole family.
+    """
     families: list[Metric] = []
+    label_names: dict[str, str] = {}
+    bucket_names: dict[tuple[float, ...], list[str]] = {}
     for name in sorted(total):
         metric = total[name]
         full_name, unit = prometheus_name(name, metric["unit"])
-        points = list(metric["points"].values())
-        keys = sorted({k for p in points for k, _ in p["attributes"]})
-        labels = [_label_name(k) for k in keys]
         kind = metric["kind"]
-        family: Metric
         if kind == "counter":
-            if full_name.endswith("_total"):
-                full_name = full_name[: -len("_total")]
-            family = CounterMetricFamily(
-                full_name, metric["description"], labels=labels, unit=unit
-            )
-        elif kind == "gauge":
-            family = GaugeMetricFamily(
-                full_name, metric["description"], labels=labels, unit=unit
-            )
-        else:
-            family = HistogramMetricFamily(
-                full_name, metric["description"], labels=labels, unit=unit
-            )
-        for point in points:
-            given = dict(point["attributes"])
-            values = [given.get(k, "") for k in keys]
+            full_name = full_name.removesuffix("_total")
+        family = Metric(full_name, metric["description"], kind, unit)
+        full_name = family.name  # with the unit
+        samples = family.samples = _PacedSamples()
+        for point in paced(metric["points"].values()):
+            labels = {}
+            for key, value in point["attributes"]:
+                label = label_names.get(key)
+                if label is None:
+                    label = label_names[key] = _label_name(key)
+                labels[label] = value
             if kind == "histogram":
-                family.add_metric(values, _buckets(point), point["sum"])  # type: ignore[attr-defined,arg-type,call-arg]
+                bounds = tuple(point["bounds"])
+                les = bucket_names.get(bounds)
+                if les is None:
+                    les = bucket_names[bounds] = [*map(floatToGoString, bounds), "+Inf"]
+                _add_histogram(samples, full_name, labels, les, point)
+            elif kind == "counter":
+                samples.append(Sample(full_name + "_total", labels, point["value"]))
             else:
-                family.add_metric(values, point["value"])  # type: ignore[attr-defined,arg-type,call-arg]
+                samples.append(Sample(full_name, labels, point["value"]))
         families.append(family)
     return families
 
 
-def _buckets(point: dict[str, typing.Any]) -> list[tuple[typing.Any, ...]]:
+def _add_histogram(
+    samples: list[Sample],
+    name: str,
+    labels: dict[str, str],
+    les: list[str],
+    point: dict[str, typing.Any],
+) -> None:
     exemplars = {e[0]: e for e in point["exemplars"]}
-    buckets: list[tuple[typing.Any, ...]] = []
     cumulative = 0
-    bounds = [*map(floatToGoString, point["bounds"]), "+Inf"]
-    for index, (bound, count) in enumerate(zip(bounds, point["counts"], strict=True)):
+    bucket = name + "_bucket"
+    for index, (le, count) in enumerate(zip(les, point["counts"], strict=True)):
         cumulative += count
         exemplar = exemplars.get(index)
-        if exemplar is None:
-            buckets.append((bound, cumulative))
-        else:
-            buckets.append(
-                (
-                    bound,
-                    cumulative,
-                    Exemplar(
-                        {"trace_id": exemplar[2], "span_id": exemplar[3]},
-                        exemplar[1],
-                        exemplar[4],
-                    ),
-                )
+        samples.append(
+            Sample(
+                bucket,
+                {**labels, "le": le},
+                cumulative,
+                None,
+                None
+                if exemplar is None
+                else Exemplar(
+                    {"trace_id": exemplar[2], "span_id": exemplar[3]},
+                    exemplar[1],
+                    exemplar[4],
+                ),
             )
-    return buckets
+        )
+    samples.append(Sample(name + "_count", labels, cumulative))
+    samples.append(Sample(name + "_sum", labels, point["sum"]))
+
+
+_VERSION = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def choose_format(accept: str) -> tuple[Encoder, str]:
+    """The encoder and ``Content-Type`` for a scrape's ``Accept`` header.
+
+    ``prometheus_client``'s choice (OpenMetrics when asked for, else the
+    text format 0.0.4), after leaving out each media range whose
+    ``version`` parameter is not dotted numbers (parameter values may be
+    quoted, RFC 9110; an empty one is no version); whatever the header
+    holds, the answer is at worst the text format 0.0.4, never an error.
+
+    :param accept: the ``Accept`` header, ``""`` when absent
+    """
+    ranges = []
+    for media_range in accept.split(","):
+        media_type, *parameters = media_range.split(";")
+        cleaned = [media_type.strip()]
+        valid = True
+        for parameter in parameters:
+            key, _, value = parameter.strip().partition("=")
+            key, value = key.strip().lower(), value.strip().strip('"')
+            if key == "version" and value and not _VERSION.fullmatch(value):
+                valid = False
+            if value:
+                cleaned.append(f"{key}={value}")
+        if valid:
+            ranges.append(";".join(cleaned))
+    try:
+        return choose_encoder(",".join(ranges))
+    except Exception:  # noqa: BLE001 - whatever else it trips on: the text format
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+
+
+def exposition(
+    metrics: ApplicationMetrics | None, siblings: list[Snapshot], encoder: Encoder
+) -> bytes:
+    """The answer's body: this process's metrics plus *siblings*', encoded.
+
+    Takes this process's snapshot (saved for its siblings, see
+    :func:`divak.metrics.peers.share`), sums, builds the families and
+    encodes: the whole cost of a scrape but the reading of siblings, run
+    by :class:`MetricsHandler` on the metrics thread.
+
+    :param metrics: the application's metrics, :data:`None` for none
+    :param siblings: the snapshots :func:`divak.metrics.peers.gather` read
+    :param encoder: from :func:`choose_format`
+    """
+    snapshots = [peers.share(metrics)] if metrics is not None else []
+    return encoder(_Families(to_families(merge([*snapshots, *siblings]))))
+
+
+class _PacedSamples(list[Sample]):
+    """A family's samples; the encoders walk them through :func:`paced`."""
+
+    def __iter__(self) -> typing.Iterator[Sample]:
+        return paced(super().__iter__())
 
 
 class _Families:
@@ -154,7 +234,10 @@ class MetricsHandler(web.RequestHandler):
     * ``GET`` answers the Prometheus text exposition format (0.0.4), or
       OpenMetrics 1.0 when the ``Accept`` header asks for
       ``application/openmetrics-text`` (as Prometheus does); the encoding
-      is ``prometheus_client``'s;
+      is ``prometheus_client``'s; an ``Accept`` header it cannot make sense
+      of gets the text format;
+    * the work of a scrape runs on the application's metrics thread, not
+      on the IOLoop;
     * histogram buckets carry the trace id and span id of a sampled
       request that fell into them as an OpenMetrics exemplar;
     * when the service runs in several processes (``number_of_procs``),
@@ -163,14 +246,20 @@ class MetricsHandler(web.RequestHandler):
     """
 
     async def get(self) -> None:
-        """Write the current metrics; ``Content-Type`` says which format."""
-        snapshots: list[Snapshot] = []
+        """Write the current metrics; ``Content-Type`` says which format.
+
+        Collecting, summing and encoding run on the application's metrics
+        thread (:meth:`~divak.metrics.ApplicationMetrics.run_off_loop`):
+        other requests are served meanwhile.  A malformed or unknown
+        ``Accept`` header gets the text format (see :func:`choose_format`).
+        """
+        encoder, content_type = choose_format(self.request.headers.get("Accept", ""))
         if isinstance(self.application, MetricsSource):
             metrics = self.application.divak_metrics
-            snapshots.append(snapshot(metrics))
-            snapshots.extend(await peers.gather(metrics))
-        encoder, content_type = choose_encoder(self.request.headers.get("Accept", ""))
-        body = encoder(_Families(to_families(merge(snapshots))))  # type: ignore[arg-type]
+            siblings = await peers.gather(metrics)
+            body = await metrics.run_off_loop(exposition, metrics, siblings, encoder)
+        else:
+            body = exposition(None, [], encoder)
         self.set_header("Content-Type", content_type)
         self.set_header("Cache-Control", "no-store")
         self.finish(body)

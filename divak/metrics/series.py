@@ -7,12 +7,23 @@ limit of its own), and beyond it records under :data:`OVERFLOW_ATTRIBUTES`
 as the OpenTelemetry metrics SDK specification says.  Attribute values
 handlers give are cut to :data:`MAX_VALUE_LENGTH` characters, and at most
 :data:`MAX_ATTRIBUTES` of them are kept.
+
+A key holds the values of the attribute set it stands for, never the raw
+input: a method outside the known set is ``_OTHER`` in the key as in the
+attributes (HTTP semantic conventions), and text is cut before it becomes
+part of a key.  So a client that sends thousands of made-up methods, or a
+handler that names operations after its input, costs at most one set per
+distinct *attribute* set, each of bounded size, and cannot push real
+series past the cardinality limit.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 import typing
+
+from divak.semconv import KNOWN_METHODS
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -22,6 +33,8 @@ __all__ = [
     "Series",
     "client_attributes",
     "custom_attributes",
+    "key_text",
+    "method_attribute",
     "server_attributes",
 ]
 
@@ -52,14 +65,13 @@ DURATION_BUCKETS = (
 #: reached the cardinality limit (OpenTelemetry metrics SDK specification).
 OVERFLOW_ATTRIBUTES: typing.Mapping[str, typing.Any] = {"otel.metric.overflow": True}
 
-#: Longest attribute value kept (characters); longer strings are cut.
+#: Longest attribute value or name kept (characters); longer strings are
+#: cut (well within :data:`divak.semconv.MAX_TEXT_LENGTH`).
 MAX_VALUE_LENGTH = 128
 #: Most attributes a handler may add to one event or value; more are dropped.
 MAX_ATTRIBUTES = 8
 
-_KNOWN_METHODS = frozenset(
-    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
-)
+_first = operator.itemgetter(0)
 
 
 class Series:
@@ -107,10 +119,31 @@ def bounded(value: typing.Any) -> typing.Any:
     return text[:MAX_VALUE_LENGTH]
 
 
+@typing.overload
+def key_text(value: str) -> str: ...
+@typing.overload
+def key_text(value: None) -> None: ...
+@typing.overload
+def key_text(value: str | None) -> str | None: ...
+
+
+def key_text(value: str | None) -> str | None:
+    """*value* cut to :data:`MAX_VALUE_LENGTH` characters, as keys hold it."""
+    if value is None or len(value) <= MAX_VALUE_LENGTH:
+        return value
+    return value[:MAX_VALUE_LENGTH]
+
+
 def method_attribute(method: str | None) -> str:
-    """``http.request.method``: a known method, else ``_OTHER``."""
+    """``http.request.method``: a known method, else ``_OTHER``.
+
+    The HTTP semantic conventions' rule for metrics: the method a client
+    sent, when it is not one of :data:`divak.semconv.KNOWN_METHODS`, never
+    becomes an attribute value (``http.request.method_original`` is for
+    spans only).
+    """
     method = method or "GET"
-    return method if method in _KNOWN_METHODS else "_OTHER"
+    return method if method in KNOWN_METHODS else "_OTHER"
 
 
 def server_attributes(
@@ -159,20 +192,34 @@ def client_attributes(
 def custom_attributes(
     instrument: str, fixed: Attributes, attributes: Attributes | None
 ) -> tuple[typing.Hashable, typing.Callable[[], Attributes]]:
-    """The key and the builder of a handler-given attribute set."""
-    extra = tuple(sorted(attributes.items())) if attributes else ()
+    """The key and the builder of a handler-given attribute set.
+
+    The key is made of the bounded names and values the set will hold (at
+    most :data:`MAX_ATTRIBUTES` of the given ones, by name, then *fixed*),
+    so two inputs that differ only beyond the bounds share one set.
+    """
+    pairs = tuple((k, bounded(v)) for k, v in fixed.items())
+    given = 0
+    extra: tuple[tuple[str, typing.Any], ...] = ()
+    if attributes:
+        given = len(attributes)
+        extra = tuple(
+            sorted(
+                (
+                    (str(k)[:MAX_VALUE_LENGTH], bounded(v))
+                    for k, v in attributes.items()
+                ),
+                key=_first,
+            )[:MAX_ATTRIBUTES]
+        )
 
     def build() -> Attributes:
-        built = {k: bounded(v) for k, v in fixed.items()}
-        if len(extra) > MAX_ATTRIBUTES:
+        if given > MAX_ATTRIBUTES:
             logger.warning(
-                "%s: keeping %d of %d attributes",
-                instrument,
-                MAX_ATTRIBUTES,
-                len(extra),
+                "%s: keeping %d of %d attributes", instrument, MAX_ATTRIBUTES, given
             )
-        for attribute, value in extra[:MAX_ATTRIBUTES]:
-            built[str(attribute)[:MAX_VALUE_LENGTH]] = bounded(value)
+        built = dict(extra)
+        built.update(pairs)  # a handler's attribute never replaces divak's
         return built
 
-    return (tuple(fixed.items()), extra), build
+    return (pairs, extra), build

@@ -18,9 +18,12 @@ from opentelemetry.sdk.metrics.export import (
     Histogram,
     HistogramDataPoint,
     MetricsData,
+    NumberDataPoint,
     Sum,
 )
 from opentelemetry.trace import format_span_id, format_trace_id
+
+from divak.metrics.thread import paced
 
 __all__ = ["Collectable", "Snapshot", "from_metrics_data", "merge", "snapshot"]
 
@@ -59,7 +62,9 @@ def from_metrics_data(data: MetricsData | None) -> Snapshot:
                 kind = _kind(metric.data)
                 if kind is None:
                     continue
-                for point in metric.data.data_points:
+                data_points: typing.Sequence[NumberDataPoint | HistogramDataPoint]
+                data_points = metric.data.data_points  # type: ignore[assignment]
+                for point in paced(data_points):
                     attributes = sorted(
                         (str(k), _label_value(v))
                         for k, v in (point.attributes or {}).items()
@@ -77,7 +82,7 @@ def from_metrics_data(data: MetricsData | None) -> Snapshot:
                     else:
                         points[key] = {
                             "attributes": attributes,
-                            "value": point.value,  # type: ignore[union-attr]
+                            "value": point.value,
                         }
                 result[metric.name] = {
                     "kind": kind,
@@ -130,21 +135,25 @@ def merge(snapshots: typing.Iterable[Snapshot]) -> Snapshot:
 
     Counters, gauges, histogram buckets, sums and counts add up; of two
     exemplars for one bucket the later one stays.  A histogram point whose
-    bucket boundaries differ from the first one seen is left out.
+    bucket boundaries differ from the first one seen is left out.  The
+    given snapshots are not changed; the sum shares no point with them.
     """
     total: Snapshot = {}
     for each in snapshots:
         for name, metric in each.items():
             into = total.get(name)
             if into is None:
-                total[name] = json.loads(json.dumps(metric))  # a deep copy
+                total[name] = {
+                    **metric,
+                    "points": {k: _copy(p) for k, p in metric["points"].items()},
+                }
                 continue
             if into["kind"] != metric["kind"]:
                 continue
             for key, point in metric["points"].items():
                 have = into["points"].get(key)
                 if have is None:
-                    into["points"][key] = json.loads(json.dumps(point))
+                    into["points"][key] = _copy(point)
                 elif "value" in point:
                     have["value"] += point["value"]
                 elif have["bounds"] == point["bounds"]:
@@ -165,3 +174,7 @@ def merge(snapshots: typing.Iterable[Snapshot]) -> Snapshot:
     return total
 
 
+def _copy(point: dict[str, typing.Any]) -> dict[str, typing.Any]:
+    # What merge changes is replaced, never changed in place: the numbers,
+    # and the counts and exemplars lists (new lists above).
+    return dict(point)

@@ -6,6 +6,7 @@ forked children by tests/test_metrics_processes.py.
 
 import asyncio
 import os
+import time
 
 from tornado import web
 
@@ -40,6 +41,22 @@ class EventHandler(divak.RequestTracker, web.RequestHandler):
         self.write("ok")
 
 
+class BlockHandler(divak.RequestTracker, web.RequestHandler):
+    """Block this process's IOLoop until the file ``?until=`` exists (60 s at most).
+
+    The headers are sent first, so the client knows the block has begun.
+    """
+
+    def get(self):
+        until = self.get_argument("until")
+        self.set_header("X-Pid", str(os.getpid()))
+        self.flush()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(until) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.finish("released")
+
+
 class PidMetricsHandler(divak.MetricsHandler):
     def set_default_headers(self):
         self.set_header("X-Pid", str(os.getpid()))
@@ -52,6 +69,7 @@ class Application(divak.Recorder, divak.Application):
                 (r"/items/(?P<item_id>\d+)", ItemHandler),
                 (r"/slow", SlowHandler),
                 (r"/events", EventHandler),
+                (r"/block", BlockHandler),
                 (r"/metrics", PidMetricsHandler),
                 (r"/status", divak.StatusHandler),
             ],
