@@ -19,7 +19,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 from prometheus_client.parser import text_string_to_metric_families
-from tornado import httpclient, web
+from tornado import httpclient, web, websocket
 
 import divak
 from divak.testing import SpanRecorder
@@ -194,3 +194,36 @@ def test_the_exception_is_logged_once(
         and r.levelno >= logging.ERROR
     ]
     assert len(logged) == 1, [(r.name, r.getMessage()) for r in logged]
+
+
+class Echo(websocket.WebSocketHandler):
+    def on_message(self, message: str | bytes) -> None:
+        self.write_message(message)
+
+
+def test_a_websocket_upgrade_ends_its_span_while_the_connection_lives() -> None:
+    # The handler's task lasts as long as the WebSocket; the request it
+    # answered is done with the 101.
+    recorder = SpanRecorder()
+
+    class WebSocketApp(divak.Recorder, divak.Application):
+        pass
+
+    app = WebSocketApp([(r"/ws", Echo)])
+    app.add_divak_reporter(recorder)
+
+    async def go() -> None:
+        port = listen(app)
+        connection = await websocket.websocket_connect(f"ws://127.0.0.1:{port}/ws")
+        try:
+            await connection.write_message("ping")
+            assert await connection.read_message() == "ping"
+            await wait_for_span(app, recorder, "GET /ws")
+        finally:
+            connection.close()
+            app._test_server.stop()
+
+    run(go())
+    span = recorder.one("GET /ws")
+    assert (span.attributes or {})["http.response.status_code"] == 101
+    assert span.status.status_code is StatusCode.UNSET

@@ -26,7 +26,9 @@ The life of one request, and the Tornado seam each step uses:
    status code and the response's end time are kept.  The span ends with
    that end time once the handler's task is done, so code after
    ``finish()`` still runs inside the span and can mark it; when the
-   response was finished outside the handler's task, it ends at once.
+   response was finished outside the handler's task, or switched
+   protocols (``101``, a WebSocket, whose task lives as long as the
+   connection), it ends at once.
 4. **Fail** (see below): an unexpected exception marks the span ERROR
    with ``error.type`` (its qualified class name) and one exception event,
    before or after the response.
@@ -273,7 +275,9 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
             self._release()
             return
         self.end_time = time.time_ns()
-        if task is None or task.done():
+        if task is None or task.done() or request_context.status_code == 101:
+            # A 101 (a WebSocket) hands the connection to another protocol:
+            # the handler's task lives on with it, the request is done.
             self._end_span()
         else:
             task.add_done_callback(self._handler_task_done)
