@@ -8,6 +8,7 @@ they can never disagree, and the application's settings stay as given.
 
 from __future__ import annotations
 
+import json
 import typing
 
 from tornado import httpclient, web
@@ -74,3 +75,22 @@ def test_the_settings_name_serves_both_without_set_divak_service() -> None:
     app = App(recorder, service="inventory", version="3")
     server, service = server_header_and_span_service(app, recorder)
     assert (server, service) == ("inventory/3", "inventory")
+
+
+def test_the_debug_page_names_the_service_of_the_spans() -> None:
+    recorder = SpanRecorder()
+    app = App(recorder)
+    app.set_divak_service("checkout")
+    app.set_divak_debug_page("/divak")
+
+    async def go() -> dict[str, typing.Any]:
+        port = listen(app)
+        client = httpclient.AsyncHTTPClient(force_instance=True)
+        try:
+            response = await client.fetch(f"http://127.0.0.1:{port}/divak?format=json")
+        finally:
+            client.close()
+            app._test_server.stop()
+        return json.loads(response.body)
+
+    assert run(go())["service_name"] == "checkout"
