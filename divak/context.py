@@ -1,28 +1,33 @@
 """The per-request context: everything divak knows about one request.
 
 One :class:`RequestContext` is made when the application routes a request
-(see :class:`divak.Recorder`) and stored in one place, the request object
+(by its :class:`~divak.tracing.pipeline.RequestPipeline`, see
+:class:`divak.Recorder`) and stored in one place, the request object
 (``request.divak_context``).  Its OpenTelemetry context (parent, SERVER
 span and the :class:`RequestContext` itself under
 :data:`REQUEST_CONTEXT_KEY`) is current for the whole time the handler
 runs, so logs, error documents, the access log, response headers and
 outgoing headers all read the same ids.
+
+:class:`RequestLifecycle` names what the modules below the request
+pipeline may ask of it (the access log tells it that the response was
+sent); :attr:`RequestContext.lifecycle` is the way to it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import typing
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 if typing.TYPE_CHECKING:
-    from tornado import httputil
+    from tornado import httputil, web
 
 __all__ = [
     "REQUEST_CONTEXT_KEY",
     "RequestContext",
+    "RequestLifecycle",
     "activated",
     "current_request_context",
     "request_context_of",
@@ -31,6 +36,24 @@ __all__ = [
 #: Key under which the request's :class:`RequestContext` is stored in the
 #: OpenTelemetry context.
 REQUEST_CONTEXT_KEY = otel_context.create_key("divak.request")
+
+
+class RequestLifecycle(typing.Protocol):
+    """The object that owns one request's life, from routing to the span's end.
+
+    :class:`divak.tracing.pipeline.RequestPipeline` is the implementation;
+    this module sits below it, so it names here the three events the
+    request's other parts report to it.
+    """
+
+    def response_finished(self, handler: web.RequestHandler) -> None:
+        """*handler* sent the whole response: write the access line, end the span."""
+
+    def record_exception(self, value: BaseException | None) -> None:
+        """An exception escaped the handler: mark the request's span with it."""
+
+    def client_disconnected(self) -> None:
+        """The client closed the connection before the response was sent."""
 
 
 class RequestContext:
@@ -68,9 +91,21 @@ class RequestContext:
 
        The response's status code once it was sent, else :data:`None`.
 
+    .. attribute:: exception_type
+
+       ``error.type`` of the unexpected exception the request raised (the
+       first one), else :data:`None`.
+
     .. attribute:: ended
 
-       :data:`True` once the span was ended; it is ended only once.
+       :data:`True` once the span was ended (from the start for a request
+       excluded from tracing); it is ended only once.
+
+    .. attribute:: lifecycle
+
+       The :class:`RequestLifecycle` that owns the request (its
+       :class:`~divak.tracing.pipeline.RequestPipeline`) until it is done
+       with it, then :data:`None`.
     """
 
     __slots__ = (
@@ -82,10 +117,8 @@ class RequestContext:
         "route",
         "status_code",
         "exception_type",
-        "end_time",
         "ended",
-        "task",
-        "request",
+        "lifecycle",
         "_log_ids",
         "__weakref__",
     )
@@ -105,13 +138,8 @@ class RequestContext:
         self.context: otel_context.Context | None = None
         self.status_code: int | None = None
         self.exception_type: str | None = None
-        self.end_time: int | None = None
         self.ended = False
-        #: The task that runs the handler's methods, once a handler mix-in
-        #: recorded it; the span then ends when that task is done.
-        self.task: asyncio.Task[typing.Any] | None = None
-        #: The request, until its span ended (for its metrics).
-        self.request: typing.Any = None
+        self.lifecycle: RequestLifecycle | None = None
         self._log_ids: dict[str, typing.Any] | None = None
 
     def set_span(self, span: trace.Span) -> None:

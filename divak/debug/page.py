@@ -55,6 +55,7 @@ import typing
 
 from tornado import http1connection, httputil, template, web
 
+from divak.context import request_context_of
 from divak.debug.stats import WINDOWS, RequestStats
 from divak.settings import number_setting, parse_bool, setting
 
@@ -384,7 +385,14 @@ class DebugPageHandler(web.RequestHandler):
 
     def get(self) -> None:
         """Write the page; JSON when the query says ``format=json``."""
-        service_name = self.application.settings.get("service")
+        # A traced application's name is its spans' (the request's context
+        # carries it); another one's is its setting.
+        request_context = request_context_of(self.request)
+        service_name = (
+            request_context.service_name
+            if request_context is not None
+            else self.application.settings.get("service")
+        )
         data = page_data(
             self.stats,
             self.source,

@@ -23,8 +23,9 @@ from divak.lifecycle.callbacks import (
     logged,
     wait_bounded,
 )
-from divak.logs import access
+from divak.logs.access import AccessLogger
 from divak.settings import number_setting
+from divak.tracing.recorder import Recorder
 
 __all__ = ["Application", "CallbackManager", "NotFoundHandler", "StatusHandler"]
 
@@ -56,9 +57,11 @@ class CallbackManager:
 
     .. attribute:: draining
 
-       :data:`True` from the moment the drain starts; tells
-       :class:`StatusHandler` to answer ``draining`` rather than
-       ``starting``.
+       :data:`True` from the moment the drain starts
+       (:meth:`start_draining`); tells :class:`StatusHandler` to answer
+       ``draining`` rather than ``starting``.  The application is the one
+       owner of this state: :func:`divak.run`, :class:`~divak.Runner` and
+       :meth:`stop` all go through :meth:`start_draining`.
     """
 
     def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
@@ -122,6 +125,17 @@ class CallbackManager:
         neither :func:`divak.run` nor :class:`~divak.Runner` ever does.
         """
         return self.ready_to_serve is not self._divak_ready
+
+    def start_draining(self) -> None:
+        """The drain starts: set :attr:`draining`; clear the readiness divak owns.
+
+        :attr:`ready_to_serve` is cleared unless the application replaced
+        it with its own event (:attr:`owns_readiness`).  The runner calls it
+        when the process is asked to stop, :meth:`stop` too.
+        """
+        self.draining = True
+        if not self.owns_readiness:
+            self.ready_to_serve.clear()
 
     def start(self, io_loop: ioloop.IOLoop) -> None:
         """Run the ``before_run`` callbacks, then spawn the ``on_start`` ones.
@@ -253,9 +267,7 @@ class CallbackManager:
         :param shutdown_limit: seconds to wait for the callbacks at most
         :param wait_timeout: unused; kept for compatibility
         """
-        self.draining = True
-        if not self.owns_readiness:
-            self.ready_to_serve.clear()
+        self.start_draining()
 
         async def stop() -> None:
             try:
@@ -272,8 +284,9 @@ _DEFAULT = object()
 class _ServerHeader(web.OutputTransform):
     """Set or remove the ``Server`` header; one instance per application."""
 
-    def __init__(self, settings: dict[str, typing.Any]) -> None:
-        self.settings = settings
+    def __init__(self, application: web.Application) -> None:
+        self.application = application
+        self.settings = application.settings
 
     def __call__(self, request: httputil.HTTPServerRequest) -> _ServerHeader:
         # Tornado asks its transforms for a per-request object; this one
@@ -290,7 +303,7 @@ class _ServerHeader(web.OutputTransform):
         settings = self.settings
         value = settings.get("server_header", _DEFAULT)
         if value is _DEFAULT:
-            service = settings.get("service")
+            service = _service_name(self.application)
             version = settings.get("version")
             value = f"{service}/{version}" if service and version else service
         if value is None:
@@ -300,19 +313,36 @@ class _ServerHeader(web.OutputTransform):
         return status_code, headers, chunk
 
 
-class Application(CallbackManager, web.Application):
+def _service_name(application: web.Application) -> str | None:
+    """The name the ``Server`` header defaults to.
+
+    A :class:`~divak.Recorder` application's instrumentation keeps it
+    (:attr:`~divak.tracing.instrumentation.Instrumentation.requested_service_name`);
+    another application's is ``settings['service']``.
+    """
+    if isinstance(application, Recorder):
+        return application.divak_instrumentation.requested_service_name
+    return application.settings.get("service")
+
+
+class Application(CallbackManager, AccessLogger):
     """A :class:`tornado.web.Application` with life-cycle callbacks.
 
-    Accepts every argument :class:`tornado.web.Application` accepts.
+    Accepts every argument :class:`tornado.web.Application` accepts.  Its
+    access log line is divak's (:class:`~divak.logs.access.AccessLogger`:
+    divak's wording, or sprockets.http's with
+    ``settings['access_log_format'] = "combined"``, and the handler's
+    ``access_log_failures_only``).
 
     .. rubric:: settings['server_header']
 
     The ``Server`` response header.  Defaults to ``service/version`` from
     ``settings['service']`` and ``settings['version']`` (or ``service``
-    alone), as sprockets.http does; the service named with
-    :meth:`divak.Recorder.set_divak_service` counts as
-    ``settings['service']``.  :data:`None` (the default without a service)
-    removes the header.
+    alone), as sprockets.http does; in a :class:`divak.Recorder`
+    application the service named with
+    :meth:`divak.Recorder.set_divak_service` wins over
+    ``settings['service']`` (the name its spans carry).  :data:`None` (the
+    default without a service) removes the header.
 
     .. rubric:: settings['shutdown_limit']
 
@@ -335,19 +365,7 @@ class Application(CallbackManager, web.Application):
     def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
         kwargs.setdefault("default_handler_class", NotFoundHandler)
         super().__init__(*args, **kwargs)
-        self.add_transform(_ServerHeader(self.settings))  # type: ignore[arg-type]
-
-    def log_request(self, handler: web.RequestHandler) -> None:
-        """Write *handler*'s access line (:func:`~divak.logs.access.write_access_log`).
-
-        Replaces Tornado's wording by divak's (or sprockets.http's with
-        ``settings['access_log_format'] = "combined"``) and honours the
-        handler's ``access_log_failures_only``.  A ``log_function`` setting
-        still takes precedence, as in Tornado.
-
-        :param handler: the handler that answered the request
-        """
-        access.log_request(handler)
+        self.add_transform(_ServerHeader(self))  # type: ignore[arg-type]
 
 
 class NotFoundHandler(ErrorLogger, ErrorWriter, web.RequestHandler):

@@ -28,6 +28,7 @@ import typing
 from tornado import httputil, ioloop, web
 
 from divak.context import request_context_of
+from divak.lifecycle.application import CallbackManager
 from divak.lifecycle.process import (
     EXIT_FORCED,
     EXIT_START_FAILED,
@@ -319,10 +320,8 @@ class Runner:
         started = time.monotonic()
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()  # on_start callbacks still running
-        if hasattr(app, "ready_to_serve"):
-            app.draining = True  # type: ignore[attr-defined]
-            if not getattr(app, "owns_readiness", False):
-                app.ready_to_serve.clear()
+        if isinstance(app, CallbackManager):
+            app.start_draining()
         assert self.server is not None
         server = self.server
         closed = server.start_draining()

@@ -1,11 +1,17 @@
 """The access log: one line per request on the ``tornado.access`` logger.
 
-:func:`write_access_log` is what :meth:`divak.Recorder.log_request` and
-:meth:`divak.Application.log_request` call once a request finished.
-It writes the line only; the caller makes the request's context current
-first, so the record carries the request's ``otelTraceID``,
-``otelSpanID`` and ``divak_request_id`` as attributes (see
-:mod:`divak.logs.ids`), never in the message.
+:class:`AccessLogger` is the application base that both
+:class:`divak.Recorder` and :class:`divak.Application` build on: its
+:meth:`~AccessLogger.log_request` (Tornado's seam for the line) hands
+the finished request to the request's
+:class:`~divak.context.RequestLifecycle` when it has one (a
+:class:`divak.Recorder` application's
+:class:`~divak.tracing.pipeline.RequestPipeline`, which writes the line
+with the request's context current and then ends the span), and
+otherwise writes the line itself with :func:`log_access`.
+:func:`write_access_log` formats the line; the record carries the
+request's ``otelTraceID``, ``otelSpanID`` and ``divak_request_id`` as
+attributes (see :mod:`divak.logs.ids`), never in the message.
 
 .. rubric:: Levels
 
@@ -47,9 +53,9 @@ import typing
 from tornado import httputil, log, web
 
 from divak import redaction
-from divak.context import activated, request_context_of
+from divak.context import request_context_of
 
-__all__ = ["log_request", "redacted_uri", "write_access_log"]
+__all__ = ["AccessLogger", "log_access", "redacted_uri", "write_access_log"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,30 +169,57 @@ def write_access_log(handler: web.RequestHandler) -> None:
     )
 
 
-def log_request(handler: web.RequestHandler) -> None:
-    """The application's ``log_request``: the access line, then the span's end.
+def log_access(handler: web.RequestHandler) -> None:
+    """Write the access line of *handler*'s finished request; never raises.
 
-    Both :class:`divak.Recorder` and :class:`divak.Application` call it,
-    so it does the same whichever comes first in an application's bases.
-    The line is written with the request's context current (so its record
-    carries the ids, also with a custom ``settings['log_function']``, which
-    replaces :func:`write_access_log` as in Tornado); then, in a
-    :class:`~divak.Recorder` application, the request's span ends.  A
-    logging error never loses the span.
+    ``settings['log_function']`` writes it when set (as in Tornado),
+    otherwise :func:`write_access_log`.  The caller makes the request's
+    context current first.  A failing log function or handler costs the
+    line (logged at DEBUG on this module's logger), never the request.
 
     :param handler: the handler that answered the request
     """
-    request_context = request_context_of(handler.request)
-    with activated(request_context):
-        try:
-            log_function = handler.settings.get("log_function")
-            if log_function is not None:
-                log_function(handler)
-            else:
-                write_access_log(handler)
-        except Exception:  # noqa: BLE001 - a log handler must not lose the span
-            logger.debug("the access log failed", exc_info=True)
-    if request_context is not None:
-        instrumentation = getattr(handler.application, "divak_instrumentation", None)
-        if instrumentation is not None:
-            instrumentation.finish_request(request_context, handler.get_status())
+    try:
+        log_function = handler.settings.get("log_function")
+        if log_function is not None:
+            log_function(handler)
+        else:
+            write_access_log(handler)
+    except Exception:  # noqa: BLE001 - the access log must not lose the request
+        logger.debug("the access log failed", exc_info=True)
+
+
+class AccessLogger(web.Application):
+    """Application base: divak's access line for every request.
+
+    :class:`divak.Application` and :class:`divak.Recorder` both derive
+    from it, so an application gets the same line (and, with
+    :class:`~divak.Recorder`, the same end of the span) whichever of them
+    comes first in its bases, or with only one of them.
+
+    .. rubric:: settings['access_log_format']
+
+    ``"divak"`` (default) or ``"combined"``; see :mod:`divak.logs.access`.
+
+    .. rubric:: settings['log_function']
+
+    As in Tornado: ``function(handler)`` writes the line instead of
+    :func:`write_access_log` (with the request's context current).
+    """
+
+    def log_request(self, handler: web.RequestHandler) -> None:
+        """Tornado calls it once *handler* sent its whole response.
+
+        The request's :class:`~divak.context.RequestLifecycle` (in a
+        :class:`divak.Recorder` application) writes the line with the
+        request's context current and ends the request's span; without
+        one, :func:`log_access` writes the line.
+
+        :param handler: the handler that answered the request
+        """
+        request_context = request_context_of(handler.request)
+        lifecycle = request_context.lifecycle if request_context is not None else None
+        if lifecycle is not None:
+            lifecycle.response_finished(handler)
+        else:
+            log_access(handler)

@@ -1,61 +1,50 @@
-"""Instrumentation: one application's tracer, and the SERVER span of a request.
+"""Instrumentation: everything one application traces and measures with.
 
 :class:`Instrumentation` is the composed object an application holds
-(:attr:`divak.Recorder.divak_instrumentation`): the service name, the
-reporters and their span queues, the propagators, the sampler, the route
-table and the OpenTelemetry ``TracerProvider``, plus the three steps of a
-request's span — :meth:`~Instrumentation.start_request`,
-:meth:`~Instrumentation.finish_request` and
-:meth:`~Instrumentation.client_disconnected`.  The application mix-in
-calls them from Tornado's public hooks; the handler mix-ins only read the
-:class:`~divak.context.RequestContext` they produce.
+(:attr:`divak.Recorder.divak_instrumentation`), and the one place of its
+telemetry state: the service name, the reporters and their span queues,
+the propagators, the sampler, the route table, the OpenTelemetry
+``TracerProvider`` and the application's metrics.  Each request's
+:class:`~divak.tracing.pipeline.RequestPipeline` reads it; nothing copies
+it into the application or its settings.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import sys
 import time
 import typing
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import SERVICE_NAME
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from tornado import httputil, web
+from tornado import web
 
 from divak import propagation, redaction, semconv
-from divak.context import RequestContext
 from divak.export.queue import SpanQueue
 from divak.export.reporters import reporters_from_env, warn_if_spans_go_to_log
 from divak.metrics.instruments import ApplicationMetrics, new_application_metrics
-from divak.tracing import headers
 from divak.tracing.excluded import excluded_url_patterns, excluded_urls
 from divak.tracing.provider import (
     SpanOwner,
     join,
     tracer_provider,
-    unsampled_span,
     warn_if_tornado_instrumented,
 )
 from divak.tracing.routes import RouteTable
 from divak.version import __version__
 
-__all__ = ["CLIENT_DISCONNECTED", "Instrumentation"]
+__all__ = ["Instrumentation"]
 
 logger = logging.getLogger(__name__)
 
-#: ``error.type`` of a SERVER span whose client closed the connection
-#: before the response was finished.
-CLIENT_DISCONNECTED = "client_disconnected"
-
 
 class Instrumentation:
-    """The tracing of one application: configuration, provider, request spans.
+    """The telemetry of one application: configuration, provider, metrics.
 
     Made by :class:`divak.Recorder`; configure it through the
     application's ``set_divak_service``, ``add_divak_reporter``,
@@ -69,6 +58,7 @@ class Instrumentation:
     def __init__(self, application: web.Application) -> None:
         self.application = application
         self.settings = application.settings
+        #: The service name given in code (:meth:`divak.Recorder.set_divak_service`).
         self.service: str | None = None
         self.reporters: list[SpanExporter] = []
         self.propagators: list[TextMapPropagator] = []
@@ -78,7 +68,6 @@ class Instrumentation:
         self.echo_headers: tuple[str, ...] = ()
         #: The :class:`~divak.export.queue.SpanQueue` of each reporter.
         self.span_queues: list[SpanQueue] = []
-        self.service_name = ""
         self._propagation: propagation.Propagation | None = None
         self._provider: TracerProvider | None = None
         self._own_provider = False
@@ -98,7 +87,9 @@ class Instrumentation:
             if excluded_url_patterns(self.settings)
             else None
         )
-        self._max_length = int(
+        #: Characters kept of a value taken from the request
+        #: (``settings['divak_max_request_attribute_length']``).
+        self.max_request_attribute_length = int(
             self.settings.get(
                 "divak_max_request_attribute_length",
                 semconv.MAX_REQUEST_ATTRIBUTE_LENGTH,
@@ -161,16 +152,34 @@ class Instrumentation:
             tracer = typing.cast(trace.Tracer, self._tracer)
         return tracer
 
+    @property
+    def requested_service_name(self) -> str | None:
+        """The service name the application asks for, or :data:`None`.
+
+        The one given in code (:meth:`divak.Recorder.set_divak_service`),
+        else ``settings['service']``.  It is also the default ``Server``
+        header of a :class:`divak.Application`.
+        """
+        return self.service or self.settings.get("service") or None
+
+    @property
+    def service_name(self) -> str:
+        """The ``service.name`` of the application's spans (builds the provider).
+
+        The provider's resource has it: :attr:`requested_service_name`,
+        else ``OTEL_SERVICE_NAME``, else OpenTelemetry's default (or the
+        name of a provider the process already had).
+        """
+        return str(self.provider.resource.attributes.get(SERVICE_NAME, ""))
+
     def _start(self) -> None:
-        name = self.service or self.settings.get("service")
+        name = self.requested_service_name
         span_reporters = self.reporters or reporters_from_env()
         self.span_queues = [SpanQueue(reporter) for reporter in span_reporters]
         sdk_provider, self._own_provider = tracer_provider(
             self.settings, name, self.sampler
         )
         self._span_owner = join(sdk_provider, self.span_queues)
-        resource = sdk_provider.resource
-        self.service_name = str(resource.attributes.get(SERVICE_NAME, ""))
         self._tracer = sdk_provider.get_tracer("divak", __version__)
         self._provider = sdk_provider
         warn_if_tornado_instrumented()
@@ -184,7 +193,6 @@ class Instrumentation:
         """
         current = self._metrics
         if current is None or current.forked:
-            self.provider  # noqa: B018 - the service name first
             current = self._metrics = new_application_metrics(
                 self.settings, self.service_name, self.metrics_reporters
             )
@@ -241,187 +249,18 @@ class Instrumentation:
         elif self._span_owner is not None:
             self._span_owner.shutdown()
 
-    # -- one request ---------------------------------------------------
-    def start_request(
-        self, request: httputil.HTTPServerRequest, handler_class: type
-    ) -> RequestContext:
-        """Extract the request's context and start its SERVER span.
+    def extract(self, carrier: typing.Mapping[str, str]) -> otel_context.Context:
+        """The context the propagators extract from *carrier*, marked as ours.
 
-        Stores the :class:`~divak.context.RequestContext` as
-        ``request.divak_context`` (and the correlation id as
-        ``request.divak_request_id``, divak-tornado's name).
+        Every span started under the returned context, by any tracer, goes
+        to this application's reporters only
+        (:class:`~divak.tracing.provider.SpanOwner`); builds the provider
+        on first use.
 
-        :param request: the request Tornado routed
-        :param handler_class: the handler class that will serve it
+        :param carrier: a request's headers
         """
-        tracer = self.tracer  # builds the provider (and the service name) once
-        owner = typing.cast(SpanOwner, self._span_owner)
-        parent = owner.mark(self.propagation.extract(request.headers))
-        request_id = propagation.get_request_id(parent)
-        route = self.routes.template(handler_class, request.path)
-        request_context = RequestContext(parent, request_id, self.service_name, route)
-        request_context.request = request
-        self.metrics.request_started(request)
-        request.divak_context = request_context  # type: ignore[attr-defined]
-        request.divak_request_id = request_id  # type: ignore[attr-defined]
-        method = request.method or "GET"
-        known = method if method in semconv.KNOWN_METHODS else "_OTHER"
-        name = semconv.span_name(known, route)
-        excluded = self.excluded
-        span: trace.Span | None
-        if excluded is not None and excluded(request.uri or ""):
-            # Not traced: the upstream trace context goes on unchanged.
-            request_context.set_span(trace.get_current_span(parent))
-            request_context.ended = True
-            return request_context
-        span = unsampled_span(tracer, name, parent)
-        if span is None:
-            span = tracer.start_span(
-                name,
-                context=parent,
-                kind=SpanKind.SERVER,
-                start_time=time.time_ns() - int(request.request_time() * 1e9),
-            )
-            if span.is_recording():
-                span.set_attributes(
-                    semconv.server_attributes(
-                        request,
-                        known,
-                        route,
-                        xheaders=bool(self.settings.get("xheaders")),
-                        limit=self._max_length,
-                        redacted=self.redacted_params,
-                    )
-                )
-                if request_id:
-                    span.set_attribute("divak.request_id", request_id)
-                captured = headers.captured_headers(self.application)
-                if captured.request:
-                    span.set_attributes(captured.request_attributes(request.headers))
-        request_context.set_span(span)
-        return request_context
-
-    def record_exception(
-        self, request_context: RequestContext, value: BaseException | None
-    ) -> None:
-        """Record an unexpected exception on the request's span, once.
-
-        A :class:`tornado.web.HTTPError` (and Tornado's ``Finish``) is an
-        answer, not a failure, and is ignored.
-        """
-        if (
-            value is None
-            or isinstance(value, (web.HTTPError, web.Finish))
-            or request_context.exception_type is not None
-            or request_context.ended
-        ):
-            return
-        request_context.exception_type = semconv.exception_type(value)
-        span = request_context.span
-        if span.is_recording():
-            span.record_exception(value)
-
-    def finish_request(self, request_context: RequestContext, status_code: int) -> None:
-        """The response was sent with *status_code*: end the span.
-
-        Called by the application's ``log_request``.  An exception being
-        handled (Tornado sends error responses from inside its ``except``
-        block) is recorded.  When the handler's own task is still running
-        (code after ``finish()``), the span ends when that task is done,
-        with the time of the response, so an exception raised after the
-        response still marks it.
-        """
-        if request_context.status_code is not None:
-            return
-        request_context.status_code = status_code
-        if request_context.ended or not request_context.span.is_recording():
-            # Nothing to mark on an unsampled or untraced request: done now.
-            self._measure(request_context)
-            request_context.ended = True
-            request_context.context = request_context.task = None
-            request_context.request = None
-            return
-        request_context.end_time = time.time_ns()
-        self.record_exception(request_context, sys.exc_info()[1])
-        task = request_context.task
-        if task is not None and not task.done():
-            task.add_done_callback(functools.partial(self._task_done, request_context))
-        else:
-            self.end_span(request_context)
-
-    def _task_done(self, request_context: RequestContext, task: object) -> None:
-        self.end_span(request_context)
-
-    def end_span(self, request_context: RequestContext) -> None:
-        """End the SERVER span with its status code (once).
-
-        ERROR with ``error.type`` for a 5xx response and for an unexpected
-        exception even when the response had been sent with another
-        status; 4xx leave it unset (OpenTelemetry's HTTP conventions).
-        """
-        if request_context.ended:
-            return
-        self._measure(request_context)
-        request_context.ended = True
-        span = request_context.span
-        status_code = request_context.status_code
-        if span.is_recording():
-            if status_code is not None:
-                span.set_attribute("http.response.status_code", status_code)
-            error_type = request_context.exception_type
-            if error_type is None and status_code is not None and status_code >= 500:
-                error_type = str(status_code)
-            if error_type is not None:
-                span.set_attribute("error.type", error_type)
-                span.set_status(Status(StatusCode.ERROR))
-            span.end(request_context.end_time)
-        # Drop the references that would keep the request alive in a cycle.
-        request_context.context = request_context.task = None
-        request_context.request = None
-
-    def client_disconnected(self, request_context: RequestContext) -> None:
-        """The client closed the connection before the response was sent.
-
-        The span ends now, without ``http.response.status_code``, with
-        status ERROR and ``error.type`` ``"client_disconnected"``.
-        """
-        if request_context.status_code is not None:
-            return
-        request = request_context.request
-        if request is not None:
-            self.metrics.request_finished(
-                request,
-                request_context.route,
-                None,
-                CLIENT_DISCONNECTED,
-                request_context.context,
-            )
-            request_context.request = None
-        if request_context.ended:
-            return
-        request_context.ended = True
-        span = request_context.span
-        if span.is_recording():
-            span.set_attribute("error.type", CLIENT_DISCONNECTED)
-            span.set_status(Status(StatusCode.ERROR, "client closed the connection"))
-            span.end()
-        request_context.context = request_context.task = None
-        request_context.request = None
-
-    def _measure(self, request_context: RequestContext) -> None:
-        """Record the finished request's duration (``http.server.*`` metrics)."""
-        request = request_context.request
-        if request is None:
-            return
-        end_time = request_context.end_time
-        seconds = None
-        if end_time is not None:
-            seconds = request.request_time() - (time.time_ns() - end_time) / 1e9
-        self.metrics.request_finished(
-            request,
-            request_context.route,
-            request_context.status_code,
-            request_context.exception_type,
-            request_context.context,
-            seconds,
-        )
+        owner = self._span_owner
+        if owner is None:
+            self._start()
+            owner = typing.cast(SpanOwner, self._span_owner)
+        return owner.mark(self.propagation.extract(carrier))

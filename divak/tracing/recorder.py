@@ -1,16 +1,17 @@
 """Tracing: the application mix-in :class:`Recorder`.
 
 The application owns the life of a request's trace.  :class:`Recorder`
-overrides Tornado's :meth:`~tornado.web.Application.get_handler_delegate`:
-when Tornado routes a request, the propagators extract its context, the
-SERVER span starts, and the request's
-:class:`~divak.context.RequestContext` is current for everything Tornado
-then runs for it — ``prepare``, the HTTP method, ``write_error``,
-``on_finish``, the access log — whatever mix-ins the handler has, 404s
-and ready-made handlers included.  The span ends in
-:meth:`Recorder.log_request` (or when the client goes away).
+overrides Tornado's :meth:`~tornado.web.Application.get_handler_delegate`
+and answers every routed request with a
+:class:`~divak.tracing.pipeline.RequestPipeline`, the one object that
+starts the request's span, keeps its context current for everything
+Tornado runs for it, writes its access line, records its metrics and
+exceptions and ends the span — whatever mix-ins the handler has, 404s
+and ready-made handlers included.  The application's configuration and
+telemetry state live in its
+:class:`~divak.tracing.instrumentation.Instrumentation`.
 :class:`~divak.RequestTracker` (in :mod:`divak.tracing.tracker`) only
-adds conveniences over that context.
+adds conveniences over the request's context.
 """
 
 from __future__ import annotations
@@ -25,69 +26,21 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from tornado import httputil, web
 
 from divak import debug, propagation
-from divak.context import RequestContext, activated, request_context_of
+from divak.context import RequestContext, request_context_of
 from divak.export.queue import SpanQueue
-from divak.logs import access
+from divak.logs.access import AccessLogger
 from divak.logs.ids import install_log_ids
 from divak.metrics.instruments import ApplicationMetrics
 from divak.tracing import headers
 from divak.tracing.instrumentation import Instrumentation
+from divak.tracing.pipeline import RequestPipeline, watch_uncaught_exceptions
 
 __all__ = ["Recorder"]
 
 logger = logging.getLogger(__name__)
 
 
-class _TracedDelegate(httputil.HTTPMessageDelegate):
-    """Tornado's handler delegate, run with the request's context current.
-
-    Tornado creates the task that runs the handler inside
-    :meth:`finish` (or :meth:`headers_received` for a streamed body); the
-    task copies the current context, so the handler runs in the request's
-    context from start to end, and nothing outside it does.
-    """
-
-    __slots__ = ("delegate", "request_context", "instrumentation")
-
-    def __init__(
-        self,
-        delegate: typing.Any,
-        request_context: RequestContext,
-        instrumentation: Instrumentation,
-    ) -> None:
-        self.delegate = delegate
-        self.request_context = request_context
-        self.instrumentation = instrumentation
-
-    def headers_received(
-        self,
-        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
-        headers: httputil.HTTPHeaders,
-    ) -> typing.Awaitable[None] | None:
-        with activated(self.request_context):
-            return self.delegate.headers_received(start_line, headers)
-
-    def data_received(self, chunk: bytes) -> typing.Awaitable[None] | None:
-        with activated(self.request_context):
-            return self.delegate.data_received(chunk)
-
-    def finish(self) -> None:
-        with activated(self.request_context):
-            self.delegate.finish()
-
-    def execute(self) -> typing.Awaitable[None] | None:
-        # Application.__call__ (the plain-callback server interface) calls it.
-        with activated(self.request_context):
-            return self.delegate.execute()
-
-    def on_connection_close(self) -> None:
-        request_context = self.request_context
-        with activated(request_context):
-            self.delegate.on_connection_close()
-        self.instrumentation.client_disconnected(request_context)
-
-
-class Recorder(web.Application):
+class Recorder(AccessLogger):
     """Application mix-in that traces every request and exports the spans.
 
     To use it:
@@ -106,13 +59,16 @@ class Recorder(web.Application):
       with OpenTelemetry's stable HTTP server attributes, parented by the
       trace context the propagators extracted, current while the handler
       runs (so any OpenTelemetry instrumentation nests under it) and ended
-      after the access log line; 5xx responses and unexpected exceptions
-      set status ERROR with ``error.type``, 4xx leave it unset; a client
-      that disconnects first ends it with ``error.type``
-      ``client_disconnected``;
+      after the access log line, once the handler's task is done; 5xx
+      responses and unexpected exceptions (also ones raised after
+      ``finish()``) set status ERROR with ``error.type``, 4xx leave it
+      unset; a client that disconnects first ends it with ``error.type``
+      ``client_disconnected`` (see
+      :class:`~divak.tracing.pipeline.RequestPipeline`);
     * the request's ids on every log record written while it is handled
       (see :mod:`divak.logs.ids`), the correlation id echoed in the response;
-    * an access log line per request (:meth:`log_request`);
+    * an access log line per request (:meth:`log_request`, from
+      :class:`~divak.logs.access.AccessLogger`);
     * the reporters, each behind a bounded :class:`~divak.export.queue.SpanQueue`
       that counts the spans it drops (:attr:`divak_dropped_spans`).
 
@@ -139,6 +95,9 @@ class Recorder(web.Application):
     def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
         super().__init__(*args, **kwargs)
         install_log_ids()
+        watch_uncaught_exceptions()
+        #: The application's :class:`~divak.tracing.instrumentation.Instrumentation`:
+        #: its one place of telemetry configuration and state.
         self.divak_instrumentation = Instrumentation(self)
         self.add_transform(self._divak_transform)  # type: ignore[arg-type]
 
@@ -146,8 +105,10 @@ class Recorder(web.Application):
     def set_divak_service(self, service_name: str) -> None:
         """Set the service name reported as ``service.name``.
 
-        It is also the default ``Server`` header of a
-        :class:`divak.Application` (``settings['server_header']`` wins).
+        It wins over ``settings['service']`` and is also the default
+        ``Server`` header of a :class:`divak.Application`
+        (``settings['server_header']`` wins).  It is kept by the
+        application's instrumentation only; the settings are left as given.
 
         Under a global provider the process set before (see "Which side
         wins" in :doc:`opentelemetry`) that provider's ``service.name``
@@ -158,7 +119,6 @@ class Recorder(web.Application):
         """
         self.divak_instrumentation.check_not_started()
         self.divak_instrumentation.service = service_name
-        self.settings.setdefault("service", service_name)
 
     def add_divak_reporter(self, reporter: SpanExporter) -> None:
         """Add a reporter that receives every finished, sampled span.
@@ -234,7 +194,6 @@ class Recorder(web.Application):
     @property
     def divak_service_name(self) -> str:
         """The ``service.name`` of the application's spans."""
-        self.divak_instrumentation.provider  # noqa: B018 - builds it
         return self.divak_instrumentation.service_name
 
     @property
@@ -282,16 +241,18 @@ class Recorder(web.Application):
         path_args: list[bytes] | None = None,
         path_kwargs: dict[str, bytes] | None = None,
     ) -> typing.Any:
-        """Start the request's span; serve it with its context current.
+        """The request's :class:`~divak.tracing.pipeline.RequestPipeline`.
 
-        Tornado calls it once it routed *request* to *target_class*.
+        Tornado calls it once it routed *request* to *target_class*; the
+        pipeline starts the request's span and serves the request with
+        Tornado's own delegate, with the request's context current.
         """
         delegate = super().get_handler_delegate(
             request, target_class, target_kwargs, path_args, path_kwargs
         )
-        instrumentation = self.divak_instrumentation
-        request_context = instrumentation.start_request(request, target_class)
-        return _TracedDelegate(delegate, request_context, instrumentation)
+        return RequestPipeline(
+            self.divak_instrumentation, request, target_class, delegate
+        )
 
     def _divak_transform(
         self, request: httputil.HTTPServerRequest
@@ -309,17 +270,6 @@ class Recorder(web.Application):
                 captured if captured.response else None,
             )
         return _IDENTITY
-
-    def log_request(self, handler: web.RequestHandler) -> None:
-        """Write the access log line for *handler*'s request, then end its span.
-
-        The line is written with the request's context current, so it
-        carries the request's ``otelTraceID``, ``otelSpanID`` and
-        ``divak_request_id`` attributes, also with a custom
-        ``settings['log_function']``.  See :func:`divak.logs.access.write_access_log`
-        for the wording and levels.  A logging error never loses the span.
-        """
-        access.log_request(handler)
 
 
 class _Identity(web.OutputTransform):

@@ -36,21 +36,21 @@ class RequestTracker:
 
     * mix it into a :class:`tornado.web.RequestHandler` subclass;
     * the application mixes in :class:`Recorder` (which traces every
-      request, with or without this mix-in);
-    * a handler that overrides ``prepare``, ``log_exception`` or
-      ``on_connection_close`` calls ``super()``.
+      request, with or without this mix-in: the request's
+      :class:`~divak.tracing.pipeline.RequestPipeline` starts and ends the
+      span, also marks it with an exception raised after ``finish()``);
+    * a handler that overrides ``on_connection_close`` calls ``super()``.
 
     What it provides:
 
     * :attr:`divak_context`, the request's
       :class:`~divak.context.RequestContext`;
     * :meth:`record_operation` (child spans), :meth:`add_divak_tag`,
-      :meth:`set_divak_name`, :meth:`run_in_divak_executor`;
-    * an exception raised even after the response was sent (code after
-      ``finish()``) marks the SERVER span ERROR: the span ends when the
-      handler's own task is done;
+      :meth:`set_divak_name`, :meth:`run_in_divak_executor`,
+      :meth:`count_divak_event`, :meth:`record_divak_value`;
     * a client that disconnects while the handler works ends the span at
-      once (:meth:`on_connection_close`).
+      once (:meth:`on_connection_close` forwards Tornado's call, which
+      only the handler receives, to the pipeline).
     """
 
     if typing.TYPE_CHECKING:
@@ -71,43 +71,19 @@ class RequestTracker:
             )
         return request_context
 
-    def prepare(self) -> typing.Awaitable[None] | None:
-        """Remember the task running the handler; chain to ``super()``."""
-        request_context = request_context_of(self.request)
-        if request_context is not None:
-            request_context.task = asyncio.current_task()
-        return super().prepare()  # type: ignore[misc]
-
-    def log_exception(
-        self,
-        typ: type[BaseException] | None,
-        value: BaseException | None,
-        tb: typing.Any,
-    ) -> None:
-        """Record an unexpected exception on the span; chain to ``super()``.
-
-        A :class:`tornado.web.HTTPError` is an answer, not a failure, and
-        is not recorded.
-        """
-        request_context = request_context_of(self.request)
-        if request_context is not None:
-            self.application.divak_instrumentation.record_exception(
-                request_context, value
-            )
-        super().log_exception(typ, value, tb)  # type: ignore[misc]
-
     def on_connection_close(self) -> None:
-        """End the span if the client went away first; chain to ``super()``.
+        """Tell the request's pipeline that the client went away; chain to ``super()``.
 
         Tornado tells the handler (not the application) when the client
-        closes the connection after sending its request: the span ends
-        now, with status ERROR and ``error.type`` ``"client_disconnected"``
-        and no ``http.response.status_code``, instead of staying open until
-        (or if ever) the handler finishes.
+        closes the connection after sending its request; the
+        :class:`~divak.tracing.pipeline.RequestPipeline` then ends the span
+        at once, with status ERROR, ``error.type`` ``"client_disconnected"``
+        and no ``http.response.status_code``, instead of leaving it open
+        until (or if ever) the handler finishes.
         """
         request_context = request_context_of(self.request)
-        if request_context is not None:
-            self.application.divak_instrumentation.client_disconnected(request_context)
+        if request_context is not None and request_context.lifecycle is not None:
+            request_context.lifecycle.client_disconnected()
         super().on_connection_close()  # type: ignore[misc]
 
     def set_divak_name(self, name: str) -> None:
