@@ -336,15 +336,24 @@ def test_set_divak_debug_page_serves_the_page_at_its_path() -> None:
         assert isinstance(stats, debug.RequestStats)
         with pytest.raises(RuntimeError):
             app.set_divak_debug_page("/other")
-        stats.record("/items/{item_id}", "GET", 200, 0.002)
         port = serve(app)
+        # Fed by the request pipeline itself: no handler code records.
+        for item in ("1", "2"):
+            assert (await fetch(f"http://127.0.0.1:{port}/items/{item}")).code == 200
         response = await fetch(f"http://127.0.0.1:{port}/_debug")
         assert response.code == 200
         page = response.body.decode()
         assert ">GET /items/{item_id}" in page
-        assert "This application reports no service state." in page
-        data = json.loads((await fetch(f"http://127.0.0.1:{port}/_debug?format=json")).body)
-        assert data["service"] is None
+        assert "Requests in flight" in page and "serving" in page
+        data = json.loads(
+            (await fetch(f"http://127.0.0.1:{port}/_debug?format=json")).body
+        )
+        [row] = [r for r in data["routes"] if r["name"] == "GET /items/{item_id}"]
+        assert row["windows"]["1m"]["requests"] == 2
+        service = data["service"]
+        assert service["draining"] is False and service["uptime"] > 0
+        assert service["requests_in_flight"] == 1  # this very request
+        assert service["dropped_spans"] == 0
 
     run(main())
 
@@ -397,6 +406,9 @@ def test_invalid_settings_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
         debug.page_options({"divak_debug_page_allow": ["10.0.0.0/8", "nope"]})
     with pytest.raises(ValueError, match="must contain {trace_id}"):
         debug.page_options({"divak_trace_url": "http://zipkin:9411/"})
+    with pytest.raises(ValueError, match="DIVAK_DEBUG_PAGE must be a path"):
+        divak_app()  # an application fails at once, not at its first view
+    monkeypatch.delenv("DIVAK_DEBUG_PAGE")
     monkeypatch.setenv("DIVAK_DEBUG_PAGE_SLOW", "-1")
     with pytest.raises(ValueError, match="DIVAK_DEBUG_PAGE_SLOW"):
         debug.install(divak_app(), "/divak")

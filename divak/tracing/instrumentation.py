@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from tornado import web
 
 from divak import propagation, redaction, semconv
+from divak.debug import RequestStats
 from divak.export.queue import SpanQueue
 from divak.export.reporters import reporters_from_env, warn_if_spans_go_to_log
 from divak.metrics.instruments import ApplicationMetrics, new_application_metrics
@@ -74,6 +75,16 @@ class Instrumentation:
         self._span_owner: SpanOwner | None = None
         self._tracer: trace.Tracer | None = None
         self._metrics: ApplicationMetrics | None = None
+        #: The debug page's statistics, when the page is served
+        #: (:meth:`divak.Recorder.set_divak_debug_page`); :data:`None` costs
+        #: a request nothing.
+        self.debug_stats: RequestStats | None = None
+        #: The debug page's path, when it is served.
+        self.debug_path: str | None = None
+        #: Requests received and not finished yet.
+        self.requests_in_flight = 0
+        #: :func:`time.monotonic` when the application was made.
+        self.created = time.monotonic()
         #: OpenTelemetry ``MetricExporter`` objects the metrics are pushed to.
         self.metrics_reporters: list[MetricExporter] = []
         #: Query parameter names whose values are redacted wherever a URL

@@ -164,6 +164,7 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
         )
         request_context.lifecycle = self
         instrumentation.metrics.request_started(request)
+        instrumentation.requests_in_flight += 1
         request.divak_context = request_context  # type: ignore[attr-defined]
         request.divak_request_id = request_id  # type: ignore[attr-defined]
         excluded = instrumentation.excluded
@@ -326,6 +327,7 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
                 CLIENT_DISCONNECTED,
                 request_context.context,
             )
+            self._record_for_debug_page(request, None, request.request_time(), True)
             self.request = None
         if not request_context.ended:
             request_context.ended = True
@@ -387,11 +389,39 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
             request_context.context,
             seconds,
         )
+        self._record_for_debug_page(
+            request,
+            request_context.status_code,
+            request.request_time() if seconds is None else seconds,
+            request_context.exception_type is not None,
+        )
+
+    def _record_for_debug_page(
+        self,
+        request: httputil.HTTPServerRequest,
+        status_code: int | None,
+        seconds: float,
+        error: bool,
+    ) -> None:
+        stats = self.instrumentation.debug_stats
+        if stats is not None:
+            request_context = self.context
+            stats.record(
+                request_context.route,
+                request.method or "GET",
+                status_code,
+                seconds,
+                request_context.trace_id_hex,
+                error,
+                request.path,
+            )
 
     def _release(self) -> None:
         # Drop the references that would keep the request's objects alive
         # in a cycle (context <-> OpenTelemetry context, context <-> pipeline).
         request_context = self.context
+        if request_context.lifecycle is self:
+            self.instrumentation.requests_in_flight -= 1
         request_context.context = None
         request_context.lifecycle = None
         self.request = None

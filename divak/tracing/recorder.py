@@ -17,6 +17,7 @@ adds conveniences over the request's context.
 from __future__ import annotations
 
 import logging
+import time
 import typing
 
 from opentelemetry import trace
@@ -100,6 +101,8 @@ class Recorder(AccessLogger):
         #: its one place of telemetry configuration and state.
         self.divak_instrumentation = Instrumentation(self)
         self.add_transform(self._divak_transform)  # type: ignore[arg-type]
+        if debug.page_path(self.settings, None) is not None:
+            self.set_divak_debug_page()
 
     # -- configuration ---------------------------------------------------
     def set_divak_service(self, service_name: str) -> None:
@@ -153,22 +156,34 @@ class Recorder(AccessLogger):
         """
         self.divak_instrumentation.add_metrics_reporter(reporter)
 
-    #: The debug page's statistics once :meth:`set_divak_debug_page` served it.
-    divak_debug_stats: debug.RequestStats | None = None
+    @property
+    def divak_debug_stats(self) -> debug.RequestStats | None:
+        """The debug page's statistics once :meth:`set_divak_debug_page` served it."""
+        return self.divak_instrumentation.debug_stats
 
     def set_divak_debug_page(self, path: str | None = None) -> None:
-        """Serve the live debug page at *path* (see :mod:`divak.debug`).
+        """Serve the live debug page at *path* (see :doc:`debug`).
+
+        Called by ``__init__`` when ``settings['divak_debug_page']`` or the
+        ``DIVAK_DEBUG_PAGE`` environment variable names a path, so a
+        deployment turns the page on without code.  Off by default.
 
         :param path: e.g. ``"/divak"``; default ``settings['divak_debug_page']``,
             then ``DIVAK_DEBUG_PAGE``; no page when none is set
         :raises ValueError: for a path not starting with ``/``
-        :raises RuntimeError: when the page is already served
+        :raises RuntimeError: when the page is already served at another path
         """
-        if self.divak_debug_stats is not None:
-            raise RuntimeError("the debug page is already served")
         path = debug.page_path(self.settings, path)
+        served = self.divak_instrumentation.debug_path
+        if served is not None:
+            if path is None or path == served:
+                return
+            raise RuntimeError(f"the debug page is already served at {served}")
         if path is not None:
-            self.divak_debug_stats = debug.install(self, path)
+            self.divak_instrumentation.debug_stats = debug.install(
+                self, path, source=_ServiceState(self)
+            )
+            self.divak_instrumentation.debug_path = path
 
     # -- runtime ---------------------------------------------------------
     @property
@@ -312,3 +327,44 @@ class _ResponseHeaders(web.OutputTransform):
             if span.is_recording():
                 span.set_attributes(self.captured.response_attributes(response_headers))
         return status_code, response_headers, chunk
+
+
+@typing.runtime_checkable
+class _Draining(typing.Protocol):
+    """An application that knows whether it drains (:class:`divak.Application`)."""
+
+    draining: bool
+
+
+class _ServiceState:
+    """What the debug page shows of a :class:`Recorder` application's state
+    (:class:`divak.debug.DebugSource`), read on each view."""
+
+    def __init__(self, application: Recorder) -> None:
+        self.application = application
+        self.instrumentation = application.divak_instrumentation
+
+    @property
+    def divak_queued_spans(self) -> int:
+        return sum(queue.pending_spans for queue in self.instrumentation.span_queues)
+
+    @property
+    def divak_dropped_spans(self) -> int:
+        return self.instrumentation.dropped_spans
+
+    @property
+    def divak_requests_in_flight(self) -> int:
+        return self.instrumentation.requests_in_flight
+
+    @property
+    def divak_websocket_connections(self) -> int:
+        return 0
+
+    @property
+    def divak_uptime(self) -> float:
+        return time.monotonic() - self.instrumentation.created
+
+    @property
+    def draining(self) -> bool:
+        application = self.application
+        return isinstance(application, _Draining) and bool(application.draining)
