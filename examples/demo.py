@@ -12,6 +12,7 @@ also report to that Zipkin.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -95,9 +96,24 @@ def scrape(port: int, service: str) -> list[str]:
     ]
 
 
+def debug_page(port: int, service: str) -> list[str]:
+    """The page's URL, then a line per route from its JSON view."""
+    url = f"http://127.0.0.1:{port}/divak"
+    with urllib.request.urlopen(f"{url}?format=json", timeout=10) as response:
+        data = json.loads(response.read())
+    lines = [f"{service:<9} {url}"]
+    for route in data["routes"]:
+        window = route["windows"]["1m"]
+        lines.append(
+            f"{service:<9}   {route['name']:<24} {window['requests']} requests,"
+            f" p50 {window['p50'] * 1000:.1f} ms"
+        )
+    return lines
+
+
 def _housekeeping(span: dict) -> bool:
     """A span of the readiness checks and scrapes, not of the demo's requests."""
-    return span.get("tags", {}).get("url.path") in ("/status", "/metrics")
+    return span.get("tags", {}).get("url.path") in ("/status", "/metrics", "/divak")
 
 
 def print_tree(spans: list[dict]) -> None:
@@ -123,7 +139,11 @@ def print_tree(spans: list[dict]) -> None:
 
 def main() -> int:
     with ZipkinCollector() as collector:
-        env = {"DEMO_COLLECTOR_URL": collector.url, "PYTHONUNBUFFERED": "1"}
+        env = {
+            "DEMO_COLLECTOR_URL": collector.url,
+            "PYTHONUNBUFFERED": "1",
+            "DIVAK_DEBUG_PAGE": "/divak",  # the live debug page, loopback only
+        }
         backend_port, frontend_port = free_port(), free_port()
         backend, backend_log = start("backend.py", backend_port, env)
         frontend, frontend_log = start(
@@ -144,6 +164,10 @@ def main() -> int:
             scrapes = [
                 scrape(frontend_port, "frontend"),
                 scrape(backend_port, "backend"),
+            ]
+            pages = [
+                debug_page(frontend_port, "frontend"),
+                debug_page(backend_port, "backend"),
             ]
         finally:
             for process in (frontend, backend):
@@ -174,6 +198,11 @@ def main() -> int:
         print()
     print("== metrics (Prometheus scrapes of /metrics), request counts by route:")
     for lines in scrapes:
+        for line in lines:
+            print("   " + line)
+    print()
+    print("== debug pages (open them while the services run), routes by p50:")
+    for lines in pages:
         for line in lines:
             print("   " + line)
     print()

@@ -25,7 +25,7 @@ def test_demo_prints_joined_traces() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert out.count("== ") == 5  # four requests, then the metrics
+    assert out.count("== ") == 6  # four requests, the metrics, the debug pages
     # every trace joins both services: frontend SERVER > CLIENT > backend SERVER
     trees = re.findall(
         r"frontend +SERVER +GET /hello/\{name\}.*\n +frontend +CLIENT +GET .*\n"
@@ -39,6 +39,10 @@ def test_demo_prints_joined_traces() -> None:
     assert re.search(r"backend .*http_route=\"/greeting/\{name\}\".* 4\.0", out), out
     assert "trace 80f198ee56343ba864fe8b2a57d3eff7" in out  # the B3 parent's trace
     assert "request_id=demo-req-42" in out
+    # the debug pages' URLs, and what they counted per route
+    assert re.search(r"frontend +http://127\.0\.0\.1:\d+/divak\n", out), out
+    assert re.search(r"frontend +GET /hello/\{name\} +4 requests", out), out
+    assert re.search(r"backend +GET /greeting/\{name\} +4 requests", out), out
     assert "services exited with [0, 0] after SIGTERM" in out
 
 
