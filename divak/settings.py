@@ -186,3 +186,20 @@ def names_variable(
                 ", ".join([*known, "none"]),
             )
     return valid
+
+
+def otlp_endpoint(signal: str) -> str:
+    """The OTLP/HTTP endpoint of *signal* the environment names.
+
+    As the OpenTelemetry specification's OTLP exporter configuration says:
+    ``OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT`` as it is; else
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` with ``/v1/{signal}`` appended; else
+    ``http://localhost:4318/v1/{signal}``.
+
+    :param signal: ``"traces"``, ``"metrics"`` or ``"logs"``
+    """
+    endpoint = env_value(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    if endpoint:
+        return endpoint
+    base = env_value("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
+    return f"{base.rstrip('/')}/v1/{signal}"
