@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import pathlib
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 import typing
@@ -14,7 +18,7 @@ import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from tornado import httpserver, iostream, netutil, web
+from tornado import httpserver, iostream, netutil, tcpclient, tcpserver, web
 
 import divak
 from divak.testing import SpanRecorder
@@ -59,20 +63,26 @@ class Collector:
     HTTP proxy receives the collector's whole URL as request target).
     """
 
-    def __init__(self, delay: float = 0.0, hang_up: bool = False) -> None:
+    def __init__(
+        self,
+        delay: float = 0.0,
+        hang_up: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.delay = delay
         self.hang_up = hang_up
         self.received: list[tuple[str, bytes]] = []
         sockets = netutil.bind_sockets(0, "127.0.0.1")
         self.port = sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/api/v2"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/api/v2"
         ready = threading.Event()
 
         def serve() -> None:
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
             app = web.Application([(r".*", _Spans, {"server": self})])
-            self.server = _CountingServer(app)
+            self.server = _CountingServer(app, ssl_options=tls)
             self.server.connections = 0
             self.server.add_sockets(sockets)
             self.loop.call_soon(ready.set)
@@ -181,6 +191,93 @@ def test_the_proxy_in_the_environment_is_used(
     reporter.shutdown()
 
 
+class _ConnectProxy(tcpserver.TCPServer):
+    """An HTTP proxy that only tunnels (``CONNECT host:port``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tunnels: list[str] = []
+
+    async def handle_stream(
+        self, stream: iostream.IOStream, address: typing.Any
+    ) -> None:
+        head = await stream.read_until(b"\r\n\r\n")
+        method, target, _ = head.decode("latin-1").split(" ", 2)
+        assert method == "CONNECT"
+        self.tunnels.append(target)
+        host, port = target.rsplit(":", 1)
+        upstream = await tcpclient.TCPClient().connect(host, int(port))
+        await stream.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(source: iostream.IOStream, sink: iostream.IOStream) -> None:
+            try:
+                while True:
+                    await sink.write(await source.read_bytes(65536, partial=True))
+            except iostream.StreamClosedError:
+                sink.close()
+
+        await asyncio.gather(pipe(stream, upstream), pipe(upstream, stream))
+
+
+@pytest.fixture
+def certificate(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A self-signed certificate for 127.0.0.1 (its key beside it)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec",
+            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return tmp_path / "cert.pem"
+
+
+def test_https_verifies_the_collector_and_tunnels_through_a_proxy(
+    certificate: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    log_records: list[logging.LogRecord],
+) -> None:
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(certificate, certificate.with_name("key.pem"))
+    secure = Collector(tls=tls)
+    try:
+        untrusted = divak.ZipkinReporter(secure.url, retry_for=0)
+        assert untrusted.export(finished_spans(1)) is SpanExportResult.FAILURE
+        [warning] = warnings_of(log_records)
+        assert "SSLCertVerificationError" in warning and "self-signed" in warning
+        assert secure.received == []
+
+        # The certificate authorities OpenSSL reads from the environment.
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+        reporter = divak.ZipkinReporter(secure.url)
+        assert reporter.export(finished_spans(2)) is SpanExportResult.SUCCESS
+        assert reporter.export(finished_spans(1)) is SpanExportResult.SUCCESS
+        reporter.shutdown()
+        assert [uri for uri, _ in secure.received] == ["/api/v2/spans"] * 2
+        assert secure.connections == 2  # the untrusted one, then one for both
+
+        proxy = _ConnectProxy()
+        proxy_sockets = netutil.bind_sockets(0, "127.0.0.1")
+        secure.loop.call_soon_threadsafe(proxy.add_sockets, proxy_sockets)
+        port = proxy_sockets[0].getsockname()[1]
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        tunnelled = divak.ZipkinReporter(secure.url)
+        assert tunnelled.export(finished_spans(1)) is SpanExportResult.SUCCESS
+        tunnelled.shutdown()
+        assert proxy.tunnels == [f"127.0.0.1:{secure.port}"]
+        assert len(secure.received) == 3
+    finally:
+        secure.stop()
+
+
 def test_failures_are_returned_never_raised(
     zipkin: Collector, log_records: list[logging.LogRecord]
 ) -> None:
@@ -188,7 +285,8 @@ def test_failures_are_returned_never_raised(
     assert not_http.export(finished_spans(1)) is SpanExportResult.FAILURE
     assert "not an http or https URL" in warnings_of(log_records)[0]
 
-    refused = divak.ZipkinReporter(f"http://127.0.0.1:{free_port()}/api/v2", retry_for=0)
+    dead = f"http://127.0.0.1:{free_port()}/api/v2"
+    refused = divak.ZipkinReporter(dead, retry_for=0)
     assert refused.export(finished_spans(1)) is SpanExportResult.FAILURE
 
     reporter = divak.ZipkinReporter(zipkin.url)

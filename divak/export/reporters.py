@@ -98,17 +98,22 @@ def _target(url: str) -> _Target:
     via = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
     headers = {}
     if via.username is not None:
-        credentials = f"{urllib.parse.unquote(via.username)}:" + urllib.parse.unquote(
-            via.password or ""
-        )
-        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(
-            credentials.encode()
-        ).decode("ascii")
+        user = urllib.parse.unquote(via.username)
+        password = urllib.parse.unquote(via.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        headers["Proxy-Authorization"] = f"Basic {token}"
     proxy_port = via.port or (443 if via.scheme == "https" else 80)
     if https:  # a CONNECT tunnel: TLS end to end
         tunnel = (host, port)
         return _Target(True, via.hostname or "", proxy_port, path, tunnel, headers)
     return _Target(False, via.hostname or "", proxy_port, url, None, headers)
+
+
+def _problem(error: BaseException) -> str:
+    """One line saying what went wrong with an upload."""
+    if isinstance(error, ssl.SSLError):  # its reason alone says too little
+        return " ".join(f"{type(error).__name__}: {error}".split())
+    return describe_error(error)
 
 
 class ZipkinReporter(SpanExporter):
@@ -263,22 +268,22 @@ class ZipkinReporter(SpanExporter):
                 return self._exchange(connection, target, body)
             except TimeoutError as error:  # the collector may have stored it
                 self._drop_connection()
-                return False, False, describe_error(error)
+                return False, False, _problem(error)
             except (OSError, http.client.HTTPException):
                 # Closed by the collector while idle: a new connection, now.
                 self._drop_connection()
         try:
             connection = self._connect(target)
         except OSError as error:  # refused, unreachable, unknown name, timeout
-            return False, True, describe_error(error)
+            return False, True, _problem(error)
         try:
             return self._exchange(connection, target, body)
         except TimeoutError as error:
             self._drop_connection()
-            return False, False, describe_error(error)
+            return False, False, _problem(error)
         except (OSError, http.client.HTTPException) as error:  # lost
             self._drop_connection()
-            return False, True, describe_error(error)
+            return False, True, _problem(error)
 
     def _connect(self, target: _Target) -> http.client.HTTPConnection:
         connection: http.client.HTTPConnection

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import types
 import typing
 
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -76,6 +77,22 @@ def _endpoint(
     if isinstance(port, int):
         endpoint["port"] = port
     return endpoint
+
+
+def _plain(
+    attributes: typing.Mapping[str, typing.Any] | None,
+) -> dict[str, typing.Any]:
+    """*attributes* as a plain dict, copied in one call where possible.
+
+    The SDK hands out a span's attributes as a read-only view of a
+    ``BoundedAttributes``, whose items are read one by one through a lock;
+    the view's ``copy`` copies the underlying mapping at once.
+    """
+    if not attributes:
+        return {}
+    if isinstance(attributes, (dict, types.MappingProxyType)):
+        return dict(attributes.copy())
+    return dict(attributes)
 
 
 def _microseconds(nanoseconds: int) -> int:
@@ -168,16 +185,16 @@ class ZipkinV2Encoder:
         :param span: a finished span
         """
         context = span.context
-        attributes = span.attributes or {}
+        attributes = _plain(span.attributes)
         start = span.start_time or 0
-        end = span.end_time or start
+        duration = _microseconds((span.end_time or start) - start)
         constant = self._constant(span.resource, span.instrumentation_scope)
         encoded: dict[str, typing.Any] = {
             "traceId": format_trace_id(context.trace_id),
             "id": format_span_id(context.span_id),
             "name": span.name,
             "timestamp": _microseconds(start),
-            "duration": max(_microseconds(end - start), 1),
+            "duration": duration if duration > 0 else 1,
             "localEndpoint": constant.local_endpoint,
         }
         if span.parent is not None:
@@ -188,7 +205,8 @@ class ZipkinV2Encoder:
         tags = self._span_tags(span, attributes, constant)
         if tags:
             encoded["tags"] = tags
-        if span.events:
+        events = span.events
+        if events:
             encoded["annotations"] = [
                 {
                     "timestamp": _microseconds(event.timestamp),
@@ -197,7 +215,7 @@ class ZipkinV2Encoder:
                         sort_keys=True,
                     ),
                 }
-                for event in span.events
+                for event in events
             ]
         if attributes.get(B3_DEBUG_ATTRIBUTE):
             encoded["debug"] = True
@@ -324,11 +342,10 @@ class ZipkinV2Encoder:
         self, attributes: typing.Mapping[str, typing.Any] | None
     ) -> dict[str, typing.Any]:
         limit = self.max_tag_value_length
-        if not attributes:
-            return {}
+        values = _plain(attributes)
         if not limit:
-            return dict(attributes)
+            return values
         return {
             key: value[:limit] if isinstance(value, str) else value
-            for key, value in attributes.items()
+            for key, value in values.items()
         }
