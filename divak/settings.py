@@ -11,7 +11,6 @@ and the default is used (:func:`env_value`, :func:`integer_variable`,
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 import threading
@@ -208,6 +207,10 @@ def entry_point_factories(
         built-ins win)
     :returns: ``{name: factory}``
     """
+    # Read only when a variable names something divak has no built-in for:
+    # scanning the installed distributions costs milliseconds at import.
+    import importlib.metadata
+
     excluded = set(exclude)
     factories: dict[str, typing.Callable[[], typing.Any]] = {}
     for entry_point in importlib.metadata.entry_points(group=group):
@@ -218,7 +221,7 @@ def entry_point_factories(
 
 
 def _entry_point_factory(
-    group: str, entry_point: importlib.metadata.EntryPoint
+    group: str, entry_point: typing.Any
 ) -> typing.Callable[[], typing.Any]:
     def build() -> typing.Any:
         try:
@@ -236,3 +239,20 @@ def _entry_point_factory(
             return None
 
     return build
+
+
+def otlp_endpoint(signal: str) -> str:
+    """The OTLP/HTTP endpoint of *signal* the environment names.
+
+    As the OpenTelemetry specification's OTLP exporter configuration says:
+    ``OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT`` as it is; else
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` with ``/v1/{signal}`` appended; else
+    ``http://localhost:4318/v1/{signal}``.
+
+    :param signal: ``"traces"``, ``"metrics"`` or ``"logs"``
+    """
+    endpoint = env_value(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    if endpoint:
+        return endpoint
+    base = env_value("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
+    return f"{base.rstrip('/')}/v1/{signal}"

@@ -1,27 +1,40 @@
-"""The Zipkin encoder's short paths give exactly the library's tags."""
+"""divak's Zipkin encoder writes OpenTelemetry's document, with its deviations fixed.
+
+OpenTelemetry's Zipkin JSON encoder (through its public ``serialize``) is
+the reference: for spans of every shape, divak's document is the
+reference's with exactly the corrections ``ZipkinV2Encoder`` documents,
+and it validates against the Zipkin v2 schema.
+"""
 
 from __future__ import annotations
 
+import json
+import typing
+
+import pytest
 from opentelemetry.exporter.zipkin.json.v2 import JsonV2Encoder
+from opentelemetry.exporter.zipkin.node_endpoint import NodeEndpoint
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from divak.export import zipkin
 from divak.export.reporters import ZipkinV2Encoder
+from divak.propagation._common import B3_DEBUG_ATTRIBUTE
 from divak.testing import SpanRecorder
+from tests.zipkin_schema import validate_spans
 
 
-def spans_of_every_shape() -> list:
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
+def spans_of_every_shape() -> list[ReadableSpan]:
     recorder = SpanRecorder()
-    for service in ("one", "two"):
+    for service in ("One", "two"):
         provider = TracerProvider(
             resource=Resource.create({"service.name": service, "deployment": 3})
         )
         provider.add_span_processor(SimpleSpanProcessor(recorder))
-        for scope in ("divak", "other"):
-            tracer = provider.get_tracer(scope, "1.0")
+        for scope, version in (("divak", "1.0"), ("other", None)):
+            tracer = provider.get_tracer(scope, version)
             span = tracer.start_span("plain", kind=SpanKind.SERVER)
             span.set_attributes(
                 {
@@ -29,48 +42,118 @@ def spans_of_every_shape() -> list:
                     "i": 7,
                     "f": 1.5,
                     "b": True,
-                    "list": ["a", "b"],
+                    "list": ["a", "b", "a" * 20],
                     "ints": [1, 2, 3],
+                    "flags": [True, False],
                     "empty": [],
                     "service.name": "attribute loses to the resource",
+                    "client.address": "192.0.2.7",
+                    "client.port": 50123,
                 }
             )
-            span.add_event("event", {"k": "v"})
+            span.add_event("event", {"k": "v" * 200, "n": 2})
+            span.add_event("bare")
             span.set_status(Status(StatusCode.ERROR, "broken"))
             span.end()
             with tracer.start_as_current_span("child", kind=SpanKind.CLIENT) as child:
                 child.set_attribute("server.address", "10.0.0.1")
                 child.set_status(Status(StatusCode.OK))
+                with tracer.start_as_current_span("work") as internal:
+                    internal.set_attribute(B3_DEBUG_ATTRIBUTE, True)
+                    internal.set_attribute("error.type", "TimeoutError")
+                    internal.set_status(Status(StatusCode.ERROR))
+            named = tracer.start_span("call", kind=SpanKind.CLIENT)
+            named.set_attributes(
+                {
+                    "server.address": "billing.internal",
+                    "server.port": 8443,
+                    "peer.service": "Billing",
+                }
+            )
+            named.set_status(Status(StatusCode.ERROR))
+            named.end(named.start_time)  # type: ignore[attr-defined]
+            tracer.start_span("consume", kind=SpanKind.CONSUMER).end()
     return recorder.spans
 
 
-def test_tags_match_the_library_encoder():
+def corrected(
+    span: ReadableSpan, document: dict[str, typing.Any]
+) -> dict[str, typing.Any]:
+    """The library's document with the corrections ZipkinV2Encoder lists."""
+    attributes = span.attributes or {}
+    if document.get("kind") is None:
+        document.pop("kind", None)
+    document.pop("debug", None)
+    if attributes.get(B3_DEBUG_ATTRIBUTE):
+        document["debug"] = True
+    tags = document.get("tags", {})
+    tags.pop(B3_DEBUG_ATTRIBUTE, None)
+    tags.pop("service.name", None)
+    for key in [k for k, v in tags.items() if v is None]:  # a scope's version
+        del tags[key]
+    if tags.get("error") == "":
+        tags["error"] = str(attributes.get("error.type") or "error")
+    if not tags:
+        document.pop("tags", None)
+    document["duration"] = max(document["duration"], 1)
+    endpoint = document["localEndpoint"]
+    endpoint["serviceName"] = endpoint["serviceName"].lower()
+    if document.get("kind") == "CLIENT" and "server.address" in attributes:
+        address = str(attributes["server.address"])
+        remote: dict[str, typing.Any] = {}
+        if address[0].isdigit():
+            remote["ipv4"] = address
+        remote["serviceName"] = str(attributes.get("peer.service") or address).lower()
+        if "server.port" in attributes:
+            remote["port"] = attributes["server.port"]
+        document["remoteEndpoint"] = remote
+    if document.get("kind") == "SERVER" and "client.address" in attributes:
+        document["remoteEndpoint"] = {
+            "ipv4": attributes["client.address"],
+            "port": attributes["client.port"],
+        }
+    return document
+
+
+@pytest.mark.parametrize("limit", [None, 128, 5, 1])
+def test_the_document_is_the_librarys_with_the_documented_corrections(
+    limit: int | None,
+) -> None:
     spans = spans_of_every_shape()
-    for limit in (None, 128, 5, 1):
-        ours = ZipkinV2Encoder(limit)
-        reference = JsonV2Encoder(limit)
-        for span in spans:
-            expected = JsonV2Encoder._extract_tags_from_span(reference, span)
-            got = ours._extract_tags_from_span(span)
-            assert got == expected
-            assert list(got) == list(expected)
+    ours = json.loads(ZipkinV2Encoder(limit).serialize(spans))
+    assert len(ours) == len(spans)
+    validate_spans(ours)
+    reference = JsonV2Encoder(limit)  # type: ignore[arg-type]
+    for span, encoded in zip(spans, ours, strict=True):
+        node = NodeEndpoint()
+        node.service_name = span.resource.attributes["service.name"]
+        [expected] = json.loads(reference.serialize([span], node))
+        assert encoded == corrected(span, expected), span.name
 
 
-def test_fast_json_gives_the_same_document(monkeypatch):
-    import json
+def test_the_corrections_are_visible() -> None:
+    by_name: dict[str, list[dict[str, typing.Any]]] = {}
+    for encoded in json.loads(ZipkinV2Encoder().serialize(spans_of_every_shape())):
+        by_name.setdefault(encoded["name"], []).append(encoded)
+    work = by_name["work"][0]
+    assert "kind" not in work and work["debug"] is True
+    assert work["tags"]["error"] == "TimeoutError"
+    assert B3_DEBUG_ATTRIBUTE not in work["tags"]
+    services = {s["localEndpoint"]["serviceName"] for s in by_name["plain"]}
+    assert services == {"one", "two"}
+    assert all("service.name" not in s["tags"] for s in by_name["plain"])
+    assert all("debug" not in s for s in by_name["plain"])
+    call = by_name["call"][0]
+    assert call["duration"] == 1
+    assert call["remoteEndpoint"] == {"serviceName": "billing", "port": 8443}
 
-    import pytest
-    from opentelemetry.exporter.zipkin.node_endpoint import NodeEndpoint
 
-    from divak.export import zipkin
-
+def test_fast_json_gives_the_same_document(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("orjson")
     spans = spans_of_every_shape()
-    node = NodeEndpoint()
-    node.service_name = "svc"
-    fast = zipkin.ZipkinV2Encoder(128).serialize(spans, node)
+    fast = zipkin.ZipkinV2Encoder(128).serialize(spans)
     monkeypatch.setattr(zipkin, "_orjson", None)
-    standard = zipkin.ZipkinV2Encoder(128).serialize(spans, node)
+    standard = zipkin.ZipkinV2Encoder(128).serialize(spans)
     assert isinstance(fast, bytes) and isinstance(standard, bytes)
     assert json.loads(fast) == json.loads(standard)
     assert len(json.loads(fast)) == len(spans)

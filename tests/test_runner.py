@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 import typing
 
 import pytest
@@ -442,27 +441,6 @@ def test_all_interfaces_log_each_port_once() -> None:
     process, port, output = service()
     assert stop(process) == 0, output.text
     assert f"serving on port {port} (pid" in output.text, output.text
-
-
-def test_tornado_still_has_the_read_buffer_size() -> None:
-    """The drain reads IOStream's private ``_read_buffer_size``: fail loudly
-    if Tornado renames it (a pipelined request would then be dropped)."""
-    from tornado import iostream
-
-    from divak.lifecycle.server import _has_pending_request
-
-    async def scenario() -> tuple[bytes, bool]:
-        ours, theirs = socket.socketpair()
-        stream = iostream.IOStream(ours)
-        theirs.sendall(b"GET / HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n")
-        first = await stream.read_until(b"\r\n\r\n")
-        # the second request is in IOStream's buffer now, not in the socket
-        pending = _has_pending_request(types.SimpleNamespace(stream=stream))
-        stream.close()
-        theirs.close()
-        return first, pending
-
-    assert run(scenario()) == (b"GET / HTTP/1.1\r\n\r\n", True)
 
 
 def test_requests_still_running_at_the_shutdown_limit_are_cut_off() -> None:

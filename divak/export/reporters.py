@@ -13,15 +13,18 @@ OpenTelemetry exporter can be added as a reporter, too.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import logging
 import os
+import ssl
 import threading
 import time
 import typing
+import urllib.parse
+import urllib.request
 
-import requests
 from opentelemetry import trace
-from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
@@ -31,7 +34,14 @@ from opentelemetry.sdk.trace.export import (
 
 from divak.export.zipkin import B3_DEBUG_ATTRIBUTE, ZipkinV2Encoder
 from divak.logs.ratelimit import RateLimitedLog, describe_error, muffled
-from divak.settings import env_value, milliseconds_variable, names_variable, warn_once
+from divak.settings import (
+    env_value,
+    milliseconds_variable,
+    names_variable,
+    otlp_endpoint,
+    warn_once,
+)
+from divak.version import __version__
 
 __all__ = [
     "B3_DEBUG_ATTRIBUTE",
@@ -54,64 +64,156 @@ _DEFAULT_ENDPOINT = "http://localhost:9411/api/v2/spans"
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
-class ZipkinReporter(ZipkinExporter):
+class _Target(typing.NamedTuple):
+    """Where an upload goes: the connection to open and the request target."""
+
+    https: bool
+    host: str  # the collector's, or the proxy's
+    port: int
+    request_target: str  # the path, or the whole URL through an HTTP proxy
+    tunnel: tuple[str, int] | None  # the collector, through an HTTPS proxy
+    headers: dict[str, str]  # the proxy's credentials, if any
+
+
+def _target(url: str) -> _Target:
+    """Parse a collector URL, and the proxy the environment names for it.
+
+    ``HTTP_PROXY``, ``HTTPS_PROXY`` and ``NO_PROXY`` (any case) are read
+    once per URL, as :mod:`urllib.request` reads them.
+
+    :raises ValueError: for a URL that is not ``http`` or ``https``, or
+        has a malformed port
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http or https URL: {url!r}")
+    https = parts.scheme == "https"
+    host, port = parts.hostname, parts.port or (443 if https else 80)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.netloc):
+        return _Target(https, host, port, path, None, {})
+    via = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    headers = {}
+    if via.username is not None:
+        user = urllib.parse.unquote(via.username)
+        password = urllib.parse.unquote(via.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        headers["Proxy-Authorization"] = f"Basic {token}"
+    proxy_port = via.port or (443 if via.scheme == "https" else 80)
+    if https:  # a CONNECT tunnel: TLS end to end
+        tunnel = (host, port)
+        return _Target(True, via.hostname or "", proxy_port, path, tunnel, headers)
+    return _Target(False, via.hostname or "", proxy_port, url, None, headers)
+
+
+def _problem(error: BaseException) -> str:
+    """One line saying what went wrong with an upload."""
+    if isinstance(error, ssl.SSLError):  # its reason alone says too little
+        return " ".join(f"{type(error).__name__}: {error}".split())
+    return describe_error(error)
+
+
+class ZipkinReporter(SpanExporter):
     """Send spans to a Zipkin collector as Zipkin v2 JSON.
 
-    Built on ``opentelemetry-exporter-zipkin-json`` with the encoding fixed
-    to validate against the Zipkin v2 API (see
-    :class:`~divak.export.zipkin.ZipkinV2Encoder`).  ``localEndpoint.serviceName``
-    is the application's service name, in lower case.
+    Each batch is encoded in one pass by
+    :class:`~divak.export.zipkin.ZipkinV2Encoder`, which validates against
+    the Zipkin v2 API and corrects the places where OpenTelemetry's Zipkin
+    exporter does not, and sent as one ``POST`` over a kept-alive
+    :class:`http.client.HTTPConnection` (HTTPS with the system's
+    certificate authorities, the ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``
+    variables honoured).  ``localEndpoint.serviceName`` is the
+    application's service name, in lower case.
 
     * Uploads carry ``b3: 0`` so that a traced collector (or proxy) does
       not trace them, and run with OpenTelemetry's "suppress
       instrumentation" flag set (by :class:`~divak.export.queue.SpanQueue`), so
       an instrumented HTTP library never makes spans of them.
     * A collector that is briefly down is retried: when the connection is
-      refused or the collector answers 429, 502, 503 or 504, the upload is
-      tried again after 0.5 s, 1 s, 2 s... (at most 5 s apart) for up to
-      *retry_for* seconds in all; then the batch is dropped.  A read
-      timeout is not retried (the collector may have stored the batch).
-      While a batch is being retried new spans wait in the bounded
+      refused or lost or the collector answers 429, 502, 503 or 504, the
+      upload is tried again after 0.5 s, 1 s, 2 s... (at most 5 s apart)
+      for up to *retry_for* seconds in all; then the batch is dropped.  A
+      read timeout is not retried (the collector may have stored the
+      batch).  While a batch is being retried new spans wait in the bounded
       :class:`~divak.export.queue.SpanQueue`, which drops and counts what does
-      not fit, and counts what was exported or failed.
+      not fit, and counts what was exported or failed.  A kept-alive
+      connection the collector closed while idle is replaced at once.
     * Failures are logged as one WARNING line at most twice a minute, with
-      the number of failures not logged, never with a traceback.
+      the number of failures not logged, never with a traceback; they are
+      returned as ``FAILURE``, never raised.
+
+    .. attribute:: url
+
+       The spans endpoint (:class:`str`); setting it sends the next batch
+       to the new URL.
+
+    .. attribute:: timeout
+
+       Seconds to wait for the collector per connection attempt and per
+       read (:class:`float`).
+
+    .. attribute:: retry_for
+
+       Seconds to keep retrying one batch (:class:`float`).
     """
 
     def __init__(
         self, url: str | None = None, *, timeout: float = 5.0, retry_for: float = 10.0
     ) -> None:
-        """Prepare the HTTP session; nothing is sent before the first batch.
+        """Prepare the reporter; nothing is sent before the first batch.
 
         :param url: the collector, either its API base
             (``http://zipkin:9411/api/v2``, as divak-tornado writes it) or
             the full spans endpoint (``http://zipkin:9411/api/v2/spans``).
             :data:`None` reads the ``OTEL_EXPORTER_ZIPKIN_ENDPOINT``
             environment variable, then falls back to
-            ``http://localhost:9411/api/v2/spans``.
-        :param timeout: seconds to wait for the collector per upload
+            ``http://localhost:9411/api/v2/spans``.  A URL that is not
+            ``http`` or ``https`` fails every batch, with a WARNING.
+        :param timeout: seconds to wait for the collector per connection
+            attempt and per read
         :param retry_for: seconds to keep retrying one batch; ``0`` disables
             retries
         """
-        if url is None:
-            url = os.environ.get(_ENDPOINT_ENV) or _DEFAULT_ENDPOINT
+        self.encoder = ZipkinV2Encoder()
+        self.timeout = timeout
+        self.retry_for = retry_for
+        self._connection: http.client.HTTPConnection | None = None
+        self._connection_pid = 0
+        self._target: _Target | None = None
+        self._problem = ""
+        self.url = url if url is not None else (
+            os.environ.get(_ENDPOINT_ENV) or _DEFAULT_ENDPOINT
+        )
+        self._headers = {
+            "Content-Type": self.encoder.content_type,
+            "b3": "0",
+            "User-Agent": f"divak/{__version__}",
+        }
+        self._complain = RateLimitedLog(logger)
+        self._stop_retrying = threading.Event()
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        """The spans endpoint batches are sent to."""
+        return self._url
+
+    @url.setter
+    def url(self, url: str) -> None:
         url = url.rstrip("/")
         if url.endswith("/api/v2"):
             url += "/spans"
-        session = requests.Session()
-        session.headers["b3"] = "0"
-        super().__init__(endpoint=url, timeout=timeout, session=session)  # type: ignore[arg-type]
-        self.encoder = ZipkinV2Encoder(  # type: ignore[assignment]
-            self.encoder.max_tag_value_length
-        )
-        self.url = url
-        self.retry_for = retry_for
-        self._complain = RateLimitedLog(logger)
-        self._stop_retrying = threading.Event()
+        try:
+            self._target, self._problem = _target(url), ""
+        except ValueError as error:
+            self._target, self._problem = None, str(error)
+        self._url = url
+        self._drop_connection()
 
-    def export(  # type: ignore[override]
-        self, spans: typing.Sequence[ReadableSpan]
-    ) -> SpanExportResult:
+    def export(self, spans: typing.Sequence[ReadableSpan]) -> SpanExportResult:
         """Upload *spans*, retrying as described above; never raises.
 
         Blocks the calling thread (the :class:`~divak.export.queue.SpanQueue`
@@ -121,14 +223,10 @@ class ZipkinReporter(ZipkinExporter):
         :returns: ``SUCCESS`` when the collector accepted it, else
             ``FAILURE``
         """
-        # ZipkinExporter._closed (private): tests/test_private_names.py.
         if self._closed or not spans:
             return SpanExportResult.FAILURE if spans else SpanExportResult.SUCCESS
-        service_name = spans[0].resource.attributes.get("service.name")
-        if service_name:
-            self.local_node.service_name = str(service_name).lower()
         try:
-            body = self.encoder.serialize(spans, self.local_node)  # type: ignore[arg-type]
+            body = self.encoder.serialize(spans)
         except Exception as error:  # noqa: BLE001 - a bad span must not kill export
             self._complain(
                 logging.WARNING,
@@ -140,20 +238,12 @@ class ZipkinReporter(ZipkinExporter):
         deadline = time.monotonic() + self.retry_for
         delay = 0.5
         while True:
-            retry = False
-            try:
-                response = self.session.post(self.url, data=body, timeout=self.timeout)
-            except requests.ConnectionError as error:
-                retry, problem = True, describe_error(error)
-            except requests.RequestException as error:
-                problem = describe_error(error)
-            else:
-                if response.status_code < 300:
-                    return SpanExportResult.SUCCESS
-                retry = response.status_code in _RETRY_STATUSES
-                problem = f"HTTP {response.status_code} {response.text[:200]!r}"
+            accepted, retry, problem = self._attempt(body)
+            if accepted:
+                return SpanExportResult.SUCCESS
             if (
                 not retry
+                or self._closed
                 or time.monotonic() + delay > deadline
                 or self._stop_retrying.wait(delay)
             ):
@@ -167,16 +257,108 @@ class ZipkinReporter(ZipkinExporter):
                 return SpanExportResult.FAILURE
             delay = min(delay * 2, 5.0)
 
+    def _attempt(self, body: bytes) -> tuple[bool, bool, str]:
+        """POST *body* once: (accepted, worth retrying, what went wrong)."""
+        target = self._target
+        if target is None:
+            return False, False, self._problem
+        connection = self._connection
+        if connection is not None and self._connection_pid == os.getpid():
+            try:
+                return self._exchange(connection, target, body)
+            except TimeoutError as error:  # the collector may have stored it
+                self._drop_connection()
+                return False, False, _problem(error)
+            except (OSError, http.client.HTTPException):
+                # Closed by the collector while idle: a new connection, now.
+                self._drop_connection()
+        try:
+            connection = self._connect(target)
+        except OSError as error:  # refused, unreachable, unknown name, timeout
+            return False, True, _problem(error)
+        try:
+            return self._exchange(connection, target, body)
+        except TimeoutError as error:
+            self._drop_connection()
+            return False, False, _problem(error)
+        except (OSError, http.client.HTTPException) as error:  # lost
+            self._drop_connection()
+            return False, True, _problem(error)
+
+    def _connect(self, target: _Target) -> http.client.HTTPConnection:
+        connection: http.client.HTTPConnection
+        if target.https:
+            connection = http.client.HTTPSConnection(
+                target.host,
+                target.port,
+                timeout=self.timeout,
+                context=ssl.create_default_context(),
+            )
+        else:
+            connection = http.client.HTTPConnection(
+                target.host, target.port, timeout=self.timeout
+            )
+        if target.tunnel is not None:
+            connection.set_tunnel(*target.tunnel, headers=target.headers)
+        connection.connect()
+        self._drop_connection()
+        if self._closed:
+            connection.close()
+            raise ConnectionAbortedError("the reporter was shut down")
+        self._connection, self._connection_pid = connection, os.getpid()
+        return connection
+
+    def _exchange(
+        self, connection: http.client.HTTPConnection, target: _Target, body: bytes
+    ) -> tuple[bool, bool, str]:
+        headers = self._headers
+        if target.headers and target.tunnel is None:
+            headers = {**headers, **target.headers}
+        connection.request("POST", target.request_target, body, headers)
+        response = connection.getresponse()
+        text = response.read()
+        # RFC 9112, section 9.3: the connection persists unless either side
+        # says "close" (or the response is HTTP/1.0).
+        if response.version < 11 or "close" in (
+            response.getheader("Connection") or ""
+        ).lower():
+            self._drop_connection()
+        if response.status < 300:
+            return True, False, ""
+        reply = text[:200].decode("utf-8", "replace")
+        return (
+            False,
+            response.status in _RETRY_STATUSES,
+            f"HTTP {response.status} {reply!r}",
+        )
+
+    def _drop_connection(self) -> None:
+        # In a forked child this closes the child's copy of the socket only:
+        # the parent's connection stays open.
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing is buffered here; :data:`True`.
+
+        :param timeout_millis: unused (OpenTelemetry's exporter interface
+            counts in milliseconds)
+        """
+        return True
+
     def stop_retrying(self) -> None:
         """Give every upload one more attempt at most (the service stops)."""
         self._stop_retrying.set()
 
     def shutdown(self) -> None:
-        """Stop retrying and close the HTTP session; idempotent."""
+        """Stop retrying and close the connection; idempotent.
+
+        Batches exported afterwards fail.
+        """
         self._stop_retrying.set()
-        if not self._closed:
-            self.session.close()
-            self._closed = True
+        self._closed = True
+        self._drop_connection()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -205,28 +387,26 @@ class OTLPReporter(SpanExporter):
         """Build the OTLP exporter; nothing is sent before the first batch.
 
         :param endpoint: the collector's traces endpoint, e.g.
-            ``http://otel-collector:4318/v1/traces``; :data:`None` lets the
-            exporter read ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` /
-            ``OTEL_EXPORTER_OTLP_ENDPOINT`` and fall back to
+            ``http://otel-collector:4318/v1/traces``; :data:`None` reads
+            ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` /
+            ``OTEL_EXPORTER_OTLP_ENDPOINT`` and falls back to
             ``http://localhost:4318/v1/traces``
         :param timeout: seconds per upload (retries included)
         :raises ImportError: when ``opentelemetry-exporter-otlp-proto-http``
             is not installed
         """
+        # The otlp extra is optional: its package is imported when an OTLP
+        # reporter is made, never by "import divak".
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter,
         )
 
-        self.exporter = OTLPSpanExporter(endpoint=endpoint, timeout=timeout)
+        #: The URL spans are sent to (:class:`str`).
+        self.endpoint = endpoint or otlp_endpoint("traces")
+        self.exporter = OTLPSpanExporter(endpoint=self.endpoint, timeout=timeout)
         self._complain = RateLimitedLog(logger)
         # The exporter logs on the logger of its module.
         self._exporter_logger = type(self.exporter).__module__
-
-    @property
-    def endpoint(self) -> str:
-        """The URL spans are sent to."""
-        # No public accessor; tests/test_private_names.py watches the name.
-        return str(getattr(self.exporter, "_endpoint", ""))
 
     def export(self, spans: typing.Sequence[ReadableSpan]) -> SpanExportResult:
         """Upload *spans*; never raises.

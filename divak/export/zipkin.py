@@ -1,21 +1,30 @@
-"""Zipkin v2 JSON encoding, fixed where OpenTelemetry's encoder deviates."""
+"""Zipkin v2 JSON: finished spans encoded in one pass per batch.
+
+:class:`ZipkinV2Encoder` reads only the public fields of OpenTelemetry's
+:class:`~opentelemetry.sdk.trace.ReadableSpan` and writes the request body
+the Zipkin v2 API (``POST /api/v2/spans``, a list of ``Span`` objects)
+accepts.  The document is what OpenTelemetry's Zipkin JSON exporter writes
+(its specification: "Zipkin exporter", request payload and attribute
+mapping), with the few places where that exporter deviates from the Zipkin
+v2 ``Span`` schema corrected; the class docstring lists them.
+"""
 
 from __future__ import annotations
 
 import functools
 import ipaddress
 import json
+import types
 import typing
 
-from opentelemetry import trace
-from opentelemetry.exporter.zipkin.json.v2 import JsonV2Encoder
-from opentelemetry.sdk.resources import SERVICE_NAME
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import StatusCode
-
-__all__ = ["B3_DEBUG_ATTRIBUTE", "ZipkinV2Encoder"]
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
 from divak.propagation._common import B3_DEBUG_ATTRIBUTE
+
+__all__ = ["B3_DEBUG_ATTRIBUTE", "ZipkinV2Encoder", "dumps"]
 
 try:  # the "fast" extra: several times quicker on the export thread
     import orjson as _orjson
@@ -35,6 +44,19 @@ def dumps(encoded: typing.Any) -> bytes:
     if _orjson is not None:
         return _orjson.dumps(encoded)
     return json.dumps(encoded, separators=(",", ":")).encode()
+
+
+#: Zipkin's ``kind`` per OpenTelemetry span kind; INTERNAL spans have none.
+_KINDS = {
+    SpanKind.SERVER: "SERVER",
+    SpanKind.CLIENT: "CLIENT",
+    SpanKind.PRODUCER: "PRODUCER",
+    SpanKind.CONSUMER: "CONSUMER",
+}
+
+#: The service name of a span whose resource has none (OpenTelemetry's
+#: default for ``service.name``).
+_UNKNOWN_SERVICE = "unknown_service"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -57,8 +79,53 @@ def _endpoint(
     return endpoint
 
 
-class ZipkinV2Encoder(JsonV2Encoder):
-    """OpenTelemetry's Zipkin v2 JSON encoder with its spec deviations fixed.
+def _plain(
+    attributes: typing.Mapping[str, typing.Any] | None,
+) -> dict[str, typing.Any]:
+    """*attributes* as a plain dict, copied in one call where possible.
+
+    The SDK hands out a span's attributes as a read-only view of a
+    ``BoundedAttributes``, whose items are read one by one through a lock;
+    the view's ``copy`` copies the underlying mapping at once.
+    """
+    if not attributes:
+        return {}
+    if isinstance(attributes, (dict, types.MappingProxyType)):
+        return dict(attributes.copy())
+    return dict(attributes)
+
+
+def _microseconds(nanoseconds: int) -> int:
+    """Nanoseconds since the epoch to Zipkin's microseconds, rounded."""
+    return (nanoseconds + 500) // 1000
+
+
+class _Constant(typing.NamedTuple):
+    """What every span of one resource and instrumentation scope shares."""
+
+    resource: Resource
+    scope: InstrumentationScope | None
+    tags: dict[str, str]
+    local_endpoint: dict[str, str]
+
+
+class ZipkinV2Encoder:
+    """Encode finished spans as the body of a Zipkin v2 ``POST /api/v2/spans``.
+
+    One pass per batch: each span is read once, from the public fields of
+    :class:`~opentelemetry.sdk.trace.ReadableSpan`, into the dict Zipkin
+    expects, and the batch is serialised once (:func:`dumps`).  The fields
+    are the ones OpenTelemetry's Zipkin exporter writes: ``traceId``,
+    ``id``, ``parentId``, ``name``, ``timestamp`` and ``duration`` in
+    microseconds, ``localEndpoint``, ``kind``, ``tags`` (the span's
+    attributes, then the resource's, the instrumentation scope as
+    ``otel.scope.name``/``otel.scope.version`` and
+    ``otel.library.name``/``otel.library.version``, ``otel.status_code``,
+    ``error``, and the ``otel.dropped_*_count`` counters), and one
+    annotation per event (``{"name": {attributes}}`` as JSON).  Tag values
+    are strings: booleans ``true``/``false``, numbers in decimal, arrays
+    as a JSON list of strings.  Where that exporter deviates from the
+    Zipkin v2 API, this encoder does not:
 
     * ``kind`` is omitted for INTERNAL spans (the exporter writes ``null``,
       which the Zipkin v2 ``Span`` schema rejects);
@@ -70,7 +137,10 @@ class ZipkinV2Encoder(JsonV2Encoder):
       else after ``server.address``, so that a downstream service without
       tracing still appears in Zipkin's dependency graph; SERVER spans get
       one from ``client.address``;
+    * an instrumentation scope without version gets no version tags (the
+      exporter writes ``null``, and a Zipkin tag value is a string);
     * service names are lower case, as Zipkin stores them;
+      ``localEndpoint.serviceName`` is the resource's ``service.name``;
     * ``service.name`` is not repeated as a tag of every span: it is the
       ``localEndpoint.serviceName``.  The other resource attributes stay
       tags, Zipkin v2 having no other place for them;
@@ -79,86 +149,135 @@ class ZipkinV2Encoder(JsonV2Encoder):
       than an empty one;
     * ``duration`` is at least one microsecond, as the schema requires.
 
-    The output is the library's, but the tags of the resource and of the
-    instrumentation scope are computed once per resource and scope rather
-    than for every span, and plain string and number attributes take a
-    short path: encoding runs on the export thread, which shares the CPU
-    with the IOLoop.
+    The tags of a resource and instrumentation scope, and the local
+    endpoint, are computed once rather than for every span: encoding runs
+    on the export thread, which shares the CPU with the IOLoop.  Not
+    thread-safe; each reporter has its own encoder, used by its queue's
+    one thread.
+
+    :param max_tag_value_length: characters a tag value keeps at most
+        (arrays are cut between elements); :data:`None` or ``0`` keeps
+        them whole.  With ``1``, array tags are left out.
     """
 
-    def __init__(self, max_tag_value_length: int | None = None) -> None:
-        super().__init__(max_tag_value_length)  # type: ignore[arg-type]
-        self._constant_tags: dict[tuple[int, int], tuple[typing.Any, ...]] = {}
+    #: The media type of :meth:`serialize`'s output.
+    content_type = "application/json"
 
-    def serialize(  # type: ignore[override]
-        self, spans: typing.Sequence[ReadableSpan], local_endpoint: typing.Any
-    ) -> bytes:
-        """The request body for *spans*: a JSON list of Zipkin v2 spans.
+    def __init__(self, max_tag_value_length: int | None = None) -> None:
+        if max_tag_value_length is not None and max_tag_value_length <= 0:
+            max_tag_value_length = None
+        self.max_tag_value_length = max_tag_value_length
+        self._constants: dict[tuple[int, int], _Constant] = {}
+
+    def serialize(self, spans: typing.Sequence[ReadableSpan]) -> bytes:
+        """The request body for *spans*: a JSON list of Zipkin v2 spans, UTF-8.
 
         :param spans: finished spans
-        :param local_endpoint: the exporter's ``NodeEndpoint``
+        :raises Exception: what reading a malformed span raises (a span
+            without start time, for instance); the reporter counts the
+            batch as failed
         """
-        endpoint = self._encode_local_endpoint(local_endpoint)
-        return dumps([self._encode_span(span, endpoint) for span in spans])
+        return dumps([self.encode_span(span) for span in spans])
 
-    def _extract_tags_from_dict(self, tags_dict: typing.Any) -> dict[str, str]:
-        if not tags_dict:
-            return {}
-        limit: int | None = self.max_tag_value_length
-        if not limit or limit <= 0:
-            limit = None
-        tags: dict[str, str] = {}
-        rest: dict[str, typing.Any] = {}
-        for key, value in tags_dict.items():
-            kind = type(value)
-            if kind is str:
-                tags[key] = value[:limit]
-            elif kind is int or kind is float:
-                tags[key] = str(value)[:limit]
-            else:
-                rest[key] = value
-                tags[key] = ""  # keeps the key's position
-        if rest:
-            converted = super()._extract_tags_from_dict(rest)
-            for key in rest:
-                if key in converted:
-                    tags[key] = converted[key]
-                else:
-                    del tags[key]
-        return tags
+    def encode_span(self, span: ReadableSpan) -> dict[str, typing.Any]:
+        """The Zipkin v2 ``Span`` object of one finished span, as a dict.
 
-    def _extract_tags_from_span(  # type: ignore[override]
-        self, span: ReadableSpan
-    ) -> dict[str, str]:
-        resource = span.resource
-        scope = span.instrumentation_scope
-        cache_key = (id(resource), id(scope))
-        cached = self._constant_tags.get(cache_key)
+        :param span: a finished span
+        """
+        context = span.context
+        attributes = _plain(span.attributes)
+        start = span.start_time or 0
+        duration = _microseconds((span.end_time or start) - start)
+        constant = self._constant(span.resource, span.instrumentation_scope)
+        encoded: dict[str, typing.Any] = {
+            "traceId": format_trace_id(context.trace_id),
+            "id": format_span_id(context.span_id),
+            "name": span.name,
+            "timestamp": _microseconds(start),
+            "duration": duration if duration > 0 else 1,
+            "localEndpoint": constant.local_endpoint,
+        }
+        if span.parent is not None:
+            encoded["parentId"] = format_span_id(span.parent.span_id)
+        kind = _KINDS.get(span.kind)
+        if kind is not None:
+            encoded["kind"] = kind
+        tags = self._span_tags(span, attributes, constant)
+        if tags:
+            encoded["tags"] = tags
+        events = span.events
+        if events:
+            encoded["annotations"] = [
+                {
+                    "timestamp": _microseconds(event.timestamp),
+                    "value": json.dumps(
+                        {event.name: self._event_attributes(event.attributes)},
+                        sort_keys=True,
+                    ),
+                }
+                for event in events
+            ]
+        if attributes.get(B3_DEBUG_ATTRIBUTE):
+            encoded["debug"] = True
+        if kind == "CLIENT" and "server.address" in attributes:
+            peer = attributes.get("peer.service")
+            encoded["remoteEndpoint"] = _endpoint(
+                str(attributes["server.address"]),
+                attributes.get("server.port"),
+                str(peer or attributes["server.address"]),
+            )
+        elif kind == "SERVER" and "client.address" in attributes:
+            encoded["remoteEndpoint"] = _endpoint(
+                str(attributes["client.address"]), attributes.get("client.port"), None
+            )
+        return encoded
+
+    def _constant(
+        self, resource: Resource, scope: InstrumentationScope | None
+    ) -> _Constant:
+        key = (id(resource), id(scope))
+        cached = self._constants.get(key)
         # The cache holds the resource and scope, so their ids stay unique.
-        if cached is None or cached[0] is not resource or cached[1] is not scope:
-            constant: dict[str, str] = {}
-            if resource:
-                constant.update(self._extract_tags_from_dict(resource.attributes))
-            if scope is not None:
-                constant.update(
-                    {
-                        "otel.library.name": scope.name,
-                        "otel.library.version": scope.version,  # type: ignore[dict-item]
-                        "otel.scope.name": scope.name,
-                        "otel.scope.version": scope.version,  # type: ignore[dict-item]
-                    }
-                )
-            if len(self._constant_tags) >= 64:
-                self._constant_tags.clear()
-            cached = (resource, scope, constant)
-            self._constant_tags[cache_key] = cached
-        tags = self._extract_tags_from_dict(span.attributes)
-        tags.update(cached[2])
+        if cached is not None and cached.resource is resource and cached.scope is scope:
+            return cached
+        service = _UNKNOWN_SERVICE
+        tags: dict[str, str] = {}
+        if resource is not None:
+            resource_attributes = dict(resource.attributes)
+            service = str(resource_attributes.pop(SERVICE_NAME, None) or service)
+            tags = self._tags(resource_attributes)
+        if scope is not None:
+            tags["otel.library.name"] = scope.name
+            if scope.version is not None:
+                tags["otel.library.version"] = scope.version
+            tags["otel.scope.name"] = scope.name
+            if scope.version is not None:
+                tags["otel.scope.version"] = scope.version
+        if len(self._constants) >= 64:
+            self._constants.clear()
+        cached = _Constant(resource, scope, tags, {"serviceName": service.lower()})
+        self._constants[key] = cached
+        return cached
+
+    def _span_tags(
+        self,
+        span: ReadableSpan,
+        attributes: typing.Mapping[str, typing.Any],
+        constant: _Constant,
+    ) -> dict[str, str]:
+        tags = self._tags(attributes)
+        tags.pop(B3_DEBUG_ATTRIBUTE, None)
+        resource = constant.resource
+        if resource is not None and SERVICE_NAME in resource.attributes:
+            tags.pop(SERVICE_NAME, None)  # the resource's: localEndpoint
+        tags.update(constant.tags)
         status = span.status
         if status.status_code is not StatusCode.UNSET:
             tags["otel.status_code"] = status.status_code.name
             if status.status_code is StatusCode.ERROR:
-                tags["error"] = status.description or ""
+                tags["error"] = status.description or str(
+                    attributes.get("error.type") or "error"
+                )
         if span.dropped_attributes:
             tags["otel.dropped_attributes_count"] = str(span.dropped_attributes)
         if span.dropped_events:
@@ -167,36 +286,66 @@ class ZipkinV2Encoder(JsonV2Encoder):
             tags["otel.dropped_links_count"] = str(span.dropped_links)
         return tags
 
-    def _encode_span(  # type: ignore[override]
-        self, span: ReadableSpan, encoded_local_endpoint: dict
-    ) -> dict:
-        encoded = super()._encode_span(span, encoded_local_endpoint)  # type: ignore[arg-type]
-        if encoded.get("kind") is None:
-            encoded.pop("kind", None)
-        encoded.pop("debug", None)
-        attributes = span.attributes or {}
-        tags = encoded.get("tags")
-        if tags is not None:
-            tags.pop(B3_DEBUG_ATTRIBUTE, None)
-            if SERVICE_NAME in span.resource.attributes:
-                tags.pop(SERVICE_NAME, None)  # the resource's: localEndpoint
-            if tags.get("error") == "":
-                tags["error"] = str(attributes.get("error.type") or "error")
-            if not tags:
-                del encoded["tags"]
-        if attributes.get(B3_DEBUG_ATTRIBUTE):
-            encoded["debug"] = True
-        if span.kind is trace.SpanKind.CLIENT and "server.address" in attributes:
-            peer = attributes.get("peer.service")
-            encoded["remoteEndpoint"] = _endpoint(
-                str(attributes["server.address"]),
-                attributes.get("server.port"),
-                str(peer or attributes["server.address"]),
-            )
-        elif span.kind is trace.SpanKind.SERVER and "client.address" in attributes:
-            encoded["remoteEndpoint"] = _endpoint(
-                str(attributes["client.address"]), attributes.get("client.port"), None
-            )
-        if encoded.get("duration", 1) < 1:
-            encoded["duration"] = 1
-        return encoded
+    def _tags(self, values: typing.Mapping[str, typing.Any]) -> dict[str, str]:
+        """Attribute values as Zipkin tag strings, cut to the length limit."""
+        limit = self.max_tag_value_length
+        tags: dict[str, str] = {}
+        for key, value in values.items():
+            kind = type(value)
+            if kind is str:  # the common case first
+                text = value
+            elif kind is bool:
+                text = "true" if value else "false"
+            elif isinstance(value, (str, int, float)):
+                text = str(value)
+            elif isinstance(value, typing.Sequence):
+                text = self._array(value)
+                if text is None:
+                    continue
+            else:  # not an attribute value OpenTelemetry allows
+                continue
+            tags[key] = text[:limit] if limit else text
+        return tags
+
+    def _array(self, values: typing.Sequence[typing.Any]) -> str | None:
+        """An array attribute as a JSON list of strings, cut between elements.
+
+        The list keeps the elements whose JSON (quotes, commas and the
+        brackets counted) fits in the length limit; :data:`None` when the
+        limit is one character, too short for any list.
+        """
+        limit = self.max_tag_value_length
+        if limit == 1:
+            return None
+        items: list[str | None] = []
+        length = len("[]")
+        for value in values:
+            item: str | None
+            if value is None:
+                item = None
+            elif isinstance(value, bool):
+                item = "true" if value else "false"
+            elif isinstance(value, (str, int, float)):
+                item = str(value)
+            else:
+                continue
+            if limit:
+                length += (len("null") if item is None else len(item) + 2) + (
+                    1 if items else 0
+                )
+                if length > limit:
+                    break
+            items.append(item)
+        return json.dumps(items, separators=(",", ":"))
+
+    def _event_attributes(
+        self, attributes: typing.Mapping[str, typing.Any] | None
+    ) -> dict[str, typing.Any]:
+        limit = self.max_tag_value_length
+        values = _plain(attributes)
+        if not limit:
+            return values
+        return {
+            key: value[:limit] if isinstance(value, str) else value
+            for key, value in values.items()
+        }

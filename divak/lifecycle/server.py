@@ -141,10 +141,10 @@ def _has_pending_request(server_conn: typing.Any) -> bool:
     stream = getattr(server_conn, "stream", None)
     if stream is None or stream.closed():
         return False
-    # Private: bytes IOStream already read from the socket but nobody
-    # consumed yet (a pipelined request read together with the previous
-    # one).  Tornado has no public way to ask; tests/test_runner.py
-    # (test_tornado_still_has_the_read_buffer_size) fails if it is renamed.
+    # Private, and divak's only use of it: bytes IOStream already read from
+    # the socket but nobody consumed yet (a pipelined request read together
+    # with the previous one).  Tornado has no public way to ask;
+    # tests/test_private_names.py fails loudly if it is renamed.
     if stream._read_buffer_size:
         return True
     sock = getattr(stream, "socket", None)

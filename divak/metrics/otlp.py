@@ -2,23 +2,158 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import typing
 
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
 from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
     MetricExporter,
     MetricExportResult,
     MetricsData,
     PeriodicExportingMetricReader,
 )
+from opentelemetry.sdk.metrics.view import (
+    Aggregation,
+    ExplicitBucketHistogramAggregation,
+    ExponentialBucketHistogramAggregation,
+)
 
 from divak.logs.ratelimit import describe_error
+from divak.settings import env_value, otlp_endpoint, warn_once
 
-__all__ = ["OTLPMetricsReporter", "periodic_reader"]
+__all__ = [
+    "OTLPMetricsReporter",
+    "periodic_reader",
+    "preferred_aggregation",
+    "preferred_temporality",
+]
 
 logger = logging.getLogger("divak.reporters")
+
+_CUMULATIVE = AggregationTemporality.CUMULATIVE
+_DELTA = AggregationTemporality.DELTA
+
+#: OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: the temporality of
+#: each kind of instrument (OpenTelemetry specification, OTLP metrics
+#: exporter); an up-down counter is always cumulative.
+_TEMPORALITIES: dict[str, dict[type, AggregationTemporality]] = {
+    "cumulative": {
+        Counter: _CUMULATIVE,
+        UpDownCounter: _CUMULATIVE,
+        Histogram: _CUMULATIVE,
+        ObservableCounter: _CUMULATIVE,
+        ObservableUpDownCounter: _CUMULATIVE,
+        ObservableGauge: _CUMULATIVE,
+    },
+    "delta": {
+        Counter: _DELTA,
+        UpDownCounter: _CUMULATIVE,
+        Histogram: _DELTA,
+        ObservableCounter: _DELTA,
+        ObservableUpDownCounter: _CUMULATIVE,
+        ObservableGauge: _CUMULATIVE,
+    },
+    "lowmemory": {
+        Counter: _DELTA,
+        UpDownCounter: _CUMULATIVE,
+        Histogram: _DELTA,
+        ObservableCounter: _CUMULATIVE,
+        ObservableUpDownCounter: _CUMULATIVE,
+        ObservableGauge: _CUMULATIVE,
+    },
+}
+
+
+def preferred_temporality() -> dict[type, AggregationTemporality]:
+    """The temporality per instrument class the environment asks for.
+
+    ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``: ``cumulative``
+    (the default), ``delta`` or ``lowmemory``, in any case, as the
+    OpenTelemetry specification defines them; another value is logged once
+    as a WARNING and ``cumulative`` is used.
+    """
+    name = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+    value = env_value(name).lower() or "cumulative"
+    if value not in _TEMPORALITIES:
+        warn_once(f"{name}:{value}", "ignoring %s=%r: using cumulative", name, value)
+        value = "cumulative"
+    return dict(_TEMPORALITIES[value])
+
+
+def preferred_aggregation() -> dict[type, Aggregation]:
+    """The default histogram aggregation the environment asks for.
+
+    ``OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION``:
+    ``explicit_bucket_histogram`` (the default) or
+    ``base2_exponential_bucket_histogram``, in any case; another value is
+    logged once as a WARNING and the default is used.  Histograms that a
+    view gives their own aggregation (divak's duration buckets) keep it.
+    """
+    name = "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION"
+    value = env_value(name).lower() or "explicit_bucket_histogram"
+    if value == "base2_exponential_bucket_histogram":
+        return {Histogram: ExponentialBucketHistogramAggregation()}
+    if value != "explicit_bucket_histogram":
+        warn_once(
+            f"{name}:{value}",
+            "ignoring %s=%r: using explicit_bucket_histogram",
+            name,
+            value,
+        )
+    return {Histogram: ExplicitBucketHistogramAggregation()}
+
+
+class _ExporterLog(logging.Filter):
+    """Keeps, instead of logging, what the OTLP exporter says while divak exports.
+
+    The exporter logs every failed attempt; a reporter keeps its last word
+    for its own rate-limited line instead.  Records logged on other threads,
+    or while no divak reporter exports, pass unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sinks: dict[int, list[str]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        sink = self.sinks.get(threading.get_ident())
+        if sink is None:
+            return True
+        sink.append(" ".join(record.getMessage().split()))
+        return False
+
+    @contextlib.contextmanager
+    def kept(self) -> typing.Iterator[list[str]]:
+        """Keep the messages logged on this thread inside the block."""
+        sink: list[str] = []
+        self.sinks[threading.get_ident()] = sink
+        try:
+            yield sink
+        finally:
+            del self.sinks[threading.get_ident()]
+
+
+_EXPORTER_LOG = _ExporterLog()
+_EXPORTER_LOG_LOCK = threading.Lock()
+
+
+def _quiet(logger_name: str) -> None:
+    """Add :data:`_EXPORTER_LOG` to the logger *logger_name*, once."""
+    with _EXPORTER_LOG_LOCK:
+        exporter_logger = logging.getLogger(logger_name)
+        if _EXPORTER_LOG not in exporter_logger.filters:
+            exporter_logger.addFilter(_EXPORTER_LOG)
 
 
 class OTLPMetricsReporter(MetricExporter):
@@ -38,10 +173,18 @@ class OTLPMetricsReporter(MetricExporter):
       WARNING line at most once per *complain_interval* seconds, without a
       traceback.
 
+    * Temporality and the default histogram aggregation follow
+      ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`` and
+      ``OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION``
+      (:func:`preferred_temporality`, :func:`preferred_aggregation`); the
+      headers, compression and certificates, the exporter's own
+      ``OTEL_EXPORTER_OTLP_*`` variables.
+
     :param endpoint: the collector's metrics endpoint, e.g.
-        ``http://otel-collector:4318/v1/metrics``; :data:`None` lets the
-        exporter read ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` /
-        ``OTEL_EXPORTER_OTLP_ENDPOINT``
+        ``http://otel-collector:4318/v1/metrics``; :data:`None` reads
+        ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` /
+        ``OTEL_EXPORTER_OTLP_ENDPOINT`` and falls back to
+        ``http://localhost:4318/v1/metrics``
     :param interval: seconds between pushes
     :param timeout: seconds per push, retries included
     :param complain_interval: seconds between failure log lines
@@ -65,14 +208,24 @@ class OTLPMetricsReporter(MetricExporter):
         timeout: float = 10.0,
         complain_interval: float = 60.0,
     ) -> None:
+        # The otlp extra is optional: its package is imported when an OTLP
+        # reporter is made, never by "import divak".
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
             OTLPMetricExporter,
         )
 
-        self.exporter = OTLPMetricExporter(endpoint=endpoint, timeout=timeout)
+        temporality = preferred_temporality()
+        aggregation = preferred_aggregation()
         super().__init__(
-            preferred_temporality=self.exporter._preferred_temporality,
-            preferred_aggregation=self.exporter._preferred_aggregation,
+            preferred_temporality=temporality, preferred_aggregation=aggregation
+        )
+        #: The URL metrics are pushed to (:class:`str`).
+        self.endpoint = endpoint or otlp_endpoint("metrics")
+        self.exporter = OTLPMetricExporter(
+            endpoint=self.endpoint,
+            timeout=timeout,
+            preferred_temporality=temporality,
+            preferred_aggregation=aggregation,
         )
         self.interval = interval
         self.timeout = timeout
@@ -81,19 +234,9 @@ class OTLPMetricsReporter(MetricExporter):
         self.failed_exports = 0
         self._last_complaint = -complain_interval
         self._lock = threading.Lock()
-        # The exporter logs every failed attempt; keep its last word for the
-        # rate-limited line instead.
-        self._last_reason = _LastMessage()
-        client = getattr(self.exporter, "_client", None)
-        if client is not None and hasattr(client, "_logger"):
-            quiet = logging.Logger("divak.otlp-metrics")
-            quiet.addHandler(self._last_reason)
-            client._logger = quiet
-
-    @property
-    def endpoint(self) -> str:
-        """The URL metrics are pushed to."""
-        return str(getattr(self.exporter, "_endpoint", ""))
+        # The exporter logs to its module's logger (named after the module,
+        # as Python's logging convention has it).
+        _quiet(OTLPMetricExporter.__module__)
 
     def export(
         self,
@@ -102,13 +245,15 @@ class OTLPMetricsReporter(MetricExporter):
         **kwargs: typing.Any,
     ) -> MetricExportResult:
         """Push *metrics_data*; count the result; never raises."""
-        try:
-            self._last_reason.message = ""
-            result = self.exporter.export(metrics_data, timeout_millis=timeout_millis)
-            reason = self._last_reason.message or "the collector refused them"
-        except Exception as error:  # noqa: BLE001 - export must never raise
-            result = MetricExportResult.FAILURE
-            reason = describe_error(error)
+        with _EXPORTER_LOG.kept() as said:
+            try:
+                result = self.exporter.export(
+                    metrics_data, timeout_millis=timeout_millis
+                )
+                reason = said[-1] if said else "the collector refused them"
+            except Exception as error:  # noqa: BLE001 - export must never raise
+                result = MetricExportResult.FAILURE
+                reason = describe_error(error)
         with self._lock:
             if result is MetricExportResult.SUCCESS:
                 self.exported += 1
@@ -138,15 +283,6 @@ class OTLPMetricsReporter(MetricExporter):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.endpoint!r})"
-
-
-class _LastMessage(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.message = ""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.message = " ".join(record.getMessage().split())
 
 
 def periodic_reader(reporter: MetricExporter) -> PeriodicExportingMetricReader:

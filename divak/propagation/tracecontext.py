@@ -24,17 +24,114 @@ _TRACESTATE_MAX_LENGTH = 8192
 _TRACESTATE_LONG_MEMBER = 128
 
 
-class _ParsedTraceState(trace.TraceState):
-    """A ``TraceState`` holding members divak already validated (Level 2 keys)."""
+def _valid_member(key: str, value: str) -> bool:
+    """Whether ``key=value`` is a list member by the Level 2 grammar."""
+    return bool(_TRACESTATE_KEY.fullmatch(key) and _TRACESTATE_VALUE.fullmatch(value))
 
-    def __init__(self, members: typing.Sequence[tuple[str, str]]) -> None:
-        super().__init__()
-        # OpenTelemetry's constructor (and add()) apply the Level 1 key
-        # grammar, which rejects Level 2 keys; the members were checked
-        # against Level 2.  No public way to set them exists, so the private
-        # mapping is filled; tests/test_private_names.py fails loudly if
-        # OpenTelemetry renames it.
-        self._dict = dict(members)
+
+class _Level2TraceState(trace.TraceState):
+    """A ``TraceState`` that follows W3C Trace Context Level 2's key grammar.
+
+    OpenTelemetry's :class:`~opentelemetry.trace.TraceState` checks keys
+    against Level 1, so it drops Level 2 keys (``1vendor``, ``foo@``) in
+    its constructor, :meth:`add`, :meth:`update` and :meth:`delete`.  This
+    subclass keeps its members itself and implements every public method
+    of the base class on them, with the same results for Level 1 members
+    (``tests/test_private_names.py`` fails if OpenTelemetry adds a public
+    method this class does not implement).  Returned states are
+    ``_Level2TraceState`` too, so a member a sampler adds never costs the
+    members another vendor set.
+    """
+
+    def __init__(self, entries: typing.Sequence[tuple[str, str]] = ()) -> None:
+        """Hold *entries*, which the caller checked (:meth:`from_members`)."""
+        super().__init__()  # the base class's own mapping stays empty
+        self._members: dict[str, str] = dict(entries)
+
+    @classmethod
+    def from_members(
+        cls, members: typing.Sequence[tuple[str, str]]
+    ) -> _Level2TraceState:
+        """The state of *members*; empty if any is invalid or a key repeats,
+        or when there are more than 32."""
+        if len(members) > _TRACESTATE_MAX_MEMBERS or len(
+            {key for key, _ in members}
+        ) != len(members):
+            return cls()
+        if not all(_valid_member(key, value) for key, value in members):
+            return cls()
+        return cls(members)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._members
+
+    def __getitem__(self, key: str) -> str:
+        return self._members[key]
+
+    def __iter__(self) -> typing.Iterator[str]:
+        return iter(self._members)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __repr__(self) -> str:
+        return repr([f"{{key={k}, value={v}}}" for k, v in self._members.items()])
+
+    def add(self, key: str, value: str) -> _Level2TraceState:
+        """A new state with ``key=value`` first; *self* when the member is
+        invalid, the key exists or 32 members are there already."""
+        if (
+            not _valid_member(key, value)
+            or key in self._members
+            or len(self._members) >= _TRACESTATE_MAX_MEMBERS
+        ):
+            return self
+        return type(self)([(key, value), *self._members.items()])
+
+    def update(self, key: str, value: str) -> _Level2TraceState:
+        """A new state with ``key=value`` moved first (added when absent, as
+        OpenTelemetry's does); *self* when the member is invalid, or the key
+        is new and 32 members are there already."""
+        if not _valid_member(key, value) or (
+            key not in self._members
+            and len(self._members) >= _TRACESTATE_MAX_MEMBERS
+        ):
+            return self
+        rest = [(k, v) for k, v in self._members.items() if k != key]
+        return type(self)([(key, value), *rest])
+
+    def delete(self, key: str) -> _Level2TraceState:
+        """A new state without *key*; *self* when the key is absent."""
+        if key not in self._members:
+            return self
+        return type(self)([(k, v) for k, v in self._members.items() if k != key])
+
+    def to_header(self) -> str:
+        """The ``tracestate`` header value: the members, in order."""
+        return ",".join(f"{key}={value}" for key, value in self._members.items())
+
+    @classmethod
+    def from_header(cls, header_list: list[str]) -> _Level2TraceState:
+        """Parse ``tracestate`` header values the Level 2 way
+        (:meth:`TraceContextPropagation.parse_tracestate`)."""
+        return _parse_tracestate(",".join(header_list))
+
+    @classmethod
+    def get_default(cls) -> _Level2TraceState:
+        """An empty state."""
+        return cls()
+
+    def keys(self) -> typing.KeysView[str]:
+        """The keys, in order."""
+        return self._members.keys()
+
+    def items(self) -> typing.ItemsView[str, str]:
+        """The ``(key, value)`` members, in order."""
+        return self._members.items()
+
+    def values(self) -> typing.ValuesView[str]:
+        """The values, in order."""
+        return self._members.values()
 
 
 class TraceContextPropagation(tracecontext.TraceContextTextMapPropagator):
@@ -103,31 +200,31 @@ class TraceContextPropagation(tracecontext.TraceContextTextMapPropagator):
           members longer than 128 characters, from the end, as the
           truncation rule (section 3.3.1.5) says.
 
+        The state returned keeps the Level 2 grammar in its ``add``,
+        ``update`` and ``delete`` too (OpenTelemetry's own ``TraceState``
+        would drop the Level 2 keys there).
+
         :param header: the combined header value, or :data:`None`
         :returns: the parsed state (empty when the header was absent or
             invalid)
         """
-        if not header:
-            return trace.TraceState()
-        members: list[tuple[str, str]] = []
-        seen: set[str] = set()
-        for raw in header.split(","):
-            member = raw.strip(" \t")
-            if not member:
-                continue
-            key, sep, value = member.partition("=")
-            if (
-                not sep
-                or key in seen
-                or not _TRACESTATE_KEY.fullmatch(key)
-                or not _TRACESTATE_VALUE.fullmatch(value)
-                or len(members) == _TRACESTATE_MAX_MEMBERS
-            ):
-                return trace.TraceState()
-            seen.add(key)
-            members.append((key, value))
-        members = _truncate_tracestate(members)
-        return _ParsedTraceState(members) if members else trace.TraceState()
+        return _parse_tracestate(header)
+
+
+def _parse_tracestate(header: str | None) -> _Level2TraceState:
+    if not header:
+        return _Level2TraceState()
+    members: list[tuple[str, str]] = []
+    for raw in header.split(","):
+        member = raw.strip(" \t")
+        if not member:
+            continue
+        key, sep, value = member.partition("=")
+        if not sep:
+            return _Level2TraceState()
+        members.append((key, value))
+    state = _Level2TraceState.from_members(members)
+    return _Level2TraceState(_truncate_tracestate(list(state.items())))
 
 
 def _truncate_tracestate(members: list[tuple[str, str]]) -> list[tuple[str, str]]:

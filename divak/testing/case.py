@@ -215,9 +215,11 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
         self.spans = SpanRecorder()
         self._span_processor: typing.Any = None
         super().setUp()
+        # What get_app returned, as Tornado's test case serves it.
+        self._served: typing.Any = self.http_server.request_callback
         if self.app is None:
-            self.app = self._app
-        self._record_spans(self._app)
+            self.app = self._served
+        self._record_spans(self._served)  # any HTTPServer callback
         if getattr(self.app, "start", None) is not None:
             self.app.start(self.io_loop)
             # Let the spawned on_start callbacks run up to their first wait.
@@ -227,7 +229,7 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
         ):
             self.app.ready_to_serve.set()
 
-    def _record_spans(self, app: web.Application) -> None:
+    def _record_spans(self, app: typing.Any) -> None:
         if getattr(app, "add_divak_reporter", None) is None:
             return
         try:
@@ -247,7 +249,7 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
                 loop.start()  # until app.stop stops it
                 loop.remove_timeout(cut)
         finally:
-            shutdown = getattr(self._app, "divak_shutdown", None)
+            shutdown = getattr(self._served, "divak_shutdown", None)
             if shutdown is not None:
                 shutdown()  # the served application
             super().tearDown()
@@ -268,7 +270,7 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
         if self._span_processor is not None:
             flushed = self._span_processor.force_flush(int(timeout * 1000))
         else:
-            for queue in getattr(self._app, "divak_span_queues", ()):
+            for queue in getattr(self._served, "divak_span_queues", ()):
                 if queue.reporter is self.spans:
                     flushed = queue.force_flush(int(timeout * 1000))
         assert flushed, "spans not recorded in time"
