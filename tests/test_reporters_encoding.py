@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from divak.export import zipkin
+from divak.export import zipkin_json
 from divak.export.reporters import ZipkinV2Encoder
 from divak.propagation._common import B3_DEBUG_ATTRIBUTE
 from divak.testing import SpanRecorder
@@ -151,9 +151,9 @@ def test_the_corrections_are_visible() -> None:
 def test_fast_json_gives_the_same_document(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("orjson")
     spans = spans_of_every_shape()
-    fast = zipkin.ZipkinV2Encoder(128).serialize(spans)
-    monkeypatch.setattr(zipkin, "_orjson", None)
-    standard = zipkin.ZipkinV2Encoder(128).serialize(spans)
+    fast = zipkin_json.ZipkinV2Encoder(128).serialize(spans)
+    monkeypatch.setattr(zipkin_json, "_orjson", None)
+    standard = zipkin_json.ZipkinV2Encoder(128).serialize(spans)
     assert isinstance(fast, bytes) and isinstance(standard, bytes)
     assert json.loads(fast) == json.loads(standard)
     assert len(json.loads(fast)) == len(spans)

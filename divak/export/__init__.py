@@ -4,8 +4,8 @@
 processor with its own thread in front of every reporter;
 :mod:`divak.export.reporters` has the reporters (:class:`ZipkinReporter`,
 :class:`OTLPReporter`, :class:`LoggingReporter`) and the ones
-``OTEL_TRACES_EXPORTER`` names; :mod:`divak.export.zipkin` encodes Zipkin
-v2 JSON.
+``OTEL_TRACES_EXPORTER`` names; :mod:`divak.export.zipkin_json` encodes
+spans as Zipkin v2 JSON.
 """
 
 from divak.export.queue import SpanQueue

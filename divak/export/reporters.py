@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
-from divak.export.zipkin import B3_DEBUG_ATTRIBUTE, ZipkinV2Encoder
+from divak.export.zipkin_json import B3_DEBUG_ATTRIBUTE, ZipkinV2Encoder
 from divak.logs.ratelimit import RateLimitedLog, describe_error, muffled
 from divak.settings import (
     env_value,
@@ -120,7 +120,7 @@ class ZipkinReporter(SpanExporter):
     """Send spans to a Zipkin collector as Zipkin v2 JSON.
 
     Each batch is encoded in one pass by
-    :class:`~divak.export.zipkin.ZipkinV2Encoder`, which validates against
+    :class:`~divak.export.zipkin_json.ZipkinV2Encoder`, which validates against
     the Zipkin v2 API and corrects the places where OpenTelemetry's Zipkin
     exporter does not, and sent as one ``POST`` over a kept-alive
     :class:`http.client.HTTPConnection` (HTTPS with the system's
