@@ -36,7 +36,7 @@ What they do, as the OpenTelemetry HTTP semantic conventions ask for
 
 The redacted set is :data:`DEFAULT_REDACTED_QUERY_PARAMS`, which an
 application extends with the setting ``divak_redacted_query_params`` (see
-:func:`redacted_query_params`, computed once per application).
+:func:`redacted_query_params`).
 """
 
 from __future__ import annotations
@@ -141,8 +141,9 @@ def redacted_query_params(
 ) -> frozenset[str]:
     """The effective set of redacted parameter names of an application.
 
-    Call it once per application and pass the result to the ``names``
-    argument of the other functions.
+    Pass the result to the ``names`` argument of the other functions.
+    Cheap: without the setting it is :data:`DEFAULT_REDACTED_QUERY_PARAMS`
+    itself, with it one set union.
 
     :param settings: the application's settings; the names listed under
         ``divak_redacted_query_params`` (an iterable of :class:`str`, or
@@ -150,7 +151,9 @@ def redacted_query_params(
     :returns: the names, lower case
     :raises TypeError: when the setting holds something else than names
     """
-    extra = (settings or {}).get(SETTING) or ()
+    extra = (settings or {}).get(SETTING)
+    if not extra:
+        return DEFAULT_REDACTED_QUERY_PARAMS
     if isinstance(extra, str):
         extra = (extra,)
     try:

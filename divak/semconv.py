@@ -1,7 +1,10 @@
 """OpenTelemetry HTTP semantic conventions for a Tornado request.
 
 The SERVER span's name and attributes (stable HTTP conventions): one
-function per concept, computed only for sampled requests.
+function per concept, computed only for sampled requests.  And the HTTP
+facts the rest of divak shares, each defined here once: the known methods,
+the default ports, the statuses that ask to try again, reason phrases and
+``error.type`` of an exception.
 """
 
 from __future__ import annotations
@@ -9,17 +12,22 @@ from __future__ import annotations
 import functools
 import typing
 
-from tornado import httputil
+from tornado import http1connection, httputil
 
 from divak import redaction
+
+if typing.TYPE_CHECKING:
+    from tornado import web
 
 __all__ = [
     "DEFAULT_PORTS",
     "KNOWN_METHODS",
     "MAX_TEXT_LENGTH",
+    "RETRY_STATUSES",
     "bounded_text",
     "exception_type",
     "reason_phrase",
+    "response_reason",
     "server_attributes",
     "span_name",
 ]
@@ -30,6 +38,11 @@ KNOWN_METHODS = frozenset(
 )
 #: The port a URL scheme implies when a URL or ``Host`` names none.
 DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Response statuses that say the same request may succeed later: 429 Too
+#: Many Requests (RFC 6585), 502 Bad Gateway, 503 Service Unavailable and
+#: 504 Gateway Timeout (RFC 9110).  The client's retry policy and the span
+#: reporters retry on them.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 #: Longest text, in characters, that divak lets reach a metric's attribute
 #: set or a span's name from outside (a request, a handler's argument).
@@ -57,6 +70,23 @@ def reason_phrase(status_code: int) -> str:
     """The standard reason phrase of *status_code* (RFC 9110), ``"Unknown"``
     for a code that has none."""
     return httputil.responses.get(status_code, "Unknown")
+
+
+def response_reason(handler: web.RequestHandler) -> str:
+    """The reason phrase *handler* sends (or sent) with its status.
+
+    The custom ``reason`` given to ``set_status``, ``send_error`` or a
+    :class:`~tornado.web.HTTPError`, else Tornado's standard phrase of the
+    status (``"Unknown"`` for a code without one); ``""`` when the custom
+    reason given was empty.  Used by the access log's combined format and
+    by the error documents.
+
+    :param handler: a :class:`tornado.web.RequestHandler`
+    """
+    # Tornado keeps the reason in a private attribute only, set by
+    # RequestHandler.set_status (which its __init__ calls); this is divak's
+    # one read of it, and tests/test_private_names.py fails if it changes.
+    return handler._reason
 
 
 def exception_type(value: BaseException) -> str:
@@ -124,10 +154,15 @@ def server_attributes(
         attributes["http.request.method_original"] = request.method[:limit]
     if route:
         attributes["http.route"] = route
-    peer = getattr(getattr(request.connection, "context", None), "address", None)
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        attributes["network.peer.address"] = str(peer[0])
-        attributes["network.peer.port"] = peer[1]
+    connection = request.connection
+    if isinstance(connection, http1connection.HTTP1Connection):
+        # A probe on a foreign object: Tornado's HTTPServer passes a context
+        # of a private class that holds the accepted peer's address; another
+        # server may pass anything, or nothing.
+        peer = getattr(connection.context, "address", None)
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            attributes["network.peer.address"] = str(peer[0])
+            attributes["network.peer.port"] = peer[1]
     user_agent = headers.get("User-Agent")
     if user_agent:
         attributes["user_agent.original"] = user_agent[:limit]

@@ -13,20 +13,21 @@ import ast
 import functools
 import importlib
 import inspect
+import json
 import pathlib
 import socket
-import types
 import warnings
 
 import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from tornado import iostream, web
+from tornado import http1connection, httpclient, iostream, web
 
 import divak
+from divak import semconv
 from divak.lifecycle.server import _has_pending_request
 from divak.propagation.tracecontext import TraceContextPropagation
-from tests.conftest import run
+from tests.conftest import listen, run
 
 ROOT = pathlib.Path(divak.__file__).parent
 
@@ -38,8 +39,7 @@ WATCHED = {
     ("divak.export.queue", "_SUPPRESS_INSTRUMENTATION_KEY"): (
         "test_opentelemetry_has_the_suppress_instrumentation_key"
     ),
-    ("divak.logs.access", "_reason"): "test_request_handler_keeps_its_reason",
-    ("divak.errors.writer", "_reason"): "test_request_handler_keeps_its_reason",
+    ("divak.semconv", "_reason"): "test_request_handler_keeps_its_reason",
 }
 
 #: Names that start with an underscore but are documented, public API.
@@ -203,7 +203,7 @@ def test_iostream_counts_buffered_bytes_in_read_buffer_size() -> None:
         theirs.sendall(b"GET / HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n")
         first = await stream.read_until(b"\r\n\r\n")
         # the second request is in IOStream's buffer now, not in the socket
-        pending = _has_pending_request(types.SimpleNamespace(stream=stream))
+        pending = _has_pending_request(http1connection.HTTP1ServerConnection(stream))
         stream.close()
         theirs.close()
         return first, pending
@@ -227,9 +227,30 @@ def test_opentelemetry_has_the_suppress_instrumentation_key() -> None:
 
 
 def test_request_handler_keeps_its_reason() -> None:
-    # divak.logs.access (combined format) and divak.errors.writer (error
-    # documents) read the custom reason phrase from it.
+    # divak.semconv.response_reason reads the custom reason phrase from it,
+    # for the access log's combined format and the error documents.
     assert "_reason" in inspect.getsource(web.RequestHandler.set_status)
+
+    class Teapot(web.RequestHandler):
+        def get(self) -> None:
+            seen = [semconv.response_reason(self)]  # set by __init__
+            self.set_status(599)
+            seen.append(semconv.response_reason(self))
+            self.set_status(418, "Short and stout")
+            seen.append(semconv.response_reason(self))
+            self.write({"seen": seen})
+
+    async def scenario() -> httpclient.HTTPResponse:
+        port = listen(web.Application([(r"/", Teapot)]))
+        return await httpclient.AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{port}/", raise_error=False
+        )
+
+    response = run(scenario())
+    assert json.loads(response.body) == {
+        "seen": ["OK", "Unknown", "Short and stout"]
+    }
+    assert (response.code, response.reason) == (418, "Short and stout")
 
 
 def test_level_2_trace_state_implements_every_public_method() -> None:

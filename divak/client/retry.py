@@ -16,6 +16,8 @@ import time
 
 from tornado import httpclient
 
+from divak.semconv import RETRY_STATUSES
+
 __all__ = [
     "BACKOFF_BASE",
     "BACKOFF_MAX",
@@ -42,8 +44,6 @@ BACKOFF_MAX = 5.0
 #: before the deadline (it could only time out).
 MIN_ATTEMPT_TIME = 0.1
 
-#: Response statuses that are retried.
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: Methods retried without being asked (RFC 9110, section 9.2.2).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -53,8 +53,9 @@ class RetryPolicy:
 
     Retried are connection errors (:class:`OSError`), timeouts and closed
     connections (:class:`tornado.httpclient.HTTPClientError` with code
-    599), and the statuses in :data:`RETRY_STATUSES`, when the method is in
-    :data:`IDEMPOTENT_METHODS` or *retry_non_idempotent* is true, at most
+    599), and the statuses in :data:`divak.semconv.RETRY_STATUSES` (429,
+    502, 503, 504), when the method is in :data:`IDEMPOTENT_METHODS` or
+    *retry_non_idempotent* is true, at most
     *retries* times.  The wait before a retry is the answer's
     ``Retry-After`` (RFC 9110, section 10.2.3: seconds or an HTTP date), or
     else exponential backoff with full jitter: a random wait up to

@@ -18,7 +18,24 @@ from divak import semconv
 from divak.context import request_context_of
 from divak.logs.access import redacted_uri
 
-__all__ = ["ErrorWriter"]
+__all__ = ["ContentNegotiation", "ErrorWriter"]
+
+
+@typing.runtime_checkable
+class ContentNegotiation(typing.Protocol):
+    """A handler that picks the response's format from its ``Accept`` header.
+
+    sprockets.mixins.mediatype's ``ContentMixin`` is one: an
+    :class:`ErrorWriter` handler that also is one sends its error document
+    with :meth:`send_response`.
+    """
+
+    def send_response(self, body: typing.Any, set_content_type: bool = True) -> None:
+        """Encode *body* in the format the request accepts and write it.
+
+        :param body: the document (JSON-like: dicts, lists, strings, numbers)
+        :param set_content_type: also set the ``Content-Type`` header
+        """
 
 
 class ErrorWriter:
@@ -60,9 +77,10 @@ class ErrorWriter:
 
     Without ids, the document has exactly sprockets.http's three keys.
 
-    When the handler also has a ``send_response(body)`` method
-    (sprockets.mixins.mediatype's ``ContentMixin``), the document is sent
-    with it, so the request's ``Accept`` header picks the format.
+    When the handler also is a :class:`ContentNegotiation` (it has
+    sprockets.mixins.mediatype's ``ContentMixin``), the document is sent
+    with its ``send_response``, so the request's ``Accept`` header picks
+    the format.
 
     .. rubric:: settings['problem_details']
 
@@ -94,7 +112,8 @@ class ErrorWriter:
             :func:`sys.exc_info` tuple), when there is one
         """
         exc_info = kwargs.get("exc_info")
-        reason = getattr(self, "_reason", None) or semconv.reason_phrase(status_code)
+        handler = typing.cast(web.RequestHandler, self)
+        reason = semconv.response_reason(handler) or semconv.reason_phrase(status_code)
         request_context = request_context_of(self.request)
         ids: dict[str, str] = {}
         if request_context is not None:
@@ -114,7 +133,7 @@ class ErrorWriter:
                 "detail": reason,
                 # The path as the logs show it: the redacted target without
                 # its query.
-                "instance": redacted_uri(self).partition("?")[0],  # type: ignore[arg-type]
+                "instance": redacted_uri(handler).partition("?")[0],
                 **ids,
             }
             if tb is not None:
@@ -133,9 +152,8 @@ class ErrorWriter:
             "traceback": tb,
             **ids,
         }
-        send_response = getattr(self, "send_response", None)
-        if send_response is not None:
-            send_response(document)
+        if isinstance(self, ContentNegotiation):
+            self.send_response(document)
             return
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.write(json.dumps(document).encode())

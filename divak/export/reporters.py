@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.export import (
 
 from divak.export.zipkin_json import B3_DEBUG_ATTRIBUTE, ZipkinV2Encoder
 from divak.logs.ratelimit import RateLimitedLog, describe_error, muffled
+from divak.semconv import DEFAULT_PORTS, RETRY_STATUSES
 from divak.settings import (
     env_value,
     milliseconds_variable,
@@ -57,11 +58,6 @@ logger = logging.getLogger("divak.reporters")
 
 _ENDPOINT_ENV = "OTEL_EXPORTER_ZIPKIN_ENDPOINT"
 _DEFAULT_ENDPOINT = "http://localhost:9411/api/v2/spans"
-
-
-#: HTTP statuses after which an upload is tried again (the collector is
-#: overloaded, restarting or behind a proxy that has no backend yet).
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
 class _Target(typing.NamedTuple):
@@ -88,7 +84,7 @@ def _target(url: str) -> _Target:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http or https URL: {url!r}")
     https = parts.scheme == "https"
-    host, port = parts.hostname, parts.port or (443 if https else 80)
+    host, port = parts.hostname, parts.port or DEFAULT_PORTS[parts.scheme]
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
@@ -102,7 +98,7 @@ def _target(url: str) -> _Target:
         password = urllib.parse.unquote(via.password or "")
         token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         headers["Proxy-Authorization"] = f"Basic {token}"
-    proxy_port = via.port or (443 if via.scheme == "https" else 80)
+    proxy_port = via.port or DEFAULT_PORTS.get(via.scheme, 80)
     if https:  # a CONNECT tunnel: TLS end to end
         tunnel = (host, port)
         return _Target(True, via.hostname or "", proxy_port, path, tunnel, headers)
@@ -328,7 +324,7 @@ class ZipkinReporter(SpanExporter):
         reply = text[:200].decode("utf-8", "replace")
         return (
             False,
-            response.status in _RETRY_STATUSES,
+            response.status in RETRY_STATUSES,
             f"HTTP {response.status} {reply!r}",
         )
 

@@ -52,7 +52,7 @@ import typing
 
 from tornado import httputil, log, web
 
-from divak import redaction
+from divak import redaction, semconv
 from divak.context import request_context_of
 
 __all__ = ["AccessLogger", "log_access", "redacted_uri", "write_access_log"]
@@ -68,6 +68,8 @@ def _level(handler: web.RequestHandler, status: int) -> int:
         return logging.ERROR
     if status >= 400:
         return logging.WARNING
+    # A user's per-handler setting, on any handler class (sprockets.http's
+    # convention, no base class to declare it): read where it may be unset.
     if getattr(handler, "access_log_failures_only", False):
         return logging.DEBUG
     return logging.INFO
@@ -85,13 +87,10 @@ def redacted_uri(handler: web.RequestHandler) -> str:
     """The request's URI as logs may show it: secret parameters redacted.
 
     :param handler: the handler serving the request; its application's
-        redaction list is used (see :mod:`divak.redaction`)
+        redaction list is used (``settings['divak_redacted_query_params']``,
+        see :mod:`divak.redaction`)
     """
-    instrumentation = getattr(handler.application, "divak_instrumentation", None)
-    if instrumentation is not None:
-        names = instrumentation.redacted_params
-    else:
-        names = redaction.redacted_query_params(handler.settings)
+    names = redaction.redacted_query_params(handler.settings)
     return redaction.redact_uri(handler.request.uri or "", names)
 
 
@@ -141,9 +140,9 @@ def write_access_log(handler: web.RequestHandler) -> None:
         )
         return
     started_at = datetime.datetime.fromtimestamp(time.time() - seconds, datetime.UTC)
-    # Tornado keeps the reason phrase in a private attribute only
-    # (tests/test_private_names.py watches it).
-    reason = getattr(handler, "_reason", None) or httputil.responses.get(status, "-")
+    reason = semconv.response_reason(handler) or httputil.responses.get(status, "-")
+    # A user's handler attribute (sprockets.http's convention), set by few
+    # handlers and declared by no base class: read where it may be unset.
     bytes_written: typing.Any = getattr(handler, "response_bytes_written", "-")
     log.access_log.log(
         level,
