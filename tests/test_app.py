@@ -7,6 +7,7 @@ import json
 import logging
 import typing
 
+import pytest
 from opentelemetry.trace import SpanKind
 from tornado import httpclient, ioloop, netutil, web
 
@@ -210,7 +211,7 @@ def test_runner_serves_drains_and_flushes() -> None:
             assert (await fetch(port, "/status")).code == 200
             assert (await fetch(port, "/hello")).body == b"hello"
             events.append("served")
-            runner.stop()
+            runner.stop_server()
 
         task = asyncio.ensure_future(client())
         await runner.serve(sockets)
@@ -244,6 +245,59 @@ def test_runner_start_server_and_stop_server() -> None:
         asyncio.set_event_loop(None)
         loop.close()
     assert events == ["200", "shutdown"]
+
+
+def test_runner_stop_is_a_deprecated_alias_of_stop_server() -> None:
+    sockets = netutil.bind_sockets(0, "127.0.0.1")
+    port = sockets[0].getsockname()[1]
+    events: list[str] = []
+
+    async def scenario() -> None:
+        app = make_app(shutdown_limit=1)
+        app.on_shutdown_callbacks.append(lambda a: events.append("shutdown"))
+        runner = divak.Runner(app)
+
+        async def client() -> None:
+            events.append(str((await fetch(port, "/hello")).code))
+            with pytest.warns(DeprecationWarning, match="stop_server"):
+                runner.stop()
+
+        task = asyncio.ensure_future(client())
+        await asyncio.wait_for(runner.serve(sockets), 30)  # returns: it drained
+        await task
+
+    run(scenario())
+    assert events == ["200", "shutdown"]
+
+
+def test_runner_serves_a_plain_tornado_application() -> None:
+    """No callbacks, no readiness, no spans to flush: served as it is."""
+
+    class Plain(web.RequestHandler):
+        def get(self) -> None:
+            self.write("hello")
+
+    app = web.Application([(r"/hello", Plain), (r"/status", divak.StatusHandler)])
+    with pytest.raises(TypeError, match="CallbackManager"):
+        divak.Runner(app, shutdown=[lambda a: None])
+    sockets = netutil.bind_sockets(0, "127.0.0.1")
+    port = sockets[0].getsockname()[1]
+    runner = divak.Runner(app)
+    codes: list[int] = []
+
+    async def scenario() -> None:
+        async def client() -> None:
+            codes.append((await fetch(port, "/status")).code)
+            codes.append((await fetch(port, "/hello")).code)
+            runner.stop_server()
+
+        task = asyncio.ensure_future(client())
+        await asyncio.wait_for(runner.serve(sockets), 30)
+        await task
+
+    run(scenario())
+    assert codes == [200, 200]
+    assert not runner.flush_abandoned and runner.cut_off == []
 
 
 def test_divak_tornado_logger_alone_is_a_handler(
@@ -360,7 +414,7 @@ def test_runner_awaits_start_callbacks_and_bounds_them(
             ):
                 await asyncio.sleep(0.02)
             events.append(str((await fetch(port, "/status")).code))
-            runner.stop()
+            runner.stop_server()
 
         task = asyncio.ensure_future(client())
         await asyncio.wait_for(runner.serve(sockets), 30)

@@ -483,7 +483,7 @@ def test_the_runner_knows_which_requests_it_cut_off() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /hang?token=s3cret HTTP/1.1\r\nHost: test\r\n\r\n")
         await asyncio.wait_for(started.wait(), 10)
-        runner.stop()
+        runner.stop_server()
         await asyncio.wait_for(serving, 10)
         answer = await reader.read()
         writer.close()

@@ -64,6 +64,9 @@ class CallbackManager:
        :meth:`stop` all go through :meth:`start_draining`.
     """
 
+    if typing.TYPE_CHECKING:
+        settings: dict[str, typing.Any]
+
     def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
         self.runner_callbacks: dict[str, list[typing.Callable[..., typing.Any]]] = (
             kwargs.pop("runner_callbacks", None) or {}
@@ -181,7 +184,7 @@ class CallbackManager:
 
         :raises ValueError: when the setting is not a number
         """
-        return number_setting(getattr(self, "settings", {}), "start_limit", None, 30.0)
+        return number_setting(self.settings, "start_limit", None, 30.0)
 
     async def run_before_run_callbacks(self, io_loop: ioloop.IOLoop) -> None:
         """Run the ``before_run`` callbacks in order, awaiting awaitables.
@@ -388,17 +391,22 @@ class StatusHandler(web.RequestHandler):
     ``GET`` answers ``200 {"status": "ok"}`` while the application's
     :attr:`~CallbackManager.ready_to_serve` event is set, and
     ``503 {"status": "starting"}`` with ``Retry-After`` otherwise.  From
-    the moment the drain starts (the application's ``draining`` attribute)
-    it answers ``503 {"status": "draining"}``, whoever owns the event, so
-    a load balancer stops sending traffic at once.  Works with any
-    application: one without ``ready_to_serve`` is always ready.
+    the moment the drain starts (the application's
+    :attr:`~CallbackManager.draining` attribute) it answers
+    ``503 {"status": "draining"}``, whoever owns the event, so a load
+    balancer stops sending traffic at once.  Works with any application:
+    one that is not a :class:`CallbackManager` (a plain
+    :class:`tornado.web.Application`) is always ready.
     """
 
     def get(self) -> None:
         """Report readiness as a JSON document."""
-        draining = getattr(self.application, "draining", False)
-        ready = getattr(self.application, "ready_to_serve", None)
-        if not draining and (ready is None or ready.is_set()):
+        application = self.application
+        if not isinstance(application, CallbackManager):
+            self.write({"status": "ok"})
+            return
+        draining = application.draining
+        if not draining and application.ready_to_serve.is_set():
             self.write({"status": "ok"})
             return
         self.set_status(503)

@@ -1,4 +1,4 @@
-"""Run a Tornado application as a service: :func:`run` and :class:`Runner`.
+"""Serve one Tornado application until it is stopped: :class:`Runner`.
 
 The runner listens, runs the application's life-cycle callbacks, and on
 SIGTERM or SIGINT drains: it stops accepting connections, flips readiness
@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 import typing
+import warnings
 
 from tornado import httputil, ioloop, web
 
@@ -51,13 +52,16 @@ HEADER_TIMEOUT = 10.0
 class Runner:
     """Serve one application until SIGTERM or SIGINT, then drain.
 
-    :param app: the application to serve; a :class:`divak.Application`
-        gets its life-cycle callbacks run and its readiness flipped, a
+    :param app: the application to serve; a
+        :class:`~divak.CallbackManager` (a :class:`divak.Application`) gets
+        its life-cycle callbacks run and its readiness flipped, a
         :class:`divak.Recorder` its spans flushed, any other
         :class:`tornado.web.Application` is served as it is
     :param before_run: extra ``callback(app, io_loop)`` run before serving
     :param on_start: extra ``callback(app, io_loop)`` spawned once serving
     :param shutdown: extra ``callback(app)`` run on shutdown
+    :raises TypeError: when callbacks are given for an application that is
+        not a :class:`~divak.CallbackManager`
 
     The application's settings ``xheaders`` (default :data:`True`),
     ``max_body_size``, ``max_buffer_size`` (bytes),
@@ -108,13 +112,15 @@ class Runner:
         shutdown: list[typing.Callable[..., typing.Any]] | None = None,
     ) -> None:
         self.application = app
-        for name, extra in (
-            ("before_run_callbacks", before_run),
-            ("on_start_callbacks", on_start),
-            ("on_shutdown_callbacks", shutdown),
-        ):
-            if extra:
-                getattr(app, name).extend(extra)
+        if before_run or on_start or shutdown:
+            if not isinstance(app, CallbackManager):
+                raise TypeError(
+                    "callbacks need a divak.Application (a CallbackManager), "
+                    f"not {type(app).__qualname__}"
+                )
+            app.before_run_callbacks.extend(before_run or ())
+            app.on_start_callbacks.extend(on_start or ())
+            app.on_shutdown_callbacks.extend(shutdown or ())
         self.shutdown_limit = number_setting(app.settings, "shutdown_limit", None, 5.0)
         self.wait_timeout = number_setting(app.settings, "wait_timeout", None, 1.0)
         header_timeout = number_setting(
@@ -214,19 +220,21 @@ class Runner:
         io_loop.add_callback(serve_then_stop)
 
     def stop_server(self) -> None:
-        """Start the drain, as SIGTERM does (sprockets.http's name)."""
-        self.stop()
+        """Start the drain, as SIGTERM does; call it on the IOLoop's thread.
+
+        sprockets.http's name.  Before serving started it does nothing.
+        """
+        if self._stopping is not None:
+            self._stopping.set()
 
     async def _run_before_run(
         self, sockets: list[socket.socket], io_loop: ioloop.IOLoop
     ) -> None:
-        run_callbacks = getattr(self.application, "run_before_run_callbacks", None)
-        start = getattr(self.application, "start", None)
+        app = self.application
+        if not isinstance(app, CallbackManager):
+            return
         try:
-            if run_callbacks is not None:
-                await run_callbacks(io_loop)
-            elif start is not None:  # another CallbackManager-like application
-                start(io_loop)
+            await app.run_before_run_callbacks(io_loop)
         except Exception:
             logger.critical("application failed to start, exiting")
             for sock in sockets:
@@ -253,26 +261,17 @@ class Runner:
             loop.add_signal_handler(signum, self._on_signal, signum)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         logger.info("serving on %s (pid %d)", _describe(sockets), os.getpid())
-        if hasattr(self.application, "run_on_start_callbacks"):
-            self._starting = asyncio.ensure_future(self._on_start(io_loop))
-        else:
-            self._set_ready()
+        if isinstance(self.application, CallbackManager):
+            self._starting = asyncio.ensure_future(
+                self._on_start(self.application, io_loop)
+            )
 
-    async def _on_start(self, io_loop: ioloop.IOLoop) -> None:
-        finished = await self.application.run_on_start_callbacks(io_loop)  # type: ignore[attr-defined]
-        if finished:
-            self._set_ready()
-        else:
+    async def _on_start(self, app: CallbackManager, io_loop: ioloop.IOLoop) -> None:
+        finished = await app.run_on_start_callbacks(io_loop)
+        if not finished:
             logger.error("on_start callbacks did not finish, not ready to serve")
-
-    def _set_ready(self) -> None:
-        """Mark the application ready, unless it owns its readiness event."""
-        app = self.application
-        ready = getattr(app, "ready_to_serve", None)
-        if ready is None or getattr(app, "owns_readiness", False):
-            return
-        if not getattr(app, "draining", False):
-            ready.set()
+        elif not app.owns_readiness and not app.draining:
+            app.ready_to_serve.set()
             logger.info("ready to serve")
 
     async def _wait_and_drain(self) -> None:
@@ -296,9 +295,17 @@ class Runner:
         self._stopping.set()
 
     def stop(self) -> None:
-        """Start the drain, as SIGTERM does; call it on the IOLoop's thread."""
-        if self._stopping is not None:
-            self._stopping.set()
+        """Deprecated: :meth:`stop_server`, sprockets.http's name, does the same.
+
+        :deprecated: warns :class:`DeprecationWarning`; call
+            :meth:`stop_server`
+        """
+        warnings.warn(
+            "Runner.stop is deprecated, call Runner.stop_server",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.stop_server()
 
     async def drain(self) -> None:
         """Stop accepting, finish in-flight work, run callbacks, flush spans.
@@ -349,9 +356,8 @@ class Runner:
             await asyncio.wait_for(server.close_all_connections(), 1.0)
         except TimeoutError:  # pragma: no cover - defensive
             logger.warning("connections did not close in time")
-        run_callbacks = getattr(app, "run_shutdown_callbacks", None)
-        if run_callbacks is not None:
-            await run_callbacks(self.shutdown_limit)
+        if isinstance(app, CallbackManager):
+            await app.run_shutdown_callbacks(self.shutdown_limit)
         await self.flush_spans()
         logger.info(
             "stopped after %.3fs%s",
@@ -389,7 +395,7 @@ class Runner:
         nothing for applications that are not a :class:`divak.Recorder`.
         """
         app = self.application
-        if getattr(app, "divak_shutdown", None) is None:
+        if not isinstance(app, Recorder):
             return
         loop = asyncio.get_running_loop()
         done = loop.create_future()
@@ -401,7 +407,7 @@ class Runner:
 
         def work() -> None:
             try:
-                app.divak_shutdown()  # type: ignore[attr-defined]
+                app.divak_shutdown()
             except Exception:  # pragma: no cover - defensive
                 logger.exception("flushing spans failed")
             finally:

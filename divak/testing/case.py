@@ -21,10 +21,14 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from tornado import testing, web
+from tornado import ioloop, testing, web
+
+from divak.lifecycle.application import CallbackManager
+from divak.tracing.recorder import Recorder
 
 __all__ = [
     "DivakTestCase",
+    "LifeCycle",
     "RecordingLogHandler",
     "SpanRecorder",
     "SprocketsHttpTestCase",
@@ -172,6 +176,26 @@ class SpanRecorder(SpanExporter):
             return list(self.spans)
 
 
+@typing.runtime_checkable
+class LifeCycle(typing.Protocol):
+    """What :class:`DivakTestCase` calls on the application under test.
+
+    sprockets.http's synchronous life-cycle API: a
+    :class:`divak.CallbackManager` (:class:`divak.Application`) has it, and
+    so has a test double that wraps one (``mock.Mock(wraps=app)``, which
+    :meth:`DivakTestCase.get_app` may set as :attr:`DivakTestCase.app`).
+    """
+
+    def start(self, io_loop: ioloop.IOLoop) -> None:
+        """Run the ``before_run`` callbacks, spawn the ``on_start`` ones."""
+
+    def stop(
+        self, io_loop: ioloop.IOLoop, shutdown_limit: float, wait_timeout: float
+    ) -> None:
+        """Run the shutdown callbacks (at most *shutdown_limit* seconds),
+        then stop *io_loop*."""
+
+
 class DivakTestCase(testing.AsyncHTTPTestCase):
     """An :class:`~tornado.testing.AsyncHTTPTestCase` for divak applications.
 
@@ -191,7 +215,10 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
     (a Zipkin collector the test cannot reach) costs nothing.
 
     Works with any :class:`tornado.web.Application`; the steps that need
-    the divak mix-ins are skipped for applications without them.  Kept
+    the divak mix-ins are skipped for applications without them (start and
+    stop for one that is not a :class:`LifeCycle`, such as a
+    :class:`~divak.CallbackManager`; the spans for one that is not a
+    :class:`~divak.Recorder`).  Kept
     under sprockets.http's name :class:`SprocketsHttpTestCase` too; as
     there, :meth:`get_app` may set :attr:`app`.
 
@@ -220,38 +247,35 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
         if self.app is None:
             self.app = self._served
         self._record_spans(self._served)  # any HTTPServer callback
-        if getattr(self.app, "start", None) is not None:
-            self.app.start(self.io_loop)
+        app = self.app
+        if isinstance(app, LifeCycle):
+            app.start(self.io_loop)
             # Let the spawned on_start callbacks run up to their first wait.
             self.io_loop.run_sync(lambda: asyncio.sleep(0))
-        if getattr(self.app, "ready_to_serve", None) is not None and not getattr(
-            self.app, "owns_readiness", False
-        ):
-            self.app.ready_to_serve.set()
+        if isinstance(app, CallbackManager) and not app.owns_readiness:
+            app.ready_to_serve.set()
 
-    def _record_spans(self, app: typing.Any) -> None:
-        if getattr(app, "add_divak_reporter", None) is None:
+    def _record_spans(self, app: object) -> None:
+        if not isinstance(app, Recorder):
             return
         try:
-            app.add_divak_reporter(self.spans)  # type: ignore[attr-defined]
+            app.add_divak_reporter(self.spans)
         except RuntimeError:  # tracing already started in get_app
             self._span_processor = BatchSpanProcessor(self.spans)
-            provider = app.divak_tracer_provider  # type: ignore[attr-defined]
-            provider.add_span_processor(self._span_processor)
+            app.divak_tracer_provider.add_span_processor(self._span_processor)
 
     def tearDown(self) -> None:
         """Stop the application, shut its reporters down, stop the server."""
         try:
-            if getattr(self.app, "stop", None) is not None:
+            if isinstance(self.app, LifeCycle):
                 loop = self.io_loop
                 self.app.stop(loop, self.shutdown_limit, self.wait_timeout)
                 cut = loop.call_later(self.shutdown_limit + 2, loop.stop)  # a mock's
                 loop.start()  # until app.stop stops it
                 loop.remove_timeout(cut)
         finally:
-            shutdown = getattr(self._served, "divak_shutdown", None)
-            if shutdown is not None:
-                shutdown()  # the served application
+            if isinstance(self._served, Recorder):
+                self._served.divak_shutdown()
             super().tearDown()
 
     def get_app(self) -> web.Application:
@@ -269,8 +293,8 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
         flushed = True
         if self._span_processor is not None:
             flushed = self._span_processor.force_flush(int(timeout * 1000))
-        else:
-            for queue in getattr(self._served, "divak_span_queues", ()):
+        elif isinstance(self._served, Recorder):
+            for queue in self._served.divak_span_queues:
                 if queue.reporter is self.spans:
                     flushed = queue.force_flush(int(timeout * 1000))
         assert flushed, "spans not recorded in time"
