@@ -28,6 +28,7 @@ import argparse
 import importlib
 import io
 import os
+import pkgutil
 import sys
 import typing
 
@@ -134,18 +135,17 @@ def load_factory(spec: str) -> typing.Callable[..., typing.Any]:
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
     try:
-        target: typing.Any = importlib.import_module(module_name)
+        importlib.import_module(module_name)
     except Exception as error:
         raise ValueError(
             f"cannot import module {module_name!r}: {type(error).__name__}: {error}"
         ) from error
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ValueError(
-                f"module {module_name!r} has no attribute {attribute!r}"
-            ) from None
+    try:
+        target = pkgutil.resolve_name(spec)
+    except AttributeError:
+        raise ValueError(
+            f"module {module_name!r} has no attribute {attribute!r}"
+        ) from None
     if not callable(target):
         raise ValueError(f"{spec} is not callable")
     return typing.cast(typing.Callable[..., typing.Any], target)

@@ -206,6 +206,8 @@ class RequestContext:
 
 def request_context_of(request: httputil.HTTPServerRequest) -> RequestContext | None:
     """The :class:`RequestContext` of *request*, or :data:`None` outside divak."""
+    # A probe on a foreign object: Tornado's request carries divak's mark only
+    # when a divak.Recorder application routed it.
     return getattr(request, "divak_context", None)
 
 

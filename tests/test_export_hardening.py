@@ -6,9 +6,12 @@ import asyncio
 import inspect
 import logging
 import pydoc
+import ssl
 import threading
 import time
 import typing
+import urllib.error
+import urllib.request
 
 import pytest
 from opentelemetry import trace
@@ -21,7 +24,7 @@ from tornado import httpclient, web
 
 import divak
 from divak.export import SpanQueue
-from divak.logs.ratelimit import RateLimitedLog
+from divak.logs.ratelimit import RateLimitedLog, describe_error
 from divak.testing import ZipkinCollector
 from tests.conftest import free_port, listen, run
 from tests.zipkin_schema import validate_spans
@@ -177,6 +180,24 @@ class Calling(divak.HttpClientMixin, divak.RequestTracker, web.RequestHandler):
         url = self.get_query_argument("url")
         response = await self.send_request(url, retries=0)
         self.write({"status": response.code})
+
+
+def test_an_upload_failure_is_described_by_its_innermost_reason() -> None:
+    """urllib3 wraps the socket error as its cause, urllib as its argument."""
+    urllib3 = pytest.importorskip("urllib3")
+    refused = "ConnectionRefusedError: [Errno 111] Connection refused"
+    url = f"http://127.0.0.1:{free_port()}/v1/traces"
+    with pytest.raises(urllib3.exceptions.MaxRetryError) as pooled:
+        urllib3.PoolManager(retries=0).request("GET", url)
+    assert describe_error(pooled.value) == refused
+    with pytest.raises(urllib.error.URLError) as plain:
+        urllib.request.urlopen(url, timeout=5)
+    assert describe_error(plain.value) == refused
+    # An error whose "reason" is text says it itself; a cycle ends.
+    assert describe_error(ssl.SSLError(1, "bad record")).startswith("SSLError: ")
+    first, second = ValueError("first"), ValueError("second")
+    first.__cause__, second.__cause__ = second, first
+    assert describe_error(first) == "ValueError: second"
 
 
 def test_raising_propagator_costs_its_headers_not_the_request(

@@ -69,7 +69,7 @@ class _InheritedLogger:
     def __get__(self, instance: object, owner: type) -> typing.Any:
         for klass in owner.__mro__:
             value = klass.__dict__.get("logger")
-            if value is not None and not hasattr(value, "__get__"):
+            if isinstance(value, (logging.Logger, logging.LoggerAdapter)):
                 return class_logger(owner, value)
         return class_logger(owner, None)
 
@@ -219,8 +219,8 @@ class ErrorLogger:
     def _divak_log_error(
         self, status_code: int, message: str, exc_info: typing.Any
     ) -> None:
-        error_logger = getattr(self, "logger", None)
-        if error_logger is None:
+        error_logger = self.logger
+        if error_logger is None:  # a class that set ``logger = None``
             error_logger = class_logger(type(self), None)
         level = logging.WARNING if 400 <= status_code < 500 else logging.ERROR
         if not error_logger.isEnabledFor(level):

@@ -28,6 +28,7 @@ from divak.settings import integer_variable, milliseconds_variable
 __all__ = [
     "DEFAULT_MAX_QUEUE_BYTES",
     "BatchSettings",
+    "RetryingReporter",
     "SpanQueue",
     "batch_settings",
     "estimate_span_size",
@@ -73,6 +74,20 @@ def estimate_span_size(span: ReadableSpan) -> int:
     for link in span.links:
         size += _ITEM_OVERHEAD + 32 + _mapping_size(link.attributes)
     return size
+
+
+@typing.runtime_checkable
+class RetryingReporter(typing.Protocol):
+    """A reporter that retries failed uploads, and can be told to stop.
+
+    :class:`~divak.export.reporters.ZipkinReporter` is one.  When a
+    :class:`SpanQueue` shuts down, it calls :meth:`stop_retrying` first, so
+    the last batches get one attempt each instead of a collector that is
+    down holding the exit up.
+    """
+
+    def stop_retrying(self) -> None:
+        """Give every upload, the one in progress included, one attempt at most."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,11 +248,10 @@ class SpanQueue(SpanProcessor):
         self._pid = os.getpid()
         self._thread: threading.Thread | None = None
         self._start()
-        if hasattr(os, "register_at_fork"):
-            after_fork = weakref.WeakMethod(self._after_fork)
-            os.register_at_fork(
-                after_in_child=lambda: (method := after_fork()) and method()
-            )
+        after_fork = weakref.WeakMethod(self._after_fork)
+        os.register_at_fork(
+            after_in_child=lambda: (method := after_fork()) and method()
+        )
 
     def _start(self) -> None:
         self._thread = threading.Thread(
@@ -424,14 +438,15 @@ class SpanQueue(SpanProcessor):
     def shutdown(self, timeout: float = 30.0) -> None:
         """Send what is queued (no more retries), stop the thread, shut the reporter.
 
+        A :class:`RetryingReporter` is told to stop retrying first.
+
         :param timeout: seconds to wait for the last uploads
         """
         if self._stopping:
             return
         self._stopping = True
-        stop_retrying = getattr(self.reporter, "stop_retrying", None)
-        if stop_retrying is not None:
-            stop_retrying()
+        if isinstance(self.reporter, RetryingReporter):
+            self.reporter.stop_retrying()
         self._wake.set()
         if self._thread is not None and self._pid == os.getpid():
             self._thread.join(timeout)

@@ -36,7 +36,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from divak import propagation, redaction
-from divak.context import REQUEST_CONTEXT_KEY
+from divak.context import REQUEST_CONTEXT_KEY, RequestContext
 
 __all__ = ["TRACE_ID_TAG", "REQUEST_ID_TAG", "add_ids", "install", "redact_event"]
 
@@ -52,14 +52,17 @@ _processor_added = False
 
 Event = dict[str, typing.Any]
 
+#: The log record attributes holding the trace id, span id and request id.
+_RECORD_IDS = ("otelTraceID", "otelSpanID", "divak_request_id")
+
 
 def _ids_from_context() -> tuple[str, str, str]:
     current = otel_context.get_current()
     span_context = trace.get_current_span(current).get_span_context()
     request = current.get(REQUEST_CONTEXT_KEY)
-    request_id = getattr(request, "request_id", None) or propagation.get_request_id(
-        current
-    )
+    request_id = (
+        request.request_id if isinstance(request, RequestContext) else None
+    ) or propagation.get_request_id(current)
     if not span_context.is_valid:
         return "", "", request_id or ""
     return (
@@ -83,11 +86,14 @@ def add_ids(event: Event, hint: dict[str, typing.Any] | None = None) -> Event:
     :returns: *event*
     """
     record = (hint or {}).get("log_record")
-    trace_id = getattr(record, "otelTraceID", "") if record is not None else ""
-    if record is not None and trace_id and trace_id != "0":
-        span_id = str(getattr(record, "otelSpanID", ""))
-        request_id = str(getattr(record, "divak_request_id", "") or "")
-    else:
+    trace_id = span_id = request_id = ""
+    if isinstance(record, logging.LogRecord):
+        # A probe on a foreign object: divak's record factory, OpenTelemetry's
+        # logging instrumentation, both or neither set these attributes.
+        trace_id, span_id, request_id = (
+            str(getattr(record, name, "") or "") for name in _RECORD_IDS
+        )
+    if not trace_id or trace_id == "0":
         trace_id, span_id, request_id = _ids_from_context()
     tags = event.setdefault("tags", {})
     if trace_id:

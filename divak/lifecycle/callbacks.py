@@ -8,8 +8,10 @@ included).
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import inspect
 import logging
+import types
 import typing
 
 from tornado import gen
@@ -25,10 +27,13 @@ def as_future(awaitable: typing.Any) -> asyncio.Future[typing.Any]:
 
 
 def discard(awaitable: typing.Any) -> None:
-    """Close *awaitable* when it is a coroutine that will never run."""
-    close = getattr(awaitable, "close", None)
-    if close is not None:  # a coroutine that will never run
-        close()
+    """Close *awaitable* when it is a coroutine that will never run.
+
+    Closing it spares the "coroutine was never awaited" warning; any other
+    awaitable (a future) is left alone.
+    """
+    if isinstance(awaitable, collections.abc.Coroutine):
+        awaitable.close()
 
 
 async def wait_bounded(
@@ -59,9 +64,26 @@ async def wait_bounded(
     return not not_done
 
 
+#: Callables that always have a qualified name.
+_NAMED = (
+    types.FunctionType,
+    types.MethodType,
+    types.BuiltinFunctionType,
+    types.BuiltinMethodType,
+    type,
+)
+
+
 def callback_name(callback: typing.Any) -> str:
-    """The qualified name of *callback*, for log lines."""
-    return getattr(callback, "__qualname__", None) or repr(callback)
+    """The qualified name of *callback*, for log lines.
+
+    A function's, a method's or a class's ``__qualname__``; ``repr`` of
+    any other callable (a :func:`functools.partial`, an object with
+    ``__call__``).
+    """
+    if isinstance(callback, _NAMED):
+        return callback.__qualname__
+    return repr(callback)
 
 
 async def logged(

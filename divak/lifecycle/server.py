@@ -22,7 +22,15 @@ import socket
 import time
 import typing
 
-from tornado import httpserver, httputil, ioloop, iostream, netutil, web
+from tornado import (
+    http1connection,
+    httpserver,
+    httputil,
+    ioloop,
+    iostream,
+    netutil,
+    web,
+)
 
 from divak.logs.ratelimit import safe_log
 
@@ -125,21 +133,36 @@ class _CloseWhileDraining(web.OutputTransform):
         chunk: bytes,
         finishing: bool,
     ) -> tuple[int, httputil.HTTPHeaders, bytes]:
-        if self.server.draining and not _has_pending_request(
-            getattr(self.request, "connection", None)
+        request = self.request
+        if self.server.draining and not (
+            request is not None and _has_pending_request(request.connection)
         ):
             headers["Connection"] = "close"
         return status_code, headers, chunk
 
 
-def _has_pending_request(server_conn: typing.Any) -> bool:
+#: The connections whose stream :func:`_has_pending_request` can look into.
+_HTTP1_CONNECTIONS = (
+    http1connection.HTTP1ServerConnection,
+    http1connection.HTTP1Connection,
+)
+
+
+def _has_pending_request(server_conn: object) -> bool:
     """Whether bytes of a next request already arrived on the connection.
 
     Such a request was sent before the drain started (pipelined behind the
     previous one, or not read yet): it is in-flight work, not new work.
+
+    :param server_conn: an HTTP/1 connection, as the server holds it
+        (:class:`~tornado.http1connection.HTTP1ServerConnection`) or as a
+        request names it (:class:`~tornado.http1connection.HTTP1Connection`);
+        anything else has none
     """
-    stream = getattr(server_conn, "stream", None)
-    if stream is None or stream.closed():
+    if not isinstance(server_conn, _HTTP1_CONNECTIONS):
+        return False
+    stream = server_conn.stream
+    if stream.closed():
         return False
     # Private, and divak's only use of it: bytes IOStream already read from
     # the socket but nobody consumed yet (a pipelined request read together
@@ -147,11 +170,8 @@ def _has_pending_request(server_conn: typing.Any) -> bool:
     # tests/test_private_names.py fails loudly if it is renamed.
     if stream._read_buffer_size:
         return True
-    sock = getattr(stream, "socket", None)
-    if sock is None:
-        return False
     try:
-        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        return bool(stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except (OSError, ValueError):  # nothing there yet, or a TLS socket
         return False
 

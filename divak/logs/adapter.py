@@ -53,12 +53,14 @@ class Logger:
         return super().prepare()  # type: ignore[misc]
 
 
-def class_logger(cls: type, wrapped: logging.Logger | None) -> RequestLogger:
+def class_logger(
+    cls: type, wrapped: logging.Logger | logging.LoggerAdapter[typing.Any] | None
+) -> RequestLogger:
     """The adapter of handler class *cls*, made once per class.
 
     :param cls: the handler class
-    :param wrapped: the class's own logger, or :data:`None` for the logger
-        named ``module.ClassName``
+    :param wrapped: the class's own logger (or logger adapter), or
+        :data:`None` for the logger named ``module.ClassName``
     """
     adapter = Logger._divak_loggers.get(cls)
     if adapter is None or (wrapped is not None and adapter.logger is not wrapped):

@@ -94,16 +94,22 @@ def install_log_ids() -> None:
     formatted before the application exists.
     """
     previous = logging.getLogRecordFactory()
-    if getattr(previous, "_divak", False):
-        return
+    if not isinstance(previous, _IdsFactory):
+        logging.setLogRecordFactory(_IdsFactory(previous))
 
-    def factory(*args: typing.Any, **kwargs: typing.Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
+
+class _IdsFactory:
+    """divak's log record factory: the previous factory's record, plus ids."""
+
+    __slots__ = ("previous",)
+
+    def __init__(self, previous: typing.Callable[..., logging.LogRecord]) -> None:
+        self.previous = previous
+
+    def __call__(self, *args: typing.Any, **kwargs: typing.Any) -> logging.LogRecord:
+        record = self.previous(*args, **kwargs)
         _add_ids(record)
         return record
-
-    factory._divak = True  # type: ignore[attr-defined]
-    logging.setLogRecordFactory(factory)
 
 
 class RequestLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -53,13 +53,26 @@ __all__ = [
 
 
 def describe_error(error: BaseException) -> str:
-    """One line that says what went wrong, without a traceback."""
-    # requests nests the urllib3 error, which nests the socket error: keep
-    # the innermost reason, on one line.
+    """One line that says what went wrong, without a traceback.
+
+    The innermost reason of an error that wraps another: as its first
+    argument (:class:`urllib.error.URLError`, requests' errors) or as its
+    explicit cause (``raise ... from``, as urllib3 wraps the socket error).
+    E.g. ``ConnectionRefusedError: [Errno 111] Connection refused``.
+    """
     reason: BaseException = error
-    while reason.args and isinstance(reason.args[0], BaseException):
-        reason = reason.args[0]
-    reason = getattr(reason, "reason", reason) or reason
+    seen = {id(reason)}
+    while True:
+        if reason.args and isinstance(reason.args[0], BaseException):
+            inner = reason.args[0]
+        elif reason.__cause__ is not None:
+            inner = reason.__cause__
+        else:
+            break
+        if id(inner) in seen:  # a cycle
+            break
+        seen.add(id(inner))
+        reason = inner
     return " ".join(f"{type(reason).__name__}: {reason}".split())
 
 

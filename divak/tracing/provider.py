@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import (
     ReadableSpan,
     SpanLimits,
     SpanProcessor,
+    Tracer,
     TracerProvider,
     sampling,
 )
@@ -48,10 +49,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: W3C Trace Context Level 2's random-trace-id flag as the installed
+#: OpenTelemetry API names it, 0 with an older API (whose SDK never sets
+#: it).  A probe on a foreign module: which release is installed.
+_RANDOM_FLAG: int = getattr(trace.TraceFlags, "RANDOM_TRACE_ID", 0)
 _DEFAULT_FLAGS = trace.TraceFlags(trace.TraceFlags.DEFAULT)
-_RANDOM_FLAGS = trace.TraceFlags(
-    trace.TraceFlags.DEFAULT | getattr(trace.TraceFlags, "RANDOM_TRACE_ID", 0)
-)
+_RANDOM_FLAGS = trace.TraceFlags(trace.TraceFlags.DEFAULT | _RANDOM_FLAG)
 
 #: Providers divak made; another application never adopts one of them.
 _OWN_PROVIDERS: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
@@ -76,7 +79,7 @@ class PresetTraceIds(RandomIdGenerator):
     """
 
     def __init__(self) -> None:
-        self._next = threading.local()
+        self._next = _NextTraceId()
 
     def preset(self, trace_id: int) -> None:
         """Make *trace_id* the next trace id this thread generates."""
@@ -84,11 +87,21 @@ class PresetTraceIds(RandomIdGenerator):
 
     def generate_trace_id(self) -> int:
         """The preset trace id, once, else a random one."""
-        value = getattr(self._next, "value", None)
+        value = self._next.value
         if value is not None:
             self._next.value = None
             return value
         return super().generate_trace_id()
+
+    def is_trace_id_random(self) -> bool:
+        """:data:`True`: a preset id is one this generator made at random."""
+        return True
+
+
+class _NextTraceId(threading.local):
+    """The trace id a thread presets, :data:`None` when there is none."""
+
+    value: int | None = None
 
 
 def tracer_provider(
@@ -387,27 +400,26 @@ def unsampled_span(
     :param name: the span's name, as the sampler sees it
     :param parent: the context the propagators extracted
     """
-    sampler = getattr(tracer, "sampler", None)
-    ids = getattr(tracer, "id_generator", None)
-    if sampler is None or ids is None:
+    if not isinstance(tracer, Tracer):
         return None
+    ids = tracer.id_generator
     parent_context = trace.get_current_span(parent).get_span_context()
-    valid = parent_context.is_valid
-    if valid:
+    new_trace = not parent_context.is_valid
+    if not new_trace:
         trace_id = parent_context.trace_id
     elif isinstance(ids, PresetTraceIds):
         trace_id = ids.generate_trace_id()
     else:  # a provider of the user's: its ids, its way
         return None
-    result = sampler.should_sample(parent, trace_id, name, SpanKind.SERVER)
+    result = tracer.sampler.should_sample(parent, trace_id, name, SpanKind.SERVER)
     if result.decision.is_recording():
-        if not valid:
+        if isinstance(ids, PresetTraceIds) and new_trace:
             ids.preset(trace_id)
         return None
-    if valid:
-        random_id = getattr(parent_context.trace_flags, "random_trace_id", False)
+    if new_trace:  # a PresetTraceIds id: random
+        random_id = bool(_RANDOM_FLAG) and ids.is_trace_id_random()
     else:
-        random_id = getattr(ids, "is_trace_id_random", bool)()
+        random_id = bool(parent_context.trace_flags & _RANDOM_FLAG)
     return trace.NonRecordingSpan(
         trace.SpanContext(
             trace_id,
@@ -428,8 +440,8 @@ def warn_if_tornado_instrumented() -> None:
     module = sys.modules.get("opentelemetry.instrumentation.tornado")
     if _warned_tornado or module is None:
         return
-    instrumentor = getattr(module, "TornadoInstrumentor", None)
-    if instrumentor is None or not instrumentor().is_instrumented_by_opentelemetry:
+    # The module is imported: its public TornadoInstrumentor is there.
+    if not module.TornadoInstrumentor().is_instrumented_by_opentelemetry:
         return
     _warned_tornado = True
     logger.warning(

@@ -29,9 +29,9 @@ def route_template(matcher: routing.Matcher | str) -> str:
     """
     if isinstance(matcher, str):
         matcher = routing.PathMatches(matcher)
-    regex = getattr(matcher, "regex", None)
-    if not isinstance(matcher, routing.PathMatches) or regex is None:
+    if not isinstance(matcher, routing.PathMatches):
         return "/"
+    regex = matcher.regex
     names = {index: name for name, index in regex.groupindex.items()}
     placeholders = [f"divakroutegroup{index}z" for index in range(regex.groups)]
     try:
@@ -55,10 +55,10 @@ def route_template(matcher: routing.Matcher | str) -> str:
     return path or "/"
 
 
-def _walk_rules(router: typing.Any) -> typing.Iterator[routing.Rule]:
-    for rule in getattr(router, "rules", ()):
+def _walk_rules(router: routing.RuleRouter) -> typing.Iterator[routing.Rule]:
+    for rule in router.rules:
         yield rule
-        if isinstance(rule.target, routing.Router):
+        if isinstance(rule.target, routing.RuleRouter):
             yield from _walk_rules(rule.target)
 
 
@@ -83,9 +83,11 @@ class RouteTable:
         application = self.application
         for router in (application.wildcard_router, application.default_router):
             for rule in _walk_rules(router):
-                regex = getattr(rule.matcher, "regex", None)
-                if isinstance(rule.target, type) and regex is not None:
-                    entry = (regex, route_template(rule.matcher))
+                matcher = rule.matcher
+                if isinstance(rule.target, type) and isinstance(
+                    matcher, routing.PathMatches
+                ):
+                    entry = (matcher.regex, route_template(matcher))
                     if entry not in table.setdefault(rule.target, []):
                         table[rule.target].append(entry)
         return table
