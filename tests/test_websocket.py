@@ -24,9 +24,10 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
-from tornado import httpclient, websocket
+from tornado import httpclient, netutil, web, websocket
 
 import divak
+from divak.lifecycle.server import DrainingHTTPServer
 from divak.testing import SpanRecorder
 
 from .conftest import flush, listen, run, start_service
@@ -500,6 +501,66 @@ def test_an_unsampled_connection_has_metrics_and_a_close_line_but_no_span(
 
 
 # -- the drain ---------------------------------------------------------------
+def test_a_websocket_opened_during_the_drain_closes_with_1001_after_its_handshake() -> (
+    None
+):
+    # An upgrade pipelined behind a slow request arrived before the drain
+    # and is answered during it: the handshake completes (no
+    # "Connection: close" on the 101), then the connection closes with 1001.
+    recorder = SpanRecorder()
+    started, release = asyncio.Event(), asyncio.Event()
+
+    class Slow(web.RequestHandler):
+        async def get(self) -> None:
+            started.set()
+            await release.wait()
+            self.write("slow")
+
+    class DrainApp(divak.Recorder, divak.Application):
+        pass
+
+    app = DrainApp([(r"/slow", Slow), (r"/plain/(?P<room>\w+)", Plain)])
+    app.add_divak_reporter(recorder)
+    key = base64.b64encode(os.urandom(16)).decode()
+
+    async def go() -> bytes:
+        server = DrainingHTTPServer(app)
+        sockets = netutil.bind_sockets(0, "127.0.0.1")
+        server.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n"
+            b"GET /plain/late HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            + f"Sec-WebSocket-Key: {key}\r\n\r\n".encode()
+        )
+        await asyncio.wait_for(started.wait(), 10)
+        server.start_draining()
+        assert app.divak_websockets.close_all() == 0
+        release.set()
+        received = b""
+        while len(received.partition(b"\r\n\r\nslow")[2].partition(b"\r\n\r\n")[2]) < 4:
+            chunk = await asyncio.wait_for(reader.read(65536), 20)
+            assert chunk, received  # the close frame comes before the end
+            received += chunk
+        writer.close()  # without answering the close frame
+        await wait_for_span(app, recorder, "GET /plain/{room}")
+        await server.close_all_connections()
+        return received
+
+    received = run(go())
+    slow, _, rest = received.partition(b"slow")
+    assert slow.startswith(b"HTTP/1.1 200")
+    head, _, frames = rest.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert b"connection: upgrade" in head.lower()
+    assert frames[0] == 0x88  # FIN + close
+    assert struct.unpack(">H", frames[2:4])[0] == 1001
+    span = recorder.one("GET /plain/{room}")
+    assert (span.attributes or {})["divak.websocket.close_code"] == 1001
+
+
 class Output:
     """A subprocess's output lines, read in a thread (the pipe never fills)."""
 
