@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import signal
@@ -384,9 +385,18 @@ def value(
     return None
 
 
+async def debug_page(port: int) -> dict[str, typing.Any]:
+    client = httpclient.AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(f"http://127.0.0.1:{port}/divak?format=json")
+    finally:
+        client.close()
+    return json.loads(response.body)["service"]  # type: ignore[no-any-return]
+
+
 def test_metrics_count_connections_messages_and_durations() -> None:
     recorder = SpanRecorder()
-    app = App(recorder)
+    app = App(recorder, divak_debug_page="/divak")
     route = "/both/{room}"
 
     async def go() -> tuple[dict[str, list[typing.Any]], ...]:
@@ -398,9 +408,14 @@ def test_metrics_count_connections_messages_and_durations() -> None:
                 await connection.write_message(text)
                 assert await connection.read_message() == text
         both_open = await scrape(port)
+        # The debug page counts them as connections, not requests in flight.
+        service = await debug_page(port)
+        assert service["websocket_connections"] == 2
+        assert service["requests_in_flight"] == 1  # the page's own request
         first.close(1000)
         await wait_for_span(app, recorder, "GET /both/{room}")
         one_open = await scrape(port)
+        assert (await debug_page(port))["websocket_connections"] == 1
         second.close(1000)
         return both_open, one_open
 

@@ -375,9 +375,10 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
     ) -> bool:
         """*handler* answered 101: track its connection until the task is done.
 
-        The request's metrics are recorded now; the span stays open.
-        Returns :data:`False` when the handler opened no connection divak
-        tracks (the span then ends as for any request).
+        The request's metrics are recorded now and it is no longer in
+        flight (it was answered); the span stays open.  Returns
+        :data:`False` when the handler opened no connection divak tracks
+        (the span then ends as for any request).
         """
         if task.done():
             return False
@@ -385,6 +386,7 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
         if connection is None:
             return False
         self.websocket = connection
+        self.instrumentation.requests_in_flight -= 1
         self.end_time = time.time_ns()
         self._record_metrics()
         task.add_done_callback(self._websocket_closed)
@@ -392,7 +394,7 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
 
     def _websocket_closed(self, task: asyncio.Future[typing.Any]) -> None:
         """The handler's task is done, so the connection closed: end the span."""
-        connection, self.websocket = self.websocket, None
+        connection = self.websocket
         self.end_time = time.time_ns()
         try:
             if connection is not None:
@@ -402,6 +404,7 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
                 self._release()
             else:
                 self._end_span()
+            self.websocket = None
 
     # -- the end --------------------------------------------------------
     def _handler_task_done(self, task: asyncio.Future[typing.Any]) -> None:
@@ -483,7 +486,8 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
         # Drop the references that would keep the request's objects alive
         # in a cycle (context <-> OpenTelemetry context, context <-> pipeline).
         request_context = self.context
-        if request_context.lifecycle is self:
+        if request_context.lifecycle is self and self.websocket is None:
+            # (A request that opened a WebSocket left the count at the 101.)
             self.instrumentation.requests_in_flight -= 1
         request_context.context = None
         request_context.lifecycle = None

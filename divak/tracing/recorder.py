@@ -383,7 +383,7 @@ class _ServiceState:
 
     @property
     def divak_websocket_connections(self) -> int:
-        return 0
+        return self.application.divak_websocket_connections
 
     @property
     def divak_uptime(self) -> float:
