@@ -201,9 +201,9 @@ class Echo(websocket.WebSocketHandler):
         self.write_message(message)
 
 
-def test_a_websocket_upgrade_ends_its_span_while_the_connection_lives() -> None:
-    # The handler's task lasts as long as the WebSocket; the request it
-    # answered is done with the 101.
+def test_a_websocket_upgrade_keeps_its_span_until_the_connection_closes() -> None:
+    # The handler's task lasts as long as the WebSocket, and so does the
+    # span (tests/test_websocket.py covers the connection in detail).
     recorder = SpanRecorder()
 
     class WebSocketApp(divak.Recorder, divak.Application):
@@ -218,12 +218,15 @@ def test_a_websocket_upgrade_ends_its_span_while_the_connection_lives() -> None:
         try:
             await connection.write_message("ping")
             assert await connection.read_message() == "ping"
-            await wait_for_span(app, recorder, "GET /ws")
+            await flush(app)
+            assert not recorder.find("GET /ws")
         finally:
-            connection.close()
-            app._test_server.stop()
+            connection.close(1000)
+        await wait_for_span(app, recorder, "GET /ws")
+        app._test_server.stop()
 
     run(go())
     span = recorder.one("GET /ws")
     assert (span.attributes or {})["http.response.status_code"] == 101
+    assert (span.attributes or {})["divak.websocket.close_code"] == 1000
     assert span.status.status_code is StatusCode.UNSET

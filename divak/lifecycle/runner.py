@@ -2,10 +2,12 @@
 
 The runner listens, runs the application's life-cycle callbacks, and on
 SIGTERM or SIGINT drains: it stops accepting connections, flips readiness
-to 503, closes idle keep-alive connections, lets in-flight requests finish
-(bounded by ``shutdown_limit`` seconds, after which the requests still
-running are cut off), runs the shutdown callbacks (bounded again), flushes
-the application's spans (bounded again) and returns.  A second SIGTERM or
+to 503, closes idle keep-alive connections, closes WebSocket connections
+with code 1001, lets in-flight requests finish and the WebSockets close
+(bounded by ``shutdown_limit`` seconds, after which the requests and
+connections still running are cut off), runs the shutdown callbacks
+(bounded again), flushes the application's spans (bounded again) and
+returns.  A second SIGTERM or
 SIGINT exits at once.
 
 With ``number_of_procs`` other than 1, :func:`run` binds the listening
@@ -40,6 +42,7 @@ from divak.lifecycle.process import (
 from divak.lifecycle.server import DrainingHTTPServer, bind_sockets
 from divak.settings import number_setting, setting
 from divak.tracing.recorder import Recorder
+from divak.tracing.websocket import GOING_AWAY, WebSocketConnections
 
 __all__ = ["Runner"]
 
@@ -314,11 +317,16 @@ class Runner:
            set the application's ``draining`` flag (``/status`` answers
            503); a ``ready_to_serve`` event the runner set is cleared, one
            the application owns is left alone;
-        2. close idle keep-alive connections;
+        2. close idle keep-alive connections, and send every open
+           WebSocket connection of a :class:`divak.Recorder` application a
+           close frame with code ``1001`` (going away; see
+           :mod:`divak.tracing.websocket`);
         3. wait up to :attr:`shutdown_limit` seconds for in-flight requests
-           (they answer with ``Connection: close``), then cut off the
+           (they answer with ``Connection: close``) and for the WebSocket
+           connections to close (their spans end then), then cut off the
            requests still running (:attr:`cut_off`, one WARNING line with
-           their number) and close whatever connection is left;
+           their number) and the WebSocket connections still open, and
+           close whatever connection is left;
         4. run the shutdown callbacks, bounded by :attr:`shutdown_limit`;
         5. flush and stop the span reporters off the IOLoop, bounded by
            :attr:`shutdown_limit`.
@@ -332,23 +340,32 @@ class Runner:
         assert self.server is not None
         server = self.server
         closed = server.start_draining()
+        websockets = app.divak_websockets if isinstance(app, Recorder) else None
+        closing = 0
+        if websockets is not None:
+            closing = websockets.close_all(GOING_AWAY, "server shutting down")
         logger.info(
             "draining: not accepting, closed %d idle connection(s), "
-            "%d request(s) in flight",
+            "%d request(s) in flight%s",
             closed,
             len(server.busy),
+            f", closing {closing} WebSocket connection(s)" if closing else "",
         )
         deadline = started + self.shutdown_limit
         cut_off = 0
-        while not server.drained.is_set():
+        while not (
+            server.drained.is_set() and (websockets is None or not len(websockets))
+        ):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 cut_off = self._cut_off(server)
+                if websockets is not None:
+                    await self._cut_off_websockets(websockets)
                 break
             logger.debug("waiting for %d request(s) in flight", len(server.busy))
             try:
                 await asyncio.wait_for(
-                    server.drained.wait(), min(remaining, self.wait_timeout)
+                    _drained(server, websockets), min(remaining, self.wait_timeout)
                 )
             except TimeoutError:
                 pass
@@ -383,6 +400,26 @@ class Runner:
             f" ({', '.join(described)})" if described else "",
         )
         return len(server.busy)
+
+    async def _cut_off_websockets(self, websockets: WebSocketConnections) -> None:
+        """``shutdown_limit`` passed: close the WebSocket connections still open.
+
+        Their sockets are closed without waiting for the peer; their spans
+        end once Tornado noticed (waited for up to a second).
+        """
+        count = websockets.abort_all()
+        if not count:
+            return
+        logger.warning(
+            "shutdown_limit of %.1fs passed with %d WebSocket connection(s) open: "
+            "cutting them off",
+            self.shutdown_limit,
+            count,
+        )
+        try:
+            await asyncio.wait_for(websockets.wait_closed(), 1.0)
+        except TimeoutError:  # pragma: no cover - defensive
+            logger.warning("WebSocket connections did not close in time")
 
     async def flush_spans(self) -> None:
         """Flush and shut down the application's reporters, off the IOLoop.
@@ -420,6 +457,15 @@ class Runner:
         except TimeoutError:
             self.flush_abandoned = True
             logger.warning("spans not flushed within %.1fs, dropping them", limit)
+
+
+async def _drained(
+    server: DrainingHTTPServer, websockets: WebSocketConnections | None
+) -> None:
+    """Return once no request is in flight and no WebSocket connection open."""
+    await server.drained.wait()
+    if websockets is not None:
+        await websockets.wait_closed()
 
 
 def _address(settings: typing.Mapping[str, typing.Any]) -> str | None:

@@ -111,6 +111,10 @@ class _CloseWhileDraining(web.OutputTransform):
     after this response, and the server closes it once the response is
     sent (:meth:`DrainingHTTPServer.start_request`).  Not when the next
     request already arrived on the connection: that one is answered too.
+    Not on a ``101 Switching Protocols`` either: the connection belongs to
+    the new protocol, which the drain closes its own way (a
+    :class:`divak.Recorder` application closes a WebSocket opened during
+    the drain with code 1001 right after its handshake).
     """
 
     __slots__ = ("server", "request")
@@ -134,8 +138,10 @@ class _CloseWhileDraining(web.OutputTransform):
         finishing: bool,
     ) -> tuple[int, httputil.HTTPHeaders, bytes]:
         request = self.request
-        if self.server.draining and not (
-            request is not None and _has_pending_request(request.connection)
+        if (
+            self.server.draining
+            and status_code != 101  # a WebSocket handshake: closed with 1001 after
+            and not (request is not None and _has_pending_request(request.connection))
         ):
             headers["Connection"] = "close"
         return status_code, headers, chunk

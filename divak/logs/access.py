@@ -1,5 +1,9 @@
 """The access log: one line per request on the ``tornado.access`` logger.
 
+A WebSocket connection gets a second line when it closes
+(:func:`log_websocket_close`), with its duration, close code and message
+counts.
+
 :class:`AccessLogger` is the application base that both
 :class:`divak.Recorder` and :class:`divak.Application` build on: its
 :meth:`~AccessLogger.log_request` (Tornado's seam for the line) hands
@@ -55,7 +59,13 @@ from tornado import httputil, log, web
 from divak import redaction, semconv
 from divak.context import request_context_of
 
-__all__ = ["AccessLogger", "log_access", "redacted_uri", "write_access_log"]
+__all__ = [
+    "AccessLogger",
+    "log_access",
+    "log_websocket_close",
+    "redacted_uri",
+    "write_access_log",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +176,114 @@ def write_access_log(handler: web.RequestHandler) -> None:
         seconds,
         extra=fields,
     )
+
+
+def log_websocket_close(
+    handler: web.RequestHandler,
+    seconds: float,
+    received: int,
+    sent: int,
+    close_code: int,
+    failed: bool = False,
+) -> None:
+    """Write the second access line of a WebSocket connection, at its close.
+
+    Call it with the connection's context current (the record takes its
+    ids from there); it never raises.  The ``divak`` wording::
+
+       127.0.0.1 "GET /ws/lobby" 101 websocket closed 1000 after 61.21s,
+       12 received, 30 sent
+
+    (one line): client address, method, URI, status, close code,
+    duration in seconds, data messages received and sent.
+
+    The ``combined`` wording is the request's combined line with the
+    connection's duration in ``(secs:...)``, followed by
+    ``websocket closed 1000, 12 received, 30 sent``.
+
+    The level is that of a 101 answer (INFO, DEBUG with
+    ``access_log_failures_only``), ERROR when ``open``, ``on_message`` or
+    ``on_close`` raised.  The record carries the request line's fields
+    (``duration_ms`` is the connection's) and
+    ``divak.websocket.close_code``, ``divak.websocket.messages_received``
+    and ``divak.websocket.messages_sent``.  With
+    ``settings['log_function']`` set, that function owns the access log
+    (Tornado calls it once per request) and no close line is written.
+
+    :param handler: the ``WebSocketHandler`` of the connection
+    :param seconds: how long the connection was open, from the upgrade
+    :param received: data messages received
+    :param sent: data messages sent
+    :param close_code: the connection's close code (RFC 6455)
+    :param failed: :data:`True` when a handler method raised
+    """
+    try:
+        if handler.settings.get("log_function") is not None:
+            return
+        status = handler.get_status()
+        level = logging.ERROR if failed else _level(handler, status)
+        if not log.access_log.isEnabledFor(level):
+            return
+        request = handler.request
+        request_context = request_context_of(request)
+        fields = {
+            "http.response.status_code": status,
+            "http.request.method": request.method,
+            "http.route": request_context.route if request_context else None,
+            "duration_ms": round(1000.0 * seconds, 3),
+            "divak.websocket.close_code": close_code,
+            "divak.websocket.messages_received": received,
+            "divak.websocket.messages_sent": sent,
+        }
+        uri = redacted_uri(handler)
+        if handler.settings.get("access_log_format") != COMBINED:
+            log.access_log.log(
+                level,
+                '%s "%s %s" %d websocket closed %d after %.2fs, %d received, %d sent',
+                request.remote_ip,
+                request.method,
+                uri,
+                status,
+                close_code,
+                seconds,
+                received,
+                sent,
+                extra=fields,
+            )
+            return
+        # The request took request_time() up to the 101, then the
+        # connection lasted *seconds*.
+        started_at = datetime.datetime.fromtimestamp(
+            time.time() - seconds - request.request_time(), datetime.UTC
+        )
+        log.access_log.log(
+            level,
+            '%s %s %s [%s] "%s %s %s" %d "%s" %s "%s" "%s" (secs:%.03f) '
+            "websocket closed %d, %d received, %d sent",
+            request.remote_ip,
+            "-",
+            _user(handler),
+            started_at.strftime("%d/%b/%Y:%H:%M:%S %z"),
+            request.method,
+            uri,
+            request.version,
+            status,
+            httputil.responses.get(status, "-"),
+            "-",
+            redaction.redact_header(
+                "Referer",
+                request.headers.get("Referer", "-"),
+                redaction.redacted_query_params(handler.settings),
+            ),
+            request.headers.get("User-Agent", "-"),
+            seconds,
+            close_code,
+            received,
+            sent,
+            extra=fields,
+        )
+    except Exception:  # noqa: BLE001 - the access log must not lose the connection
+        logger.debug("the access log failed", exc_info=True)
 
 
 def log_access(handler: web.RequestHandler) -> None:

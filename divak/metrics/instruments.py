@@ -42,10 +42,15 @@ __all__ = [
     "EVENTS",
     "OPERATION_DURATION",
     "SERVER_DURATION",
+    "WEBSOCKET_CONNECTIONS",
+    "WEBSOCKET_DURATION",
+    "WEBSOCKET_DURATION_BUCKETS",
+    "WEBSOCKET_MESSAGES",
     "ApplicationMetrics",
     "HandlerMeasurements",
     "MAX_CUSTOM_INSTRUMENTS",
     "MetricsSource",
+    "WebSocketRoute",
     "new_application_metrics",
 ]
 
@@ -56,6 +61,26 @@ ACTIVE_REQUESTS = "http.server.active_requests"
 CLIENT_DURATION = "http.client.request.duration"
 OPERATION_DURATION = "divak.operation.duration"
 EVENTS = "divak.events"
+WEBSOCKET_CONNECTIONS = "divak.websocket.connections.active"
+WEBSOCKET_DURATION = "divak.websocket.connection.duration"
+WEBSOCKET_MESSAGES = "divak.websocket.messages"
+#: Bucket boundaries (seconds) of ``divak.websocket.connection.duration``:
+#: connections last from a second to hours.
+WEBSOCKET_DURATION_BUCKETS = (
+    1.0,
+    5.0,
+    15.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    43200.0,
+    86400.0,
+)
 #: Most histograms :meth:`HandlerMeasurements.record_value` creates.
 MAX_CUSTOM_INSTRUMENTS = 100
 
@@ -381,6 +406,61 @@ class ApplicationMetrics(HandlerMeasurements):
             seconds = request.request_time()
         self.server_duration.record(seconds, attributes, context)
 
+    # -- WebSocket connections -----------------------------------------------
+    #: The WebSocket instruments, made at the first connection.
+    _websockets: _WebSocketInstruments | None = None
+
+    def websocket_opened(self, route: str | None) -> WebSocketRoute:
+        """Count a new WebSocket connection of *route* as active.
+
+        The first call makes the instruments ``divak.websocket.connections.active``
+        (UpDownCounter), ``divak.websocket.connection.duration``
+        (histogram, seconds) and ``divak.websocket.messages`` (counter,
+        with ``direction`` ``received`` or ``sent``), all with
+        ``http.route``; an application without WebSockets has none of them.
+
+        :param route: the route template, or :data:`None`
+        :returns: the route's :class:`WebSocketRoute`, whose ``received``
+            and ``sent`` the connection adds each message to; give it to
+            :meth:`websocket_closed`
+        """
+        if not self.enabled:
+            return WebSocketRoute({}, False)
+        instruments = self._websockets
+        if instruments is None:
+            instruments = self._websockets = _WebSocketInstruments(self.meter)
+        route = metric_series.key_text(route)
+        series = instruments.routes.get(route)
+        if series is None:
+            attributes = self._series_of(WEBSOCKET_CONNECTIONS).bind(
+                route, lambda: {"http.route": route} if route else {}
+            )
+            overflow = attributes is metric_series.OVERFLOW_ATTRIBUTES
+            key: typing.Hashable = _OVERFLOW_ROUTE if overflow else route
+            series = instruments.routes.get(key)
+            if series is None:
+                series = instruments.routes[key] = WebSocketRoute(attributes, overflow)
+        instruments.active.add(1, series.attributes)
+        return series
+
+    def websocket_closed(
+        self,
+        series: WebSocketRoute,
+        seconds: float,
+        context: otel_context.Context | None = None,
+    ) -> None:
+        """A WebSocket connection closed: no longer active; record its duration.
+
+        :param series: what :meth:`websocket_opened` returned for it
+        :param seconds: how long it was open
+        :param context: the connection's context (exemplar)
+        """
+        instruments = self._websockets
+        if instruments is None:  # metrics off
+            return
+        instruments.active.add(-1, series.attributes)
+        instruments.duration.record(seconds, series.attributes, context)
+
     # -- client requests ----------------------------------------------------
     def client_request_finished(
         self,
@@ -459,6 +539,91 @@ class ApplicationMetrics(HandlerMeasurements):
         if provider is not None:
             provider.shutdown(int(timeout * 1000))
         self.thread.stop()
+
+
+#: The key of the WebSocket routes past the cardinality limit.
+_OVERFLOW_ROUTE = ("otel.metric.overflow",)
+
+
+class WebSocketRoute:
+    """The WebSocket series of one route and its message counts.
+
+    Shared by the route's connections, which add 1 to :attr:`received` or
+    :attr:`sent` per message: plain integers on the IOLoop, observed by
+    the SDK when it collects (``divak.websocket.messages``), as a counter
+    per message would cost more than the rest of the message's telemetry.
+
+    :param attributes: the route's attribute set (``http.route``)
+    :param overflow: :data:`True` for the set of routes past the
+        cardinality limit, whose messages carry no ``direction``
+    """
+
+    __slots__ = (
+        "attributes",
+        "received_attributes",
+        "sent_attributes",
+        "received",
+        "sent",
+    )
+
+    def __init__(self, attributes: Attributes, overflow: bool) -> None:
+        self.attributes = attributes
+        self.received_attributes = (
+            attributes if overflow else {**attributes, "direction": "received"}
+        )
+        self.sent_attributes = (
+            attributes if overflow else {**attributes, "direction": "sent"}
+        )
+        #: Data messages received on the route's connections.
+        self.received = 0
+        #: Data messages sent on the route's connections.
+        self.sent = 0
+
+
+class _WebSocketInstruments:
+    """One application's WebSocket instruments.
+
+    See :meth:`ApplicationMetrics.websocket_opened`.
+    """
+
+    __slots__ = ("active", "duration", "messages", "routes")
+
+    def __init__(self, meter: otel_metrics.Meter) -> None:
+        self.routes: dict[typing.Hashable, WebSocketRoute] = {}
+        self.active = meter.create_up_down_counter(
+            WEBSOCKET_CONNECTIONS, "{connection}", "Open WebSocket connections."
+        )
+        self.duration = meter.create_histogram(
+            WEBSOCKET_DURATION,
+            "s",
+            "Duration of WebSocket connections, from the upgrade to the close.",
+            explicit_bucket_boundaries_advisory=WEBSOCKET_DURATION_BUCKETS,
+        )
+        self.messages = meter.create_observable_counter(
+            WEBSOCKET_MESSAGES,
+            [self._observe_messages],
+            "{message}",
+            "WebSocket data messages received and sent.",
+        )
+
+    def _observe_messages(
+        self, options: otel_metrics.CallbackOptions
+    ) -> typing.Iterator[otel_metrics.Observation]:
+        # Called on the thread that collects: list() copies in one step.
+        # Both directions of the overflow entry share one attribute set.
+        totals: dict[int, list[typing.Any]] = {}
+        for series in list(self.routes.values()):
+            for attributes, count in (
+                (series.received_attributes, series.received),
+                (series.sent_attributes, series.sent),
+            ):
+                total = totals.get(id(attributes))
+                if total is None:
+                    totals[id(attributes)] = [attributes, count]
+                else:
+                    total[1] += count
+        for attributes, count in totals.values():
+            yield otel_metrics.Observation(count, attributes)
 
 
 #: Every ApplicationMetrics of this process, flagged ``forked`` in a child.

@@ -26,9 +26,10 @@ The life of one request, and the Tornado seam each step uses:
    status code and the response's end time are kept.  The span ends with
    that end time once the handler's task is done, so code after
    ``finish()`` still runs inside the span and can mark it; when the
-   response was finished outside the handler's task, or switched
-   protocols (``101``, a WebSocket, whose task lives as long as the
-   connection), it ends at once.
+   response was finished outside the handler's task it ends at once.
+   A ``101`` that opened a WebSocket connection is the exception: the
+   request's metrics are recorded at the ``101``, the span ends when the
+   connection closes (see below).
 4. **Fail** (see below): an unexpected exception marks the span ERROR
    with ``error.type`` (its qualified class name) and one exception event,
    before or after the response.
@@ -68,6 +69,19 @@ disabled or set above ERROR, leaves an exception raised after
 ``finish()`` unrecorded (one raised before still ends in a 5xx and
 ``error.type``).
 
+.. rubric:: WebSocket connections
+
+A ``WebSocketHandler``'s task lasts as long as its connection, and its
+``open``, ``on_message`` and ``on_close`` run in it.  When such a handler
+answers ``101``, :func:`divak.tracing.websocket.accepted` starts tracking
+the connection, and the pipeline keeps the span (and itself, for the
+exceptions) until the handler's task is done, that is until the
+connection closed: then the connection writes its close line and its
+attributes, and the span ends with the time of the close
+(:mod:`divak.tracing.websocket`).  This is separate from the request's
+end: ``http.server.request.duration`` and ``http.server.active_requests``
+count the upgrade request, which ended with the ``101``.
+
 .. rubric:: Unsampled and excluded requests
 
 They have no span to mark: their metrics are recorded when the response
@@ -90,7 +104,7 @@ from tornado import httputil, log, web
 from divak import propagation, semconv
 from divak.context import RequestContext, activated, current_request_context
 from divak.logs import access
-from divak.tracing import headers
+from divak.tracing import headers, websocket
 from divak.tracing.instrumentation import Instrumentation
 from divak.tracing.provider import unsampled_span
 
@@ -132,7 +146,14 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
         ``HTTPMessageDelegate`` with an ``execute`` method)
     """
 
-    __slots__ = ("instrumentation", "delegate", "context", "request", "end_time")
+    __slots__ = (
+        "instrumentation",
+        "delegate",
+        "context",
+        "request",
+        "end_time",
+        "websocket",
+    )
 
     def __init__(
         self,
@@ -147,6 +168,8 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
         self.request: httputil.HTTPServerRequest | None = request
         #: When the response was finished (ns since the epoch), else None.
         self.end_time: int | None = None
+        #: The WebSocket connection the request opened, until it closed.
+        self.websocket: websocket.WebSocketConnection | None = None
         #: The request's :class:`~divak.context.RequestContext`.
         self.context = self._start(request, handler_class)
 
@@ -269,6 +292,12 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
             return
         request_context.status_code = handler.get_status()
         self.record_exception(sys.exc_info()[1])
+        if (
+            request_context.status_code == 101
+            and task is not None
+            and self._websocket_accepted(handler, task)
+        ):
+            return
         if request_context.ended or not request_context.span.is_recording():
             # Nothing to mark on an unsampled or untraced request: done now.
             request_context.ended = True
@@ -277,8 +306,8 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
             return
         self.end_time = time.time_ns()
         if task is None or task.done() or request_context.status_code == 101:
-            # A 101 (a WebSocket) hands the connection to another protocol:
-            # the handler's task lives on with it, the request is done.
+            # A 101 that opened no WebSocket connection divak tracks: the
+            # request is done, whatever the handler's task does next.
             self._end_span()
         else:
             task.add_done_callback(self._handler_task_done)
@@ -339,6 +368,43 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
                 )
                 span.end()
         self._release()
+
+    # -- a WebSocket connection (see divak.tracing.websocket) ------------
+    def _websocket_accepted(
+        self, handler: web.RequestHandler, task: asyncio.Task[typing.Any]
+    ) -> bool:
+        """*handler* answered 101: track its connection until the task is done.
+
+        The request's metrics are recorded now and it is no longer in
+        flight (it was answered); the span stays open.  Returns
+        :data:`False` when the handler opened no connection divak tracks
+        (the span then ends as for any request).
+        """
+        if task.done():
+            return False
+        connection = websocket.accepted(handler, self.context)
+        if connection is None:
+            return False
+        self.websocket = connection
+        self.instrumentation.requests_in_flight -= 1
+        self.end_time = time.time_ns()
+        self._record_metrics()
+        task.add_done_callback(self._websocket_closed)
+        return True
+
+    def _websocket_closed(self, task: asyncio.Future[typing.Any]) -> None:
+        """The handler's task is done, so the connection closed: end the span."""
+        connection = self.websocket
+        self.end_time = time.time_ns()
+        try:
+            if connection is not None:
+                connection.ended(self.context)
+        finally:
+            if self.context.ended:  # excluded from tracing: no span to end
+                self._release()
+            else:
+                self._end_span()
+            self.websocket = None
 
     # -- the end --------------------------------------------------------
     def _handler_task_done(self, task: asyncio.Future[typing.Any]) -> None:
@@ -420,7 +486,8 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
         # Drop the references that would keep the request's objects alive
         # in a cycle (context <-> OpenTelemetry context, context <-> pipeline).
         request_context = self.context
-        if request_context.lifecycle is self:
+        if request_context.lifecycle is self and self.websocket is None:
+            # (A request that opened a WebSocket left the count at the 101.)
             self.instrumentation.requests_in_flight -= 1
         request_context.context = None
         request_context.lifecycle = None

@@ -35,6 +35,7 @@ from divak.metrics.instruments import ApplicationMetrics
 from divak.tracing import headers
 from divak.tracing.instrumentation import Instrumentation
 from divak.tracing.pipeline import RequestPipeline, watch_uncaught_exceptions
+from divak.tracing.websocket import WebSocketConnections
 
 __all__ = ["Recorder"]
 
@@ -71,7 +72,11 @@ class Recorder(AccessLogger):
     * an access log line per request (:meth:`log_request`, from
       :class:`~divak.logs.access.AccessLogger`);
     * the reporters, each behind a bounded :class:`~divak.export.queue.SpanQueue`
-      that counts the spans it drops (:attr:`divak_dropped_spans`).
+      that counts the spans it drops (:attr:`divak_dropped_spans`);
+    * for a :class:`tornado.websocket.WebSocketHandler`, one span from the
+      upgrade request until the connection closes, with its message
+      counts and close code, its metrics and a second access line at the
+      close (see :doc:`websocket`; :attr:`divak_websockets`).
 
     The OpenTelemetry pipeline: the
     application builds its own SDK ``TracerProvider`` on first use (a
@@ -91,6 +96,11 @@ class Recorder(AccessLogger):
 
     :data:`False` keeps the application's provider private (it never
     becomes, nor uses, the global provider).  Default :data:`True`.
+
+    .. rubric:: settings['divak_websocket_message_spans']
+
+    :data:`True` gives every received WebSocket message a span (default
+    :data:`False`; see :mod:`divak.tracing.websocket`).
     """
 
     def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
@@ -100,6 +110,9 @@ class Recorder(AccessLogger):
         #: The application's :class:`~divak.tracing.instrumentation.Instrumentation`:
         #: its one place of telemetry configuration and state.
         self.divak_instrumentation = Instrumentation(self)
+        #: The application's WebSocket connections and the handler classes
+        #: that serve them (:class:`~divak.tracing.websocket.WebSocketConnections`).
+        self.divak_websockets = WebSocketConnections(self.divak_instrumentation)
         self.add_transform(self._divak_transform)  # type: ignore[arg-type]
         if debug.page_path(self.settings, None) is not None:
             self.set_divak_debug_page()
@@ -229,6 +242,11 @@ class Recorder(AccessLogger):
         """
         return self.divak_instrumentation.dropped_spans
 
+    @property
+    def divak_websocket_connections(self) -> int:
+        """WebSocket connections open now."""
+        return len(self.divak_websockets)
+
     def divak_force_flush(self, timeout: float = 5.0) -> bool:
         """Export every finished span now.
 
@@ -260,10 +278,17 @@ class Recorder(AccessLogger):
 
         Tornado calls it once it routed *request* to *target_class*; the
         pipeline starts the request's span and serves the request with
-        Tornado's own delegate, with the request's context current.
+        Tornado's own delegate, with the request's context current.  A
+        :class:`~tornado.websocket.WebSocketHandler` class is served by a
+        subclass that counts its messages
+        (:meth:`~divak.tracing.websocket.WebSocketConnections.handler_class`).
         """
         delegate = super().get_handler_delegate(
-            request, target_class, target_kwargs, path_args, path_kwargs
+            request,
+            self.divak_websockets.handler_class(target_class),
+            target_kwargs,
+            path_args,
+            path_kwargs,
         )
         return RequestPipeline(
             self.divak_instrumentation, request, target_class, delegate
@@ -358,7 +383,7 @@ class _ServiceState:
 
     @property
     def divak_websocket_connections(self) -> int:
-        return 0
+        return self.application.divak_websocket_connections
 
     @property
     def divak_uptime(self) -> float:
