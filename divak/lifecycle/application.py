@@ -15,6 +15,7 @@ import typing
 
 from tornado import httputil, ioloop, web
 
+from divak.context import Probe
 from divak.errors import ErrorLogger, ErrorWriter
 from divak.lifecycle.callbacks import (
     as_future,
@@ -382,7 +383,7 @@ class NotFoundHandler(ErrorLogger, ErrorWriter, web.RequestHandler):
         raise web.HTTPError(404)
 
 
-class StatusHandler(web.RequestHandler):
+class StatusHandler(Probe, web.RequestHandler):
     """A ready-made readiness endpoint: route it, e.g. ``(r"/status", StatusHandler)``.
 
     ``GET`` answers ``200 {"status": "ok"}`` while the application's
@@ -391,7 +392,9 @@ class StatusHandler(web.RequestHandler):
     the moment the drain starts (the application's ``draining`` attribute)
     it answers ``503 {"status": "draining"}``, whoever owns the event, so
     a load balancer stops sending traffic at once.  Works with any
-    application: one without ``ready_to_serve`` is always ready.
+    application: one without ``ready_to_serve`` is always ready.  A
+    :class:`~divak.context.Probe`: its requests are not traced unless
+    ``settings['divak_trace_probes']`` is true.
     """
 
     def get(self) -> None:

@@ -29,7 +29,7 @@ from divak.debug import RequestStats
 from divak.export.queue import SpanQueue
 from divak.export.reporters import warn_if_spans_go_to_log
 from divak.metrics.instruments import ApplicationMetrics, new_application_metrics
-from divak.tracing.excluded import excluded_url_patterns, excluded_urls
+from divak.tracing.excluded import excluded_url_patterns, excluded_urls, trace_probes
 from divak.tracing.provider import (
     SpanOwner,
     adopted_provider,
@@ -100,6 +100,9 @@ class Instrumentation:
             if excluded_url_patterns(self.settings)
             else None
         )
+        #: Whether requests to :class:`~divak.context.Probe` handlers are
+        #: traced (:func:`~divak.tracing.excluded.trace_probes`).
+        self.trace_probes = trace_probes(self.settings)
         #: Characters kept of a value taken from the request
         #: (``settings['divak_max_request_attribute_length']``).
         self.max_request_attribute_length = int(
