@@ -9,6 +9,7 @@ keep flowing with their ids.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -23,15 +24,20 @@ from divak.testing import ZipkinCollector
 
 from .conftest import ROOT, free_port, wait_for_port
 
-pytest.importorskip("opentelemetry.instrumentation.tornado")
-pytest.importorskip("opentelemetry.distro")  # the configurator the SDK needs
-pytest.importorskip("opentelemetry.exporter.zipkin.json")
-
 INSTRUMENT = shutil.which(
     "opentelemetry-instrument", path=str(pathlib.Path(sys.executable).parent)
 ) or shutil.which("opentelemetry-instrument")
-if INSTRUMENT is None:
-    pytest.skip("opentelemetry-instrument is not installed", allow_module_level=True)
+
+
+@pytest.fixture
+def instrument() -> str:
+    """The ``opentelemetry-instrument`` command, with what it needs here."""
+    pytest.importorskip("opentelemetry.instrumentation.tornado")
+    pytest.importorskip("opentelemetry.distro")  # the configurator the SDK needs
+    pytest.importorskip("opentelemetry.exporter.zipkin.json")
+    if INSTRUMENT is None:
+        pytest.skip("opentelemetry-instrument is not installed")
+    return INSTRUMENT
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +49,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def serve_instrumented(
-    collector: ZipkinCollector, **env: str
+    instrument: str, collector: ZipkinCollector, **env: str
 ) -> tuple[str, list[dict], str]:
     """Run the service under opentelemetry-instrument, call /hello once, stop it.
 
@@ -52,7 +58,7 @@ def serve_instrumented(
     """
     port = free_port()
     process = subprocess.Popen(
-        [INSTRUMENT, sys.executable, "tests/services/auto_instrumented.py"],
+        [instrument, sys.executable, "tests/services/auto_instrumented.py"],
         cwd=ROOT,
         env={
             **os.environ,
@@ -94,9 +100,11 @@ def serve_instrumented(
     ],
 )
 def test_one_span_per_request_each_delivered_once(
-    collector: ZipkinCollector, exporter: str
+    instrument: str, collector: ZipkinCollector, exporter: str
 ) -> None:
-    body, spans, output = serve_instrumented(collector, OTEL_TRACES_EXPORTER=exporter)
+    body, spans, output = serve_instrumented(
+        instrument, collector, OTEL_TRACES_EXPORTER=exporter
+    )
     # Nothing arrives after the three spans of /hello.
     assert len(spans) == len({span["id"] for span in spans}) == 3, spans
     names = sorted((span["name"].lower(), span.get("kind")) for span in spans)
@@ -123,9 +131,10 @@ def test_one_span_per_request_each_delivered_once(
 
 
 def test_the_tornado_instrumentation_left_out_changes_nothing(
-    collector: ZipkinCollector,
+    instrument: str, collector: ZipkinCollector
 ) -> None:
     _, spans, output = serve_instrumented(
+        instrument,
         collector,
         OTEL_TRACES_EXPORTER="zipkin_json",
         OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="tornado",
@@ -135,13 +144,14 @@ def test_the_tornado_instrumentation_left_out_changes_nothing(
 
 
 def test_logs_keep_flowing_with_ids_when_logging_is_auto_instrumented(
-    collector: ZipkinCollector,
+    instrument: str, collector: ZipkinCollector
 ) -> None:
     # The SDK then puts its LoggingHandler on the root logger; divak.run used
     # to see "a handler is configured" and left the console silent.  With
     # OTEL_LOGS_EXPORTER=console the SDK's exporter writes JSON to the same
     # output: the record reaches OpenTelemetry too.
     _, spans, output = serve_instrumented(
+        instrument,
         collector,
         OTEL_TRACES_EXPORTER="zipkin_json",
         OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED="true",
@@ -162,3 +172,59 @@ def test_logs_keep_flowing_with_ids_when_logging_is_auto_instrumented(
     # Exported once by the SDK's log pipeline, with the same trace id.
     assert output.count('"body": "saying hello"') == 1, output
     assert f'"trace_id": "0x{trace_id}"' in output
+
+
+_PROVIDER_IN_CODE = """
+import asyncio, json, logging, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from tornado import httpclient, web
+import divak
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+
+class Hello(web.RequestHandler):
+    def get(self):
+        self.write("hello")
+
+async def main():
+    app = divak.Recorder([(r"/hello", Hello)])
+    quiet = not app.divak_instrumentation.spans_go_to_log()
+    server = app.listen(0, "127.0.0.1")
+    port = next(iter(server._sockets.values())).getsockname()[1]
+    await httpclient.AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/hello")
+    app.divak_shutdown()
+    print(json.dumps({
+        "spans": [span.name for span in exporter.get_finished_spans()],
+        "reporters": len(app.divak_span_queues),
+        "quiet": quiet,
+    }))
+
+asyncio.run(main())
+"""
+
+
+def test_a_provider_set_in_code_exports_and_divak_adds_no_reporter() -> None:
+    """OTEL_TRACES_EXPORTER is the provider owner's: no second copy, no warning."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PROVIDER_IN_CODE],
+        cwd=ROOT,
+        env={**os.environ, "OTEL_TRACES_EXPORTER": "console"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    # divak built no ConsoleSpanExporter: nothing on standard output but
+    # the script's own line; the user's exporter got the span, once.
+    (line,) = result.stdout.strip().splitlines()
+    seen = json.loads(line)
+    assert seen == {"spans": ["GET /hello"], "reporters": 0, "quiet": True}
+    assert "no reporter configured" not in result.stderr
+    assert result.stderr.count("OTEL_TRACES_EXPORTER=console is honoured by") == 1
