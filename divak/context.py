@@ -11,7 +11,9 @@ outgoing headers all read the same ids.
 
 :class:`RequestLifecycle` names what the modules below the request
 pipeline may ask of it (the access log tells it that the response was
-sent); :attr:`RequestContext.lifecycle` is the way to it.
+sent); :attr:`RequestContext.lifecycle` is the way to it.  :class:`Probe`
+marks the handlers whose requests are probes (health checks, scrapes),
+which get no span by default.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ if typing.TYPE_CHECKING:
 
 __all__ = [
     "REQUEST_CONTEXT_KEY",
+    "Probe",
     "RequestContext",
     "RequestLifecycle",
     "activated",
@@ -54,6 +57,27 @@ class RequestLifecycle(typing.Protocol):
 
     def client_disconnected(self) -> None:
         """The client closed the connection before the response was sent."""
+
+
+class Probe:
+    """Marks a request handler as a probe: the service's machinery calls it.
+
+    A readiness check, a metrics scrape, the debug page: requests a load
+    balancer, Prometheus or an operator sends every few seconds, which
+    would fill the trace store with spans nobody reads.  Requests routed
+    to a handler class that derives from :class:`Probe` get no span unless
+    ``settings['divak_trace_probes']`` is true (see
+    :func:`divak.tracing.excluded.trace_probes`); they are still counted in
+    the request metrics and written to the access log.
+    :class:`~divak.StatusHandler`, :class:`~divak.MetricsHandler` and the
+    debug page's handler derive from it; derive your own health checks
+    from it too (``class Health(divak.context.Probe, web.RequestHandler)``).
+
+    It adds nothing to the class: the request pipeline asks
+    ``issubclass(handler_class, Probe)`` once per request.
+    """
+
+    __slots__ = ()
 
 
 class RequestContext:

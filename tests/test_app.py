@@ -86,6 +86,54 @@ def test_server_header() -> None:
     assert server_header(server_header="edge/7") == "edge/7"
 
 
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"service": "greeter", "version": "1.2.3"}, "greeter/1.2.3"),
+        ({"service": "greeter"}, "greeter"),
+        ({"version": "1.2.3"}, None),
+        ({}, None),
+        ({"service": "greeter", "server_header": "edge/7"}, "edge/7"),
+        ({"service": "greeter", "server_header": None}, None),
+    ],
+)
+def test_server_header_setting_is_left_as_sprockets_http_leaves_it(
+    settings: dict[str, typing.Any], expected: str | None
+) -> None:
+    # sprockets.http's Application sets settings['server_header'] in its
+    # constructor (service/version, service, or None); handlers read it.
+    for app in (divak.Application([], **settings), make_app(**settings)):
+        assert app.settings["server_header"] == expected
+
+
+class ServerFromSettings(web.RequestHandler):
+    """sprockets.http's pattern: a handler sets the header from the setting."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Server", self.settings["server_header"])
+
+    def get(self) -> None:
+        self.write("ok")
+
+
+def test_server_header_set_later_wins() -> None:
+    async def scenario() -> tuple[str | None, str | None, str | None]:
+        app = divak.Application(
+            [(r"/", ServerFromSettings)], service="greeter", version="2"
+        )
+        port = listen(app)
+        first = await fetch(port, "/")
+        app.settings["server_header"] = "edge/9"
+        second = await fetch(port, "/")
+        return (
+            first.headers.get("X-Server"),
+            first.headers.get("Server"),
+            second.headers.get("Server"),
+        )
+
+    assert run(scenario()) == ("greeter/2", "greeter/2", "edge/9")
+
+
 def test_start_runs_before_run_then_spawns_on_start() -> None:
     calls: list[tuple[str, typing.Any, typing.Any]] = []
 

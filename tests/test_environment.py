@@ -379,6 +379,49 @@ def test_exporter_otlp_uses_the_otlp_endpoint_headers_and_timeout(monkeypatch):
     assert names == {"GET /call", "GET"}
 
 
+def test_exporter_names_resolve_through_entry_points(collector, monkeypatch):
+    pytest.importorskip("opentelemetry.exporter.zipkin.json")
+    from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+    # divak has no built-in "zipkin_json": OpenTelemetry's exporter, found
+    # through its opentelemetry_traces_exporter entry point, reads its own
+    # endpoint variable and runs behind divak's span queue.
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin_json")
+    monkeypatch.setenv("OTEL_EXPORTER_ZIPKIN_ENDPOINT", collector.url + "/spans")
+    _, app = call(None)
+    (queue,) = app.divak_span_queues
+    assert isinstance(queue.reporter, ZipkinExporter)
+    spans = collector.wait_for(lambda s: len(s) == 2)
+    assert sorted(span["name"] for span in spans) == ["GET", "GET /call"]
+
+
+_NOT_AN_EXPORTER = """
+class Thing:
+    pass
+"""
+
+
+def test_an_entry_point_that_is_not_an_exporter_is_skipped(
+    tmp_path, monkeypatch, log_records
+):
+    (tmp_path / "divak_thing_plugin.py").write_text(_NOT_AN_EXPORTER)
+    info = tmp_path / "divak_thing_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: divak-thing-plugin\nVersion: 1.0\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[opentelemetry_traces_exporter]\nthing = divak_thing_plugin:Thing\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "thing,nowhere,console")
+    reporters = divak.export.reporters_from_env()
+    assert [type(r).__name__ for r in reporters] == ["ConsoleSpanExporter"]
+    warnings = [r.getMessage() for r in log_records if r.levelno == logging.WARNING]
+    assert any("'thing'" in w and "not a SpanExporter" in w for w in warnings)
+    assert any("'nowhere'" in w for w in warnings), warnings
+
+
 def test_exporter_added_in_code_wins(collector, monkeypatch):
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
     call(collector)

@@ -155,7 +155,8 @@ def test_custom_log_function_runs_in_the_request_context() -> None:
         )
         logged.append((handler.request.path, record.otelTraceID, record.otelSpanID))
 
-    app, recorder = make_app(log_function=log_function)
+    # /status is a probe, traced here on purpose to have two spans to compare.
+    app, recorder = make_app(log_function=log_function, divak_trace_probes=True)
     fetch(app, "/status", "/no/such/route")
     status_span = recorder.one("GET /status")
     unrouted = recorder.one("GET")

@@ -127,3 +127,86 @@ def test_span_recorder_wait_for_spans_from_another_thread() -> None:
     recorder.clear()
     assert recorder.spans == []
     app.divak_shutdown()
+
+
+# -- the test's spans stay in the test ----------------------------------------
+
+
+class Hello(web.RequestHandler):
+    def get(self) -> None:
+        self.write("hello")
+
+
+def production_app(collector_url: str, *, start_tracing: bool = False) -> typing.Any:
+    """An application written for production: it reports to a Zipkin collector."""
+    app = divak_app([(r"/hello", Hello)])
+    app.add_divak_reporter(divak.ZipkinReporter(collector_url))
+    if start_tracing:
+        assert app.divak_tracer_provider is not None  # tracing starts in get_app
+    return app
+
+
+def divak_app(routes: list[typing.Any]) -> typing.Any:
+    class App(divak.Recorder, divak.Application):
+        pass
+
+    return App(routes, service="production")
+
+
+def run_case(case: type[unittest.TestCase]) -> None:
+    result = unittest.TestResult()
+    unittest.defaultTestLoader.loadTestsFromTestCase(case).run(result)
+    assert result.wasSuccessful(), result.errors + result.failures
+
+
+@pytest.mark.parametrize("start_tracing", [False, True])
+def test_spans_never_reach_the_applications_production_reporters(
+    collector: testing.ZipkinCollector, start_tracing: bool
+) -> None:
+    class Case(testing.DivakTestCase):
+        def get_app(self) -> web.Application:
+            return production_app(collector.url, start_tracing=start_tracing)
+
+        def test_request(self) -> None:
+            self.assertEqual(self.fetch("/hello").code, 200)
+            (span,) = self.flush_spans()
+            self.assertEqual(span.name, "GET /hello")
+
+    run_case(Case)
+    # The application was shut down (its queues flushed) after the test:
+    # whatever its reporter was to send, it has sent.
+    assert collector.spans == []
+
+
+def test_keep_reporters_sends_them_there_too(
+    collector: testing.ZipkinCollector,
+) -> None:
+    class Case(testing.DivakTestCase):
+        keep_reporters = True
+
+        def get_app(self) -> web.Application:
+            return production_app(collector.url)
+
+        def test_request(self) -> None:
+            self.assertEqual(self.fetch("/hello").code, 200)
+            self.assertEqual(len(self.flush_spans()), 1)
+
+    run_case(Case)
+    assert [span["name"] for span in collector.wait_for(bool)] == ["GET /hello"]
+
+
+def test_an_in_memory_reporter_of_the_application_is_kept() -> None:
+    own = testing.SpanRecorder()
+
+    class Case(testing.DivakTestCase):
+        def get_app(self) -> web.Application:
+            app = divak_app([(r"/hello", Hello)])
+            app.add_divak_reporter(own)
+            return app
+
+        def test_request(self) -> None:
+            self.assertEqual(self.fetch("/hello").code, 200)
+            self.assertEqual(len(self.flush_spans()), 1)
+
+    run_case(Case)
+    assert [span.name for span in own.spans] == ["GET /hello"]

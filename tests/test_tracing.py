@@ -645,7 +645,9 @@ def test_handlers_without_the_tracker_get_a_route_named_span() -> None:
     recorder = SpanRecorder()
 
     async def scenario():
-        app = divak.Recorder([(r"/status", divak.StatusHandler)])
+        app = divak.Recorder(
+            [(r"/status", divak.StatusHandler)], divak_trace_probes=True
+        )
         app.add_divak_reporter(recorder)
         assert (await _fetch(listen(app), "/status")).code == 200
         await flush(app)

@@ -55,7 +55,7 @@ import typing
 
 from tornado import http1connection, httputil, template, web
 
-from divak.context import request_context_of
+from divak.context import Probe, request_context_of
 from divak.debug.stats import WINDOWS, RequestStats
 from divak.settings import number_setting, parse_bool, setting
 
@@ -350,7 +350,7 @@ def page_data(
     }
 
 
-class DebugPageHandler(web.RequestHandler):
+class DebugPageHandler(Probe, web.RequestHandler):
     """Serve the debug page (HTML, or JSON with ``?format=json``).
 
     Routed by :func:`install`, which passes its keyword arguments.  Answers

@@ -36,6 +36,7 @@ from divak.export.zipkin_json import B3_DEBUG_ATTRIBUTE, ZipkinV2Encoder
 from divak.logs.ratelimit import RateLimitedLog, describe_error, muffled
 from divak.semconv import DEFAULT_PORTS, RETRY_STATUSES
 from divak.settings import (
+    entry_point_factories,
     env_value,
     milliseconds_variable,
     names_variable,
@@ -536,15 +537,26 @@ def reporters_from_env() -> list[SpanExporter]:
     output) and ``none`` (no reporter: spans are made, and exported
     nowhere).  Timeouts are in milliseconds, as the specification says.
 
+    Any other name is looked up, as OpenTelemetry's SDK does, among the
+    ``opentelemetry_traces_exporter`` entry points of the installed
+    packages (``zipkin_json`` from opentelemetry-exporter-zipkin-json,
+    ``otlp_proto_http`` from opentelemetry-exporter-otlp-proto-http, a
+    vendor's exporter): the class registered there is made with no
+    arguments (it reads its own variables) and runs behind a
+    :class:`~divak.export.queue.SpanQueue` like divak's reporters.
+    divak's built-in names win over entry points of the same name.
+
     When the variable is not set: ``zipkin`` if
     ``OTEL_EXPORTER_ZIPKIN_ENDPOINT`` is set, else ``otlp`` if an OTLP
     endpoint variable is set, else a :class:`~divak.LoggingReporter` (see
-    :func:`warn_if_spans_go_to_log`).  An unknown
-    name, or ``otlp`` without its package, is logged as a WARNING and
-    skipped.  A :class:`~divak.Recorder` uses these only when the
-    application added no reporter in code.
+    :func:`warn_if_spans_go_to_log`).  A name found nowhere, ``otlp``
+    without its package, or an entry point that fails to load or is not a
+    ``SpanExporter`` is logged once as a WARNING and skipped.  A
+    :class:`~divak.Recorder` uses these only when the application added no
+    reporter in code, and only in a provider divak made
+    (:func:`divak.tracing.provider.application_reporters`).
 
-    :returns: new reporter instances
+    :returns: new reporter instances, in the listed order
     """
     value = env_value("OTEL_TRACES_EXPORTER").lower()
     if not value:
@@ -556,11 +568,16 @@ def reporters_from_env() -> list[SpanExporter]:
             value = "otlp"
         else:
             return [LoggingReporter()]
+    factories: dict[str, typing.Callable[[], typing.Any]] = dict(_EXPORTERS)
+    listed = {name.strip() for name in value.split(",")} - {"", "none"}
+    if not listed <= factories.keys():
+        factories.update(
+            entry_point_factories("opentelemetry_traces_exporter", exclude=_EXPORTERS)
+        )
     result: list[SpanExporter] = []
-    for name in names_variable("OTEL_TRACES_EXPORTER", value, _EXPORTERS):
-        factory = _EXPORTERS[name]
+    for name in names_variable("OTEL_TRACES_EXPORTER", value, factories):
         try:
-            result.append(factory())
+            reporter = factories[name]()
         except ImportError as error:
             warn_once(
                 "exporter-import:" + name,
@@ -569,6 +586,19 @@ def reporters_from_env() -> list[SpanExporter]:
                 error,
                 name,
             )
+            continue
+        if reporter is None:
+            continue  # an entry point that failed: logged by its factory
+        if not isinstance(reporter, SpanExporter):
+            warn_once(
+                "exporter-type:" + name,
+                "ignoring %r in OTEL_TRACES_EXPORTER: its entry point made a %s, "
+                "not a SpanExporter",
+                name,
+                type(reporter).__name__,
+            )
+            continue
+        result.append(reporter)
     return result
 
 

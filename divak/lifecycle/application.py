@@ -15,6 +15,7 @@ import typing
 
 from tornado import httputil, ioloop, web
 
+from divak.context import Probe
 from divak.errors import ErrorLogger, ErrorWriter
 from divak.lifecycle.callbacks import (
     as_future,
@@ -281,15 +282,38 @@ class CallbackManager:
         io_loop.spawn_callback(stop)
 
 
-_DEFAULT = object()
+def _server_header(service: str | None, version: typing.Any) -> str | None:
+    """``service/version``, ``service`` alone, or :data:`None` without a service."""
+    if not service:
+        return None
+    return f"{service}/{version}" if version else service
 
 
 class _ServerHeader(web.OutputTransform):
-    """Set or remove the ``Server`` header; one instance per application."""
+    """Set or remove the ``Server`` header; one instance per application.
+
+    Made by :class:`Application`, which leaves ``settings['server_header']``
+    as sprockets.http does: when the settings have no such key, it is set
+    to the default (``service/version``, ``service``, or :data:`None`), so
+    handlers may read it.  The header is read from the setting for every
+    response, so a value set later wins.  While the setting still holds
+    the default it was given, the header follows the service name the
+    application asks for now (a :class:`~divak.Recorder`'s name given in
+    code, set after the application was made, included).
+    """
 
     def __init__(self, application: web.Application) -> None:
         self.application = application
         self.settings = application.settings
+        #: The default written into the settings, or :data:`None` when the
+        #: application was given a ``server_header`` setting.
+        self.default: tuple[str | None] | None = None
+        if "server_header" not in self.settings:
+            value = _server_header(
+                self.settings.get("service"), self.settings.get("version")
+            )
+            self.settings["server_header"] = value
+            self.default = (value,)
 
     def __call__(self, request: httputil.HTTPServerRequest) -> _ServerHeader:
         # Tornado asks its transforms for a per-request object; this one
@@ -304,11 +328,11 @@ class _ServerHeader(web.OutputTransform):
         finishing: bool,
     ) -> tuple[int, httputil.HTTPHeaders, bytes]:
         settings = self.settings
-        value = settings.get("server_header", _DEFAULT)
-        if value is _DEFAULT:
-            service = _service_name(self.application)
-            version = settings.get("version")
-            value = f"{service}/{version}" if service and version else service
+        value = settings.get("server_header")
+        if self.default is not None and value == self.default[0]:
+            value = _server_header(
+                _service_name(self.application), settings.get("version")
+            )
         if value is None:
             headers.pop("Server", None)
         else:
@@ -339,13 +363,16 @@ class Application(CallbackManager, AccessLogger):
 
     .. rubric:: settings['server_header']
 
-    The ``Server`` response header.  Defaults to ``service/version`` from
+    The ``Server`` response header.  As sprockets.http does, the
+    constructor sets it when it is absent, to ``service/version`` from
     ``settings['service']`` and ``settings['version']`` (or ``service``
-    alone), as sprockets.http does; in a :class:`divak.Recorder`
-    application the service named with
-    :meth:`divak.Recorder.set_divak_service` wins over
-    ``settings['service']`` (the name its spans carry).  :data:`None` (the
-    default without a service) removes the header.
+    alone, or :data:`None` without a service), so handlers can read
+    ``self.settings['server_header']``; it is read again for every
+    response, so a value set later wins.  While it still holds that
+    default, in a :class:`divak.Recorder` application the service named
+    with :meth:`divak.Recorder.set_divak_service` wins over
+    ``settings['service']`` (the name its spans carry).  :data:`None`
+    removes the header.
 
     .. rubric:: settings['shutdown_limit']
 
@@ -385,7 +412,7 @@ class NotFoundHandler(ErrorLogger, ErrorWriter, web.RequestHandler):
         raise web.HTTPError(404)
 
 
-class StatusHandler(web.RequestHandler):
+class StatusHandler(Probe, web.RequestHandler):
     """A ready-made readiness endpoint: route it, e.g. ``(r"/status", StatusHandler)``.
 
     ``GET`` answers ``200 {"status": "ok"}`` while the application's
@@ -396,7 +423,9 @@ class StatusHandler(web.RequestHandler):
     ``503 {"status": "draining"}``, whoever owns the event, so a load
     balancer stops sending traffic at once.  Works with any application:
     one that is not a :class:`CallbackManager` (a plain
-    :class:`tornado.web.Application`) is always ready.
+    :class:`tornado.web.Application`) is always ready.  A
+    :class:`~divak.context.Probe`: its requests are not traced unless
+    ``settings['divak_trace_probes']`` is true.
     """
 
     def get(self) -> None:

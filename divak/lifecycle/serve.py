@@ -39,8 +39,8 @@ def _configure_logging(log_config: dict[str, typing.Any] | None, debug: bool) ->
     divak_log.install_log_ids()
     if log_config is not None:
         logging.config.dictConfig(log_config)
-    elif not logging.getLogger().handlers:
-        logging.config.dictConfig(divak_log.default_logging_config(debug))
+    elif not divak_log.logging_configured():
+        divak_log.configure_default_logging(debug)
 
 
 def _serve_here(
@@ -84,7 +84,9 @@ def run(
         and every key except ``port`` and ``number_of_procs`` is passed on
         to *create_application*
     :param log_config: a :func:`logging.config.dictConfig` dictionary.
-        Without it, and only when the root logger has no handlers yet,
+        Without it, and only when the root logger has no handler yet
+        (OpenTelemetry's log bridges, which export records and write none,
+        do not count: see :func:`divak.logs.ids.logging_configured`),
         divak applies :func:`divak.logs.ids.default_logging_config`.
     :raises SystemExit: with a non-zero status when the application could
         not be created or started (70), when a second signal cut the drain

@@ -51,8 +51,11 @@ __all__ = [
     "DEFAULT_FORMAT",
     "REQUEST_CONTEXT_KEY",
     "RequestLogger",
+    "configure_default_logging",
     "default_logging_config",
+    "exports_to_opentelemetry",
     "install_log_ids",
+    "logging_configured",
 ]
 
 _INVALID_TRACE_ID = "0"
@@ -150,6 +153,55 @@ class RequestLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             super().log(level, msg, *args, **kwargs)
         except Exception as error:  # noqa: BLE001 - logging must not fail a request
             LOGGING_FAILURES.report(self.name, error)
+
+
+def exports_to_opentelemetry(handler: logging.Handler) -> bool:
+    """Whether *handler* is one of OpenTelemetry's log bridges.
+
+    OpenTelemetry's ``LoggingHandler`` (the SDK's, which
+    ``opentelemetry-instrument`` adds to the root logger when
+    ``OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED=true``, and the one
+    of opentelemetry-instrumentation-logging) hands records to a
+    ``LoggerProvider`` for export; it writes nothing a person reads.  It is
+    recognised by the package that defines its class, so divak imports
+    neither package to ask.
+
+    :param handler: a handler of the root logger
+    """
+    return type(handler).__module__.partition(".")[0] == "opentelemetry"
+
+
+def logging_configured() -> bool:
+    """Whether the root logger already writes records somewhere.
+
+    :data:`True` when it has a handler other than OpenTelemetry's log
+    bridges (:func:`exports_to_opentelemetry`): then :func:`divak.run`
+    leaves logging as it is.  A root logger whose only handler sends
+    records to OpenTelemetry still gets divak's console output
+    (:func:`configure_default_logging`), or the service would go silent.
+    """
+    return not all(
+        exports_to_opentelemetry(handler) for handler in logging.getLogger().handlers
+    )
+
+
+def configure_default_logging(debug: bool = False) -> None:
+    """Apply :func:`default_logging_config`, keeping OpenTelemetry's log bridges.
+
+    :func:`logging.config.dictConfig` replaces the root logger's handlers;
+    the bridges (:func:`exports_to_opentelemetry`) the root logger had are
+    added back, so records are still exported as well as written to
+    standard output, with the root logger's new level.
+
+    :param debug: whether the service runs in debug mode
+    :raises RuntimeError: as :func:`default_logging_config`
+    """
+    root = logging.getLogger()
+    bridges = [h for h in root.handlers if exports_to_opentelemetry(h)]
+    logging.config.dictConfig(default_logging_config(debug))
+    for handler in bridges:
+        if handler not in root.handlers:
+            root.addHandler(handler)
 
 
 #: The ``%``-style format of divak's text log lines.

@@ -29,6 +29,7 @@ from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
 from tornado import web
 
+from divak.context import Probe
 from divak.metrics import peers
 from divak.metrics.instruments import ApplicationMetrics, MetricsSource
 from divak.metrics.snapshot import Snapshot, merge
@@ -224,7 +225,7 @@ class _Families:
         return self.families
 
 
-class MetricsHandler(web.RequestHandler):
+class MetricsHandler(Probe, web.RequestHandler):
     """Answer Prometheus scrapes with the application's metrics.
 
     Route it in an application that has metrics (a :class:`divak.Recorder`;

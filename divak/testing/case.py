@@ -16,13 +16,13 @@ import typing
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    SpanExporter,
-    SpanExportResult,
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
 )
 from tornado import ioloop, testing, web
 
+from divak.export.queue import SpanQueue
 from divak.lifecycle.application import CallbackManager
 from divak.tracing.recorder import Recorder
 
@@ -208,11 +208,20 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
     and runs the IOLoop until the application stops it (a ``stop`` that
     never does, a mock's, is cut after :attr:`shutdown_limit` plus 2 s).
 
-    For a :class:`divak.Recorder` application it adds :attr:`spans`, a
-    :class:`SpanRecorder`, as a reporter and shuts the reporters down after
-    each test, so no export thread outlives its test.  :meth:`flush_spans`
-    waits on :attr:`spans` only, so an application written for production
-    (a Zipkin collector the test cannot reach) costs nothing.
+    For a :class:`divak.Recorder` application it records the spans in
+    memory, in :attr:`spans` (a :class:`SpanRecorder`), and sends them
+    nowhere else: the reporters the application configured for
+    production (:meth:`~divak.Recorder.add_divak_reporter`, or
+    ``OTEL_TRACES_EXPORTER``) are replaced by :attr:`spans` before the
+    application's tracing starts, and shut down unused.  Reporters that
+    keep spans in memory themselves (a :class:`SpanRecorder`, the SDK's
+    ``InMemorySpanExporter``) are kept.  Set :attr:`keep_reporters` to
+    keep the application's reporters as well (a test of what reaches a
+    collector).  The reporters are shut down after each test, so no
+    export thread outlives its test; :meth:`flush_spans` waits on
+    :attr:`spans` only.  Spans a provider the process set exports through
+    exporters of its own (``opentelemetry-instrument``) are that
+    provider's business, not the application's.
 
     Works with any :class:`tornado.web.Application`; the steps that need
     the divak mix-ins are skipped for applications without them (start and
@@ -231,6 +240,9 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
        The :class:`SpanRecorder` of this test.
     """
 
+    #: Keep the reporters the application configured, next to :attr:`spans`
+    #: (by default the test's spans reach :attr:`spans` only).
+    keep_reporters: bool = False
     #: Seconds the shutdown callbacks may take at most.
     shutdown_limit: float = 0.25
     #: Seconds between checks while stopping (passed on to ``app.stop``).
@@ -240,7 +252,6 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
         """Build and start the application, record its spans."""
         self.app: typing.Any = None
         self.spans = SpanRecorder()
-        self._span_processor: typing.Any = None
         super().setUp()
         # What get_app returned, as Tornado's test case serves it.
         self._served: typing.Any = self.http_server.request_callback
@@ -255,14 +266,26 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
         if isinstance(app, CallbackManager) and not app.owns_readiness:
             app.ready_to_serve.set()
 
-    def _record_spans(self, app: object) -> None:
+    def _record_spans(self, app: typing.Any) -> None:
         if not isinstance(app, Recorder):
             return
-        try:
-            app.add_divak_reporter(self.spans)
-        except RuntimeError:  # tracing already started in get_app
-            self._span_processor = BatchSpanProcessor(self.spans)
-            app.divak_tracer_provider.add_span_processor(self._span_processor)
+        instrumentation = app.divak_instrumentation
+        keep = self.keep_reporters
+        if instrumentation.started:  # tracing already started in get_app
+            queues = instrumentation.span_queues  # the list its spans go to
+            stopped = [q for q in queues if not (keep or _in_memory(q.reporter))]
+            queues[:] = [q for q in queues if q not in stopped]
+            queues.append(SpanQueue(self.spans))
+            for queue in stopped:
+                queue.reporter.shutdown()  # its pending spans fail at once
+                queue.shutdown()
+            return
+        reporters = instrumentation.reporters
+        unused = [r for r in reporters if not (keep or _in_memory(r))]
+        reporters[:] = [r for r in reporters if r not in unused]
+        reporters.append(self.spans)
+        for reporter in unused:
+            reporter.shutdown()
 
     def tearDown(self) -> None:
         """Stop the application, shut its reporters down, stop the server."""
@@ -291,14 +314,17 @@ class DivakTestCase(testing.AsyncHTTPTestCase):
         :raises AssertionError: when the spans were not recorded in time
         """
         flushed = True
-        if self._span_processor is not None:
-            flushed = self._span_processor.force_flush(int(timeout * 1000))
-        elif isinstance(self._served, Recorder):
+        if isinstance(self._served, Recorder):
             for queue in self._served.divak_span_queues:
                 if queue.reporter is self.spans:
                     flushed = queue.force_flush(int(timeout * 1000))
         assert flushed, "spans not recorded in time"
         return list(self.spans.spans)
+
+
+def _in_memory(reporter: SpanExporter) -> bool:
+    """Whether *reporter* keeps spans in the process (a test's own reporter)."""
+    return isinstance(reporter, (SpanRecorder, InMemorySpanExporter))
 
 
 #: sprockets.http's name for :class:`DivakTestCase`.

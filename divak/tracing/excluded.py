@@ -1,9 +1,21 @@
-"""Request URLs left untraced: health checks and scrapes.
+"""Requests left untraced: probes, and the URLs the settings name.
 
-The patterns come from the application setting ``divak_excluded_urls`` or
-the variables OpenTelemetry's instrumentations read
-(``OTEL_PYTHON_TORNADO_EXCLUDED_URLS``, then ``OTEL_PYTHON_EXCLUDED_URLS``);
-the matching is theirs (``opentelemetry.util.http.ExcludeList``).
+Two mechanisms, both checked where a request's span would start (see
+:mod:`divak.tracing.pipeline`):
+
+* **Probes**, by type: a request routed to a handler class deriving from
+  :class:`divak.context.Probe` (:class:`~divak.StatusHandler`,
+  :class:`~divak.MetricsHandler`, the debug page) is not traced unless
+  ``settings['divak_trace_probes']`` is true (:func:`trace_probes`).
+* **URLs**, by pattern: the application setting ``divak_excluded_urls`` or
+  the variables OpenTelemetry's instrumentations read
+  (``OTEL_PYTHON_TORNADO_EXCLUDED_URLS``, then
+  ``OTEL_PYTHON_EXCLUDED_URLS``); the matching is theirs
+  (``opentelemetry.util.http.ExcludeList``).
+
+An untraced request gets no span of its own (its log records and
+outgoing headers carry the upstream trace, if any); it is still counted
+in the request metrics and written to the access log.
 """
 
 from __future__ import annotations
@@ -14,7 +26,9 @@ import typing
 
 from opentelemetry.util import http as otel_http
 
-__all__ = ["excluded_url_patterns", "excluded_urls"]
+from divak.settings import parse_bool
+
+__all__ = ["excluded_url_patterns", "excluded_urls", "trace_probes"]
 
 
 def _get(name: str) -> str:
@@ -66,3 +80,19 @@ def excluded_urls(
     for pattern in patterns:
         re.compile(pattern)  # a bad pattern fails at start-up, by name
     return otel_http.ExcludeList(patterns).url_disabled
+
+
+def trace_probes(settings: typing.Mapping[str, typing.Any]) -> bool:
+    """Whether requests to :class:`~divak.context.Probe` handlers are traced.
+
+    ``settings['divak_trace_probes']``: :data:`False` by default, so a
+    readiness check, a metrics scrape or the debug page makes no span;
+    :data:`True` traces them like any other request.  Accepts a
+    :class:`bool` or the strings :func:`divak.settings.parse_bool` reads.
+
+    :param settings: the application's settings
+    :raises ValueError: for a value that is not a boolean
+    """
+    return parse_bool(
+        settings.get("divak_trace_probes", False), "settings['divak_trace_probes']"
+    )

@@ -27,14 +27,16 @@ from tornado import web
 from divak import propagation, redaction, semconv
 from divak.debug import RequestStats
 from divak.export.queue import SpanQueue
-from divak.export.reporters import reporters_from_env, warn_if_spans_go_to_log
+from divak.export.reporters import warn_if_spans_go_to_log
 from divak.metrics.instruments import ApplicationMetrics, new_application_metrics
-from divak.tracing.excluded import excluded_url_patterns, excluded_urls
+from divak.tracing.excluded import excluded_url_patterns, excluded_urls, trace_probes
 from divak.tracing.provider import (
     SpanOwner,
+    adopted_provider,
+    application_reporters,
     join,
     tracer_provider,
-    warn_if_tornado_instrumented,
+    turn_off_tornado_instrumentation,
 )
 from divak.tracing.routes import RouteTable
 from divak.version import __version__
@@ -98,6 +100,9 @@ class Instrumentation:
             if excluded_url_patterns(self.settings)
             else None
         )
+        #: Whether requests to :class:`~divak.context.Probe` handlers are
+        #: traced (:func:`~divak.tracing.excluded.trace_probes`).
+        self.trace_probes = trace_probes(self.settings)
         #: Characters kept of a value taken from the request
         #: (``settings['divak_max_request_attribute_length']``).
         self.max_request_attribute_length = int(
@@ -185,15 +190,15 @@ class Instrumentation:
 
     def _start(self) -> None:
         name = self.requested_service_name
-        span_reporters = self.reporters or reporters_from_env()
-        self.span_queues = [SpanQueue(reporter) for reporter in span_reporters]
         sdk_provider, self._own_provider = tracer_provider(
             self.settings, name, self.sampler
         )
+        span_reporters = application_reporters(self.reporters, self._own_provider)
+        self.span_queues = [SpanQueue(reporter) for reporter in span_reporters]
         self._span_owner = join(sdk_provider, self.span_queues)
         self._tracer = sdk_provider.get_tracer("divak", __version__)
         self._provider = sdk_provider
-        warn_if_tornado_instrumented()
+        turn_off_tornado_instrumentation()
 
     @property
     def metrics(self) -> ApplicationMetrics:
@@ -223,6 +228,8 @@ class Instrumentation:
     def spans_go_to_log(self) -> bool:
         """Log one WARNING when no reporter is configured; see
         :func:`divak.export.reporters.warn_if_spans_go_to_log`."""
+        if adopted_provider(self.settings) is not None:
+            return False  # the provider the process set exports them
         return warn_if_spans_go_to_log(self.reporters)
 
     @property

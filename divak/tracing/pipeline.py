@@ -102,7 +102,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httputil, log, web
 
 from divak import propagation, semconv
-from divak.context import RequestContext, activated, current_request_context
+from divak.context import Probe, RequestContext, activated, current_request_context
 from divak.logs import access
 from divak.tracing import headers, websocket
 from divak.tracing.instrumentation import Instrumentation
@@ -191,7 +191,9 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
         request.divak_context = request_context  # type: ignore[attr-defined]
         request.divak_request_id = request_id  # type: ignore[attr-defined]
         excluded = instrumentation.excluded
-        if excluded is not None and excluded(request.uri or ""):
+        if (excluded is not None and excluded(request.uri or "")) or (
+            issubclass(handler_class, Probe) and not instrumentation.trace_probes
+        ):
             # Not traced: the upstream trace context goes on unchanged.
             request_context.set_span(trace.get_current_span(parent))
             request_context.ended = True

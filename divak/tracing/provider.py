@@ -30,11 +30,14 @@ from opentelemetry.sdk.trace import (
     TracerProvider,
     sampling,
 )
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind
 
 from divak import propagation
+from divak.export.reporters import reporters_from_env
 from divak.propagation.b3 import B3DebugMarker
+from divak.settings import env_value
 from divak.tracing.sampling import default_sampler
 
 __all__ = [
@@ -42,8 +45,11 @@ __all__ = [
     "PresetTraceIds",
     "SpanOwner",
     "SpanRouter",
+    "adopted_provider",
+    "application_reporters",
     "join",
     "tracer_provider",
+    "turn_off_tornado_instrumentation",
     "unsampled_span",
 ]
 
@@ -64,6 +70,8 @@ _ROUTERS: weakref.WeakKeyDictionary[TracerProvider, SpanRouter] = (
     weakref.WeakKeyDictionary()
 )
 _ROUTERS_LOCK = threading.Lock()
+
+_said_exporter_left = False
 
 #: Context key of the :class:`SpanOwner` of the request being handled:
 #: spans started under a context holding it belong to that application.
@@ -134,15 +142,12 @@ def tracer_provider(
     :returns: the provider, and :data:`True` when divak made it (the
         application then shuts it down)
     """
+    adopted = adopted_provider(settings)
+    if adopted is not None:
+        _warn_not_applied(adopted, service, sampler)
+        return adopted, False
     current = trace.get_tracer_provider()
     use_global = settings.get("divak_global_provider", True)
-    if (
-        use_global
-        and isinstance(current, TracerProvider)
-        and current not in _OWN_PROVIDERS
-    ):
-        _warn_not_applied(current, service, sampler)
-        return current, False
     if sampler is None:
         sampler = default_sampler()
     provider = TracerProvider(
@@ -158,6 +163,63 @@ def tracer_provider(
     if use_global and isinstance(current, trace.ProxyTracerProvider):
         trace.set_tracer_provider(provider)
     return provider, True
+
+
+def adopted_provider(
+    settings: typing.Mapping[str, typing.Any],
+) -> TracerProvider | None:
+    """The SDK provider the process set that an application would adopt, if any.
+
+    That is the global provider when it is an OpenTelemetry SDK
+    ``TracerProvider`` divak did not make (``opentelemetry-instrument``,
+    ``trace.set_tracer_provider`` in start-up code) and
+    ``settings['divak_global_provider']`` is true (the default); else
+    :data:`None` (divak makes a provider, see :func:`tracer_provider`).
+
+    :param settings: the application's settings
+    """
+    if not settings.get("divak_global_provider", True):
+        return None
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider) and current not in _OWN_PROVIDERS:
+        return current
+    return None
+
+
+def application_reporters(
+    in_code: typing.Sequence[SpanExporter], own_provider: bool
+) -> list[SpanExporter]:
+    """The reporters an application exports its spans with.
+
+    The reporters given in code (:meth:`divak.Recorder.add_divak_reporter`)
+    when there are any.  Else, in a provider divak made, the ones
+    ``OTEL_TRACES_EXPORTER`` names
+    (:func:`~divak.export.reporters.reporters_from_env`); in a provider the
+    process set (*own_provider* false), none: whoever set it exports
+    through it (``opentelemetry-instrument`` adds the exporters
+    ``OTEL_TRACES_EXPORTER`` names to it), and reporters built by divak
+    from the same variable would send every span a second time.  That is
+    logged once, at INFO, when the variable is set.
+
+    :param in_code: the reporters given in code
+    :param own_provider: whether divak made the application's provider
+    :returns: a new list
+    """
+    global _said_exporter_left
+    if in_code:
+        return list(in_code)
+    if own_provider:
+        return reporters_from_env()
+    value = env_value("OTEL_TRACES_EXPORTER")
+    if value and not _said_exporter_left:
+        _said_exporter_left = True
+        logger.info(
+            "OTEL_TRACES_EXPORTER=%s is honoured by the TracerProvider the "
+            "process set, which exports every span; divak adds no reporter of "
+            "its own to it (add one in code to export elsewhere too)",
+            value,
+        )
+    return []
 
 
 def _warn_not_applied(
@@ -431,21 +493,48 @@ def unsampled_span(
     )
 
 
-_warned_tornado = False
+_tornado_turned_off = False
 
 
-def warn_if_tornado_instrumented() -> None:
-    """One WARNING when OpenTelemetry's tornado instrumentation is active too."""
-    global _warned_tornado
+def turn_off_tornado_instrumentation() -> bool:
+    """Turn OpenTelemetry's Tornado instrumentation off, once, with one WARNING.
+
+    ``opentelemetry-instrument`` (or code calling
+    ``TornadoInstrumentor().instrument()``) patches every
+    :class:`tornado.web.RequestHandler` class to start a span of its own
+    and ``AsyncHTTPClient.fetch`` to start a CLIENT span and inject its own
+    context.  divak traces the same two things itself (the SERVER span of
+    each request, a CLIENT span per
+    :meth:`~divak.HttpClientMixin.send_request` attempt), so with both each
+    request gets a second span nested under divak's, each outgoing call a
+    second CLIENT span, and the downstream service a parent that is not
+    divak's span.  divak wins: the instrumentation's public
+    ``uninstrument()`` removes its patches, for the whole process (a
+    Tornado application without divak in the same process is no longer
+    traced by it).  Called when an application starts tracing; the
+    WARNING names ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=tornado``, the
+    way to keep the instrumentation from loading at all.
+
+    Nothing happens when the instrumentation was never imported (it is
+    looked up in :data:`sys.modules`, so divak does not import it) or is
+    not active.
+
+    :returns: :data:`True` when this call turned it off
+    """
+    global _tornado_turned_off
     module = sys.modules.get("opentelemetry.instrumentation.tornado")
-    if _warned_tornado or module is None:
-        return
-    # The module is imported: its public TornadoInstrumentor is there.
-    if not module.TornadoInstrumentor().is_instrumented_by_opentelemetry:
-        return
-    _warned_tornado = True
-    logger.warning(
-        "OpenTelemetry's tornado instrumentation is active: it adds a second "
-        "span to every request divak traces; divak traces Tornado itself, so "
-        "disable it (OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=tornado)"
-    )
+    if module is None:
+        return False
+    instrumentor = module.TornadoInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        return False
+    instrumentor.uninstrument()
+    if not _tornado_turned_off:
+        _tornado_turned_off = True
+        logger.warning(
+            "OpenTelemetry's tornado instrumentation was active: divak turned it "
+            "off, as divak traces Tornado's requests and AsyncHTTPClient calls "
+            "itself and each would get a second span; set "
+            "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=tornado to not load it"
+        )
+    return True

@@ -59,6 +59,9 @@ class Application(divak.Recorder, divak.ProbabilisticSampler, divak.Application)
                 (r"/env/(?P<name>\w+)", EnvHandler),
                 (r"/status", divak.StatusHandler),
             ],
+            # The drain tests check the span of a /status answered while
+            # draining: the probe is traced here.
+            divak_trace_probes=True,
             **settings,
         )
         self.set_divak_service("lifecycle")
