@@ -372,7 +372,11 @@ class _Telemetry:
         self.propagation: Propagation | None = (
             application.divak_propagation if allowed else None
         )
-        self.captured = divak_headers.captured_headers(application, "client")
+        self.captured = (
+            instrumentation.captured_client
+            if instrumentation is not None
+            else divak_headers.CapturedHeaders(application.settings, "client")
+        )
         self.metrics: ApplicationMetrics | None = (
             instrumentation.metrics if instrumentation is not None else None
         )

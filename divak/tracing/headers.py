@@ -17,7 +17,7 @@ import typing
 # are divak's one list (divak.redaction), shared with logs and reports.
 from divak.redaction import REDACTED, REDACTED_HEADERS
 
-__all__ = ["CapturedHeaders", "REDACTED", "REDACTED_HEADERS", "captured_headers"]
+__all__ = ["CapturedHeaders", "REDACTED", "REDACTED_HEADERS"]
 
 #: Longest recorded header value, in characters; longer values are cut.
 MAX_VALUE_LENGTH = 256
@@ -106,21 +106,6 @@ class CapturedHeaders:
         return _attributes(
             "http.response.header.", self.response, self.sanitize, headers
         )
-
-
-def captured_headers(application: typing.Any, kind: str = "server") -> CapturedHeaders:
-    """Return *application*'s :class:`CapturedHeaders`, computed once per kind.
-
-    :param application: a Tornado application
-    :param kind: ``"server"`` for the spans of the requests it answers,
-        ``"client"`` for the spans of its outgoing requests
-    """
-    key = "_divak_captured_headers" if kind == "server" else "_divak_captured_" + kind
-    captured = application.__dict__.get(key)
-    if captured is None:
-        captured = CapturedHeaders(application.settings, kind)
-        setattr(application, key, captured)
-    return captured
 
 
 class _Selection(typing.NamedTuple):

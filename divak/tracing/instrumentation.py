@@ -29,6 +29,7 @@ from divak.debug import RequestStats
 from divak.export.queue import SpanQueue
 from divak.export.reporters import warn_if_spans_go_to_log
 from divak.metrics.instruments import ApplicationMetrics, new_application_metrics
+from divak.tracing import headers
 from divak.tracing.excluded import excluded_url_patterns, excluded_urls, trace_probes
 from divak.tracing.provider import (
     SpanOwner,
@@ -89,6 +90,10 @@ class Instrumentation:
         self.created = time.monotonic()
         #: OpenTelemetry ``MetricExporter`` objects the metrics are pushed to.
         self.metrics_reporters: list[MetricExporter] = []
+        #: The request and response headers recorded on SERVER spans, and
+        #: those recorded on the CLIENT spans of ``send_request``.
+        self.captured_server = headers.CapturedHeaders(self.settings, "server")
+        self.captured_client = headers.CapturedHeaders(self.settings, "client")
         #: Query parameter names whose values are redacted wherever a URL
         #: is logged or recorded (:func:`divak.redaction.redacted_query_params`).
         self.redacted_params = redaction.redacted_query_params(self.settings)

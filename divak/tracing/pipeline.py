@@ -104,7 +104,7 @@ from tornado import httputil, log, web
 from divak import propagation, semconv
 from divak.context import Probe, RequestContext, activated, current_request_context
 from divak.logs import access
-from divak.tracing import headers, websocket
+from divak.tracing import websocket
 from divak.tracing.instrumentation import Instrumentation
 from divak.tracing.provider import unsampled_span
 
@@ -222,7 +222,7 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
                 )
                 if request_id:
                     span.set_attribute("divak.request_id", request_id)
-                captured = headers.captured_headers(instrumentation.application)
+                captured = instrumentation.captured_server
                 if captured.request:
                     span.set_attributes(captured.request_attributes(request.headers))
         request_context.set_span(span)

@@ -300,7 +300,7 @@ class Recorder(AccessLogger):
         # Called by Tornado for every response, whatever handler serves it.
         instrumentation = self.divak_instrumentation
         request_context = request_context_of(request)
-        captured = headers.captured_headers(self)
+        captured = instrumentation.captured_server
         if request_context is not None and (
             instrumentation.echo_headers or captured.response
         ):
