@@ -108,14 +108,19 @@ class ZipkinPropagation(textmap.TextMapPropagator):
       ``X-B3-Sampled``, so a downstream service may still sample it.
 
     Injection writes the multi-header form (``X-B3-TraceId``,
-    ``X-B3-SpanId``, ``X-B3-ParentSpanId``, and ``X-B3-Sampled`` or
-    ``X-B3-Flags``), or the single ``b3`` header when *single_header* is
-    true.  The parent span id is known, and written, for recorded spans.
+    ``X-B3-SpanId``, and ``X-B3-Sampled`` or ``X-B3-Flags``), or the single
+    ``b3`` header (``{trace id}-{span id}-{state}``) when *single_header*
+    is true.  The parent span id is never written, neither as
+    ``X-B3-ParentSpanId`` nor as the single header's fourth field: the
+    OpenTelemetry propagators specification says B3 injection MUST NOT
+    propagate it, because OpenTelemetry never shares one span id between
+    the client and the server side of a request (the receiver starts a
+    span of its own, whose parent is the span id sent).
 
     OpenTelemetry's ``opentelemetry-propagator-b3`` is not used for
     extraction because it turns *defer* into *deny* (multi headers) or
     *accept* (single header), ignores a lone ``b3: 0``, accepts upper-case
-    hex and never writes ``X-B3-ParentSpanId`` or the debug flag.
+    hex and never writes the debug flag.
 
     :param single_header: inject the single ``b3`` header instead of the
         ``X-B3-*`` headers
@@ -124,6 +129,7 @@ class ZipkinPropagation(textmap.TextMapPropagator):
     SINGLE_HEADER = "b3"
     TRACE_ID_HEADER = "x-b3-traceid"
     SPAN_ID_HEADER = "x-b3-spanid"
+    #: Read by no one and never written (see the class documentation).
     PARENT_SPAN_ID_HEADER = "x-b3-parentspanid"
     SAMPLED_HEADER = "x-b3-sampled"
     FLAGS_HEADER = "x-b3-flags"
@@ -191,26 +197,16 @@ class ZipkinPropagation(textmap.TextMapPropagator):
             state = None  # still deferred: the next hop decides
         else:
             state = "0"
-        parent = getattr(span, "parent", None)
-        parent_id = (
-            trace.format_span_id(parent.span_id)
-            if isinstance(parent, trace.SpanContext) and parent.is_valid
-            else None
-        )
         trace_id = trace.format_trace_id(span_context.trace_id)
         span_id = trace.format_span_id(span_context.span_id)
         if self.single_header:
             fields = [trace_id, span_id]
             if state is not None:
                 fields.append(state)
-                if parent_id:
-                    fields.append(parent_id)
             setter.set(carrier, self.SINGLE_HEADER, "-".join(fields))
             return
         setter.set(carrier, self.TRACE_ID_HEADER, trace_id)
         setter.set(carrier, self.SPAN_ID_HEADER, span_id)
-        if parent_id:
-            setter.set(carrier, self.PARENT_SPAN_ID_HEADER, parent_id)
         if state == "d":
             # Debug implies accept: the spec sends X-B3-Flags: 1 and no
             # X-B3-Sampled.
@@ -226,7 +222,6 @@ class ZipkinPropagation(textmap.TextMapPropagator):
         return {
             self.TRACE_ID_HEADER,
             self.SPAN_ID_HEADER,
-            self.PARENT_SPAN_ID_HEADER,
             self.SAMPLED_HEADER,
             self.FLAGS_HEADER,
         }
