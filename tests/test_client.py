@@ -518,3 +518,31 @@ def test_a_retry_the_deadline_cuts_short_returns_the_previous_answer():
     first, retry = client_spans(app)
     assert first.attributes["http.response.status_code"] == 503
     assert retry.attributes["error.type"].endswith("HTTPTimeoutError")
+
+
+def test_client_duration_metrics_carry_the_protocol_version():
+    from divak.metrics import CLIENT_DURATION
+    from divak.metrics.snapshot import snapshot
+
+    async def scenario():
+        base, _log = serve()
+        app = App()
+        caller = Caller(app)
+        await caller.send_request(f"{base}/plain")
+        await caller.send_request(f"{base}/items/7?key=v&fail=1&status=404", retries=0)
+        port = free_port()
+        with pytest.raises(OSError):
+            await caller.send_request(f"http://127.0.0.1:{port}/", retries=0)
+        return app
+
+    app = run(scenario())
+    points = snapshot(app.divak_metrics)[CLIENT_DURATION]["points"].values()
+    versions = {
+        dict(p["attributes"]).get("http.response.status_code", "none"): dict(
+            p["attributes"]
+        ).get("network.protocol.version")
+        for p in points
+    }
+    # Answered attempts: the HTTP version of the answer (Tornado's client
+    # speaks HTTP/1.1); an attempt that got no answer has none.
+    assert versions == {"200": "1.1", "404": "1.1", "none": None}

@@ -473,14 +473,16 @@ class _Telemetry:
         response = outcome.response
         code = response.code if response is not None else None
         error = outcome.error
+        answered = code is not None and code != 599
         self.metrics.client_request_finished(
             self.method,
             self.host,
             self.port,
-            code if code != 599 else None,
+            code if answered else None,
             time.monotonic() - outcome.started,
             semconv.exception_type(error) if error is not None else None,
             context,
+            self.protocol_version if answered else None,
         )
 
 

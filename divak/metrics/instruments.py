@@ -471,6 +471,7 @@ class ApplicationMetrics(HandlerMeasurements):
         seconds: float,
         error_type: str | None = None,
         context: otel_context.Context | None = None,
+        protocol_version: str | None = None,
     ) -> None:
         """Record one outgoing request attempt into ``http.client.request.duration``.
 
@@ -483,6 +484,9 @@ class ApplicationMetrics(HandlerMeasurements):
         :param error_type: ``error.type`` (exception name, or the status
             for a 4xx/5xx answer when omitted)
         :param context: the context of the attempt's CLIENT span
+        :param protocol_version: ``network.protocol.version`` of the
+            response, e.g. ``"1.1"``; :data:`None` when unknown (no
+            response came)
         """
         if not self.enabled:
             return
@@ -494,6 +498,7 @@ class ApplicationMetrics(HandlerMeasurements):
             port,
             status_code,
             metric_series.key_text(error_type),
+            metric_series.key_text(protocol_version),
         )
         attributes = self._series_of(CLIENT_DURATION).bind(
             key, lambda: metric_series.client_attributes(*key)

@@ -175,6 +175,7 @@ def client_attributes(
     port: int,
     status_code: int | None,
     error_type: str | None,
+    protocol_version: str | None = None,
 ) -> Attributes:
     """The attributes of ``http.client.request.duration``."""
     attributes: dict[str, typing.Any] = {
@@ -182,6 +183,8 @@ def client_attributes(
         "server.address": bounded(host),
         "server.port": port,
     }
+    if protocol_version:
+        attributes["network.protocol.version"] = bounded(protocol_version)
     if status_code is not None:
         attributes["http.response.status_code"] = status_code
     if error_type:
