@@ -6,7 +6,9 @@ raise an error that names them when invalid (:func:`setting`,
 OpenTelemetry's SDK specification follow the specification's rule instead:
 an invalid value is logged once as a WARNING (logger ``divak.environment``)
 and the default is used (:func:`env_value`, :func:`integer_variable`,
-:func:`milliseconds_variable`, :func:`names_variable`).
+:func:`milliseconds_variable`, :func:`names_variable`,
+:func:`boolean_variable`).  :func:`sdk_disabled` reads
+``OTEL_SDK_DISABLED``, which turns off every signal divak exports.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 import typing
 
 __all__ = [
+    "boolean_variable",
     "entry_point_factories",
     "env_value",
     "integer_variable",
@@ -24,6 +27,7 @@ __all__ = [
     "names_variable",
     "number_setting",
     "parse_bool",
+    "sdk_disabled",
     "setting",
     "warn_once",
 ]
@@ -138,6 +142,35 @@ def milliseconds_variable(name: str, default: float) -> float:
         logger.warning("ignoring %s=%r: not a number of milliseconds", name, value)
         return default
     return number / 1000
+
+
+def boolean_variable(name: str) -> bool:
+    """The boolean in the environment variable *name*, by the specification's rule.
+
+    ``true`` in any case is true; anything else, unset and empty included,
+    is false, and a value other than ``false`` or empty is logged once as
+    a WARNING (OpenTelemetry's SDK environment-variable specification).
+    """
+    value = env_value(name).lower()
+    if value == "true":
+        return True
+    if value not in ("", "false"):
+        warn_once(
+            f"{name}:{value}", "reading %s=%r as false: not true or false", name, value
+        )
+    return False
+
+
+def sdk_disabled() -> bool:
+    """``OTEL_SDK_DISABLED``: :data:`True` when OpenTelemetry's SDK is off.
+
+    Then OpenTelemetry's SDK providers hand out no-op tracers, meters and
+    loggers, and divak exports nothing either: no metrics (its
+    :class:`~divak.MetricsHandler` answers 404, naming the variable), no
+    log records (``OTEL_LOGS_EXPORTER`` is not read).  Requests are still
+    served and logged.
+    """
+    return boolean_variable("OTEL_SDK_DISABLED")
 
 
 def integer_variable(name: str, default: int) -> int:

@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
+import shutil
+import subprocess
 import typing
 
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from tornado import httpclient
 
+import divak
 from divak import metrics
 from divak.metrics import series as metric_series
 from tests.conftest import listen, run
@@ -275,8 +280,11 @@ def test_metrics_can_be_switched_off() -> None:
         app = Application(metrics=False)
         port = listen(app)
         assert (await fetch(port, "/items/1")).code == 200
-        families = await scrape(port)
-        assert DURATION not in families
+        # Nothing to scrape, and the answer says why: a Prometheus target
+        # that scrapes it shows as down, with the reason.
+        response = await fetch(port, "/metrics")
+        assert response.code == 404
+        assert b"settings['metrics'] is false" in response.body
         assert app.divak_metrics.provider is None
 
     run(main())
@@ -345,3 +353,121 @@ def test_prometheus_names(name: str, unit: str, expected: str) -> None:
     from divak.metrics.prometheus import prometheus_name
 
     assert prometheus_name(name, unit)[0] == expected
+
+
+# -- the exposition as Prometheus and OpenTelemetry see it ---------------------
+KNOWN_LINT = re.compile(
+    # Semantic-convention names of up-down counters: Prometheus gauges whose
+    # names end in _count (process.thread.count,
+    # process.unix.file_descriptor.count); the OpenTelemetry Prometheus
+    # exporter writes the same names.
+    r"^process_(thread|unix_file_descriptor)_count non-histogram and non-summary"
+    r' metrics should not have "_count" suffix$'
+)
+
+
+def promtool_check(text: str) -> None:
+    """``promtool check metrics``: no error, and no lint but the known one."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.strip() and not KNOWN_LINT.match(line.strip())
+    ]
+    assert result.returncode in (0, 3) and not problems, result
+
+
+def test_scrapes_carry_the_resource_of_the_spans_and_the_scope() -> None:
+    async def main() -> None:
+        app = Application()
+        port = listen(app)
+        assert (await fetch(port, "/items/1")).code == 200
+        resource = app.divak_instrumentation.provider.resource.attributes
+        for openmetrics in (False, True):
+            response = await fetch(
+                port,
+                "/metrics",
+                headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+                if openmetrics
+                else {},
+            )
+            text = response.body.decode()
+            if openmetrics:
+                families = {f.name: f for f in parse_openmetrics(text)}
+                target = families["target"]
+                assert target.type == "info"
+            else:
+                promtool_check(text)
+                families = {f.name: f for f in parse_text(text)}
+                target = families["target_info"]
+            # target_info: the resource of the application's spans, once.
+            [info] = target.samples
+            assert info.name == "target_info" and info.value == 1
+            assert info.labels == {
+                key.replace(".", "_"): str(value) for key, value in resource.items()
+            }
+            assert info.labels["service_instance_id"]
+            assert info.labels["service_name"] == "metered"
+            # Every other sample names the instrumentation scope.
+            others = [
+                s for f in families.values() if f is not target for s in f.samples
+            ]
+            assert others
+            for sample in others:
+                assert sample.labels["otel_scope_name"] == "divak", sample
+                assert sample.labels["otel_scope_version"] == divak.__version__
+
+    run(main())
+
+
+def test_the_meter_names_the_semantic_conventions_schema() -> None:
+    from opentelemetry.semconv.schemas import Schemas
+
+    reader = InMemoryMetricReader()
+    app_metrics = metrics.ApplicationMetrics("x", readers=[reader], runtime=True)
+    app_metrics.count_event("e")
+    data = reader.get_metrics_data()
+    [scope_metrics] = data.resource_metrics[0].scope_metrics
+    assert scope_metrics.scope.name == "divak"
+    assert scope_metrics.schema_url == metrics.SCHEMA_URL
+    assert metrics.SCHEMA_URL in {schema.value for schema in Schemas}
+    app_metrics.shutdown()
+
+
+def test_exemplars_are_seen_by_every_scraper() -> None:
+    async def main() -> None:
+        app = Application()
+        port = listen(app)
+        sampled = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+        assert (
+            await fetch(port, "/items/1", headers={"traceparent": sampled})
+        ).code == 200
+
+        def trace_ids(families: dict[str, typing.Any]) -> set[str]:
+            buckets = samples(families, DURATION, DURATION + "_bucket")
+            return {
+                b.exemplar.labels["trace_id"] for b in buckets if b.exemplar is not None
+            }
+
+        # Two Prometheus servers scraping the same target (an HA pair), and
+        # a later scrape after more, unsampled, requests: all see it.
+        first = await scrape(port, openmetrics=True)
+        second = await scrape(port, openmetrics=True)
+        unsampled = "00-11111111111111111111111111111111-00f067aa0ba902b7-00"
+        assert (
+            await fetch(port, "/items/2", headers={"traceparent": unsampled})
+        ).code == 200
+        third = await scrape(port, openmetrics=True)
+        for families in (first, second, third):
+            assert TRACE_ID in trace_ids(families)
+
+    run(main())

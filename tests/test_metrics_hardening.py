@@ -241,8 +241,9 @@ def test_each_sample_carries_only_its_own_labels() -> None:
         families = await scrape(port)
         events = samples(families, "divak_events_total")
         assert len(events) == 300
+        scope = {"otel_scope_name", "otel_scope_version"}  # on every sample
         assert {frozenset(s.labels) for s in events} == {
-            frozenset({"divak_event_name", f"k{index}"}) for index in range(300)
+            frozenset({"divak_event_name", f"k{index}", *scope}) for index in range(300)
         }
 
     run(main())
@@ -279,7 +280,8 @@ def test_requests_are_answered_while_a_scrape_is_being_collected() -> None:
             release.set()
         scraped = await scraping
         assert scraped.code == 200
-        assert "slow_gauge 1.0" in scraped.body.decode()
+        # (labelled with the scope, as every sample)
+        assert 'slow_gauge{otel_scope_name="divak",' in scraped.body.decode()
         assert app.scrapes_finished == 1
 
     run(main())

@@ -70,6 +70,16 @@ def test_scrapes_of_two_children_are_monotonic_and_complete() -> None:
             previous = now
         assert len(served_by) == 2, served_by  # both children served requests
         assert len(scraped_by) == 2, scraped_by  # and both answered scrapes
+        # The sum is the service's, not one child's: target_info keeps the
+        # resource attributes both children share, not their instance ids.
+        [target] = [
+            sample.labels
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+            if sample.name == "target_info"
+        ]
+        assert target["service_name"] == "metered"
+        assert "service_instance_id" not in target
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, process.stdout.read()
@@ -81,7 +91,7 @@ def test_a_sibling_that_is_gone_counts_with_its_last_saved_state() -> None:
     import os
     import socket
 
-    from divak import metrics
+    from divak import __version__, metrics
     from divak.metrics import peers as metrics_peers
     from divak.metrics import snapshot as metrics_export
 
@@ -92,16 +102,18 @@ def test_a_sibling_that_is_gone_counts_with_its_last_saved_state() -> None:
             assert app_metrics.peer is not None
             app_metrics.count_event("cache.miss", 2)
             # a sibling that saved 5 misses, then died: its socket is stale
+            attributes = [
+                ["divak.event.name", "cache.miss"],
+                ["otel.scope.name", "divak"],
+                ["otel.scope.version", __version__],
+            ]
             gone = {
                 "divak.events": {
                     "kind": "counter",
                     "description": "",
                     "unit": "{event}",
                     "points": {
-                        json.dumps([["divak.event.name", "cache.miss"]]): {
-                            "attributes": [["divak.event.name", "cache.miss"]],
-                            "value": 5,
-                        }
+                        json.dumps(attributes): {"attributes": attributes, "value": 5}
                     },
                 }
             }

@@ -1,13 +1,16 @@
 """Metrics: how long requests and operations take, how often events happen.
 
 Each application owns one OpenTelemetry SDK ``MeterProvider``
-(:class:`ApplicationMetrics`, in :mod:`divak.metrics.instruments`) with
-the stable HTTP semantic-convention instruments and divak's own; attribute
-sets are built once and bounded (:mod:`divak.metrics.series`).  Scrapes are
-answered by :class:`MetricsHandler` (Prometheus text or OpenMetrics,
-:mod:`divak.metrics.prometheus`), summed over forked processes
-(:mod:`divak.metrics.peers`, through :mod:`divak.metrics.snapshot`);
-:class:`OTLPMetricsReporter` pushes (:mod:`divak.metrics.otlp`).
+(:class:`ApplicationMetrics`, in :mod:`divak.metrics.instruments`), with
+the resource of its spans, the stable HTTP semantic-convention
+instruments, the process and runtime ones (:mod:`divak.metrics.runtime`)
+and divak's own; or uses the process's global SDK ``MeterProvider``.
+Attribute sets are built once and bounded (:mod:`divak.metrics.series`).
+Scrapes are answered by :class:`MetricsHandler` (Prometheus text or
+OpenMetrics, :mod:`divak.metrics.prometheus`), summed over forked
+processes (:mod:`divak.metrics.peers`, through
+:mod:`divak.metrics.snapshot`); :class:`OTLPMetricsReporter` and the
+exporters ``OTEL_METRICS_EXPORTER`` names push (:mod:`divak.metrics.otlp`).
 """
 
 from divak.metrics.instruments import (
@@ -15,6 +18,7 @@ from divak.metrics.instruments import (
     CLIENT_DURATION,
     EVENTS,
     OPERATION_DURATION,
+    SCHEMA_URL,
     SERVER_DURATION,
     ApplicationMetrics,
     MetricsSource,
@@ -28,6 +32,7 @@ __all__ = [
     "CLIENT_DURATION",
     "EVENTS",
     "OPERATION_DURATION",
+    "SCHEMA_URL",
     "SERVER_DURATION",
     "ApplicationMetrics",
     "MetricsHandler",

@@ -1,11 +1,15 @@
 """Instruments: each application's ``MeterProvider`` and what divak records.
 
 :class:`ApplicationMetrics` owns one OpenTelemetry SDK ``MeterProvider``
-per application (never the global one; a forked child builds its own), the
-instruments of the stable HTTP semantic conventions and divak's own.  The
-SDK aggregates; measurements carry the request's context, so samples of
-sampled requests get the trace id as exemplar.  Metrics never depend on
-the trace sampling rate.
+per application (a forked child builds its own), with the resource of the
+application's spans, the instruments of the stable HTTP semantic
+conventions, the process and runtime ones (:mod:`divak.metrics.runtime`)
+and divak's own.  Where the process already set a global SDK
+``MeterProvider``, the instruments come from that one instead
+(:func:`new_application_metrics` says when).  The SDK aggregates;
+measurements carry the request's context, so samples of sampled requests
+get the trace id as exemplar.  Metrics never depend on the trace sampling
+rate.
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ from tornado import httputil
 
 from divak.metrics import peers
 from divak.metrics import series as metric_series
-from divak.metrics.otlp import periodic_reader
+from divak.metrics.otlp import periodic_reader, readers_from_env
+from divak.metrics.runtime import RuntimeMetrics
+from divak.metrics.snapshot import Exemplars
 from divak.metrics.thread import MetricsThread
+from divak.settings import sdk_disabled
 from divak.version import __version__
 
 __all__ = [
@@ -50,8 +57,10 @@ __all__ = [
     "HandlerMeasurements",
     "MAX_CUSTOM_INSTRUMENTS",
     "MetricsSource",
+    "SCHEMA_URL",
     "WebSocketRoute",
     "new_application_metrics",
+    "with_instance_id",
 ]
 
 logger = logging.getLogger("divak.metrics")
@@ -83,6 +92,11 @@ WEBSOCKET_DURATION_BUCKETS = (
 )
 #: Most histograms :meth:`HandlerMeasurements.record_value` creates.
 MAX_CUSTOM_INSTRUMENTS = 100
+#: The semantic conventions divak's instruments follow (the schema URL of
+#: their meter): 1.39.0, the first release with every name they use
+#: (``process.unix.file_descriptor.count`` replaced
+#: ``process.open_file_descriptor.count`` there).
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.39.0"
 
 _ACTIVE_ATTRIBUTE = "_divak_active_attributes"
 _BUCKETS = metric_series.DURATION_BUCKETS
@@ -213,44 +227,101 @@ class HandlerMeasurements:
 class ApplicationMetrics(HandlerMeasurements):
     """One application's ``MeterProvider`` and instruments.
 
-    Create it with :func:`application_metrics`, which keeps one per
-    application.  Every recording method is cheap and never raises for
-    bad input: it is called on the IOLoop for every request.
+    Made by :func:`new_application_metrics`, once per application (and
+    again in a forked child).  Every recording method is cheap and never
+    raises for bad input: it is called on the IOLoop for every request.
+    The instruments come from one meter, ``divak`` with divak's version and
+    the :data:`SCHEMA_URL` of the semantic conventions they follow.
 
-    :param service_name: ``service.name`` of the metrics' resource
+    :param service_name: ``service.name`` of the metrics' resource, when
+        no *resource* is given
+    :param resource: the resource of the application's spans and logs
+        (its tracer provider's), which the metrics share; it is given a
+        ``service.instance.id``, one per process, when it has none
+        (:func:`with_instance_id`)
     :param reporters: OpenTelemetry ``MetricExporter`` objects (e.g.
         :class:`divak.OTLPMetricsReporter`) each pushed to periodically by
         the SDK's ``PeriodicExportingMetricReader``
+        (:func:`~divak.metrics.otlp.periodic_reader`)
+    :param readers: more SDK ``MetricReader`` objects, used as they are
     :param scrape: keep the in-memory reader that
         :class:`divak.MetricsHandler` reads; without it only the reporters
         receive metrics (each reader costs a share of every measurement)
     :param cardinality_limit: attribute sets per instrument; measurements
         with a new set beyond it are recorded under
         :data:`~divak.metrics.series.OVERFLOW_ATTRIBUTES` and one WARNING is logged
-    :param enabled: :data:`False` makes every method do nothing
+    :param enabled: :data:`False` makes every method do nothing; so does
+        having nothing to read the measurements (no scrape reader, reporter
+        or reader, and no *provider*)
+    :param runtime: add the process and runtime instruments
+        (:class:`~divak.metrics.runtime.RuntimeMetrics`, once per provider)
+        and start the IOLoop lag probe on the running IOLoop (none running:
+        no lag is measured)
+    :param provider: an SDK ``MeterProvider`` someone else made (the
+        process's global one) to create the instruments from, instead of a
+        provider of the application's own; its readers are the only ones
+        (no scrape reader; *reporters* and *readers* cannot be added: one
+        WARNING), and it is never shut down here
+    :param not_scraped: why scrapes are not answered, when they are not
+        (see :attr:`not_scraped`); a generic reason when omitted
 
     .. attribute:: provider
 
-       The SDK ``MeterProvider`` (:data:`None` when disabled).
+       The SDK ``MeterProvider`` the instruments come from (:data:`None`
+       when disabled).
+
+    .. attribute:: owns_provider
+
+       :data:`True` when :attr:`provider` is the application's own.
 
     .. attribute:: reader
 
        The ``InMemoryMetricReader`` scrapes read, or :data:`None`.
+
+    .. attribute:: not_scraped
+
+       :data:`None` when :class:`divak.MetricsHandler` answers scrapes
+       from :attr:`reader`, else why not (the handler answers 404 with it).
+
+    .. attribute:: resource
+
+       The resource of the application's own provider (an adopted
+       provider reports with its own).
+
+    .. attribute:: runtime
+
+       The :class:`~divak.metrics.runtime.RuntimeMetrics`, or :data:`None`.
+
+    .. attribute:: exemplars
+
+       The exemplars kept between scrapes
+       (:class:`~divak.metrics.snapshot.Exemplars`).
     """
 
     def __init__(
         self,
         service_name: str = "",
         *,
+        resource: Resource | None = None,
         reporters: typing.Sequence[MetricExporter] = (),
+        readers: typing.Sequence[MetricReader] = (),
         scrape: bool = True,
         cardinality_limit: int = 2000,
         enabled: bool = True,
+        runtime: bool = True,
+        provider: MeterProvider | None = None,
+        not_scraped: str | None = None,
     ) -> None:
+        if enabled and provider is None and not (scrape or reporters or readers):
+            enabled = False  # nothing would ever read a measurement
         self.enabled = enabled
         self.cardinality_limit = cardinality_limit
         self.reader: InMemoryMetricReader | None = None
         self.provider: MeterProvider | None = None
+        self.owns_provider = False
+        self.not_scraped: str | None = None
+        self.runtime: RuntimeMetrics | None = None
+        self.exemplars = Exemplars()
         self.pid = os.getpid()
         #: :data:`True` in a process forked after this object was made:
         #: the child makes its own (set once, at the fork).
@@ -265,23 +336,40 @@ class ApplicationMetrics(HandlerMeasurements):
         self.thread = MetricsThread()
         self._custom: dict[tuple[str, str], otel_metrics.Histogram | None] = {}
         self._series: dict[str, metric_series.Series] = {}
-        readers: list[MetricReader] = []
-        if enabled and scrape:
-            self.reader = InMemoryMetricReader()
-            readers.append(self.reader)
-        if enabled:
-            readers.extend(map(periodic_reader, reporters))
-        attributes = {SERVICE_INSTANCE_ID: str(uuid.uuid4())}
-        if service_name:
-            attributes[SERVICE_NAME] = service_name
-        self.resource = Resource.create(attributes)
-        if enabled:
-            self.provider = MeterProvider(
-                metric_readers=readers, resource=self.resource
+        if resource is None:
+            resource = Resource.create(
+                {SERVICE_NAME: service_name} if service_name else {}
             )
-            meter = self.provider.get_meter("divak", __version__)
-        else:
+        self.resource = with_instance_id(resource)
+        meter: otel_metrics.Meter
+        if not enabled:
+            self.not_scraped = not_scraped or "metrics are off for this application"
             meter = otel_metrics.NoOpMeter("divak")
+        elif provider is not None:
+            self.not_scraped = not_scraped or _GLOBAL_PROVIDER_REASON
+            if reporters or readers:
+                logger.warning(
+                    "metrics reporters %s cannot take effect: %s; add them to "
+                    "that provider instead",
+                    ", ".join(map(repr, [*reporters, *readers])),
+                    _GLOBAL_PROVIDER_REASON,
+                )
+            self.provider = provider
+            meter = provider.get_meter("divak", __version__, SCHEMA_URL)
+        else:
+            all_readers: list[MetricReader] = []
+            if scrape:
+                self.reader = InMemoryMetricReader()
+                all_readers.append(self.reader)
+            else:
+                self.not_scraped = not_scraped or "the scrape reader is off"
+            all_readers.extend(readers)
+            all_readers.extend(map(periodic_reader, reporters))
+            self.provider = MeterProvider(
+                metric_readers=all_readers, resource=self.resource
+            )
+            self.owns_provider = True
+            meter = self.provider.get_meter("divak", __version__, SCHEMA_URL)
         self.meter = meter
         histogram = functools.partial(
             meter.create_histogram, explicit_bucket_boundaries_advisory=_BUCKETS
@@ -310,6 +398,11 @@ class ApplicationMetrics(HandlerMeasurements):
         self.events = meter.create_counter(
             EVENTS, "{event}", "Interesting events handlers counted."
         )
+        if enabled and runtime and _first_runtime_of(self.provider):
+            self.runtime = RuntimeMetrics(meter)
+            # Made on the IOLoop's thread (the first request): the probe
+            # measures the IOLoop the application serves on.
+            self.runtime.start()
 
     def _series_of(self, instrument: str) -> metric_series.Series:
         series = self._series.get(instrument)
@@ -531,17 +624,21 @@ class ApplicationMetrics(HandlerMeasurements):
         return self.thread.run(function, *args)
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        """Push the last metrics to the reporters and stop them.
+        """Stop the IOLoop lag probe, push the last metrics to the reporters
+        and stop them.
 
         Blocks the calling thread (call it off the IOLoop), at most about
         *timeout* seconds.  With sibling processes, first leaves the final
         snapshot where they find it, so the sums they answer keep this
-        process's counts.
+        process's counts.  A provider the application did not make is left
+        running.
         """
+        if self.runtime is not None:
+            self.runtime.stop()
         if self.peer is not None and self.provider is not None:
             self.peer.save_final()
         provider, self.provider = self.provider, None
-        if provider is not None:
+        if provider is not None and self.owns_provider:
             provider.shutdown(int(timeout * 1000))
         self.thread.stop()
 
@@ -651,31 +748,121 @@ def _after_fork_in_child() -> None:
 
 def new_application_metrics(
     settings: typing.Mapping[str, typing.Any],
-    service_name: str,
+    resource: Resource,
     reporters: typing.Sequence[MetricExporter] = (),
 ) -> ApplicationMetrics:
     """The :class:`ApplicationMetrics` of an application with *settings*.
 
-    Reads ``settings['metrics']`` (default :data:`True`; :data:`False`
-    turns metrics off) and ``settings['metrics_cardinality_limit']``
-    (default 2000).  When the process serves with sibling processes (see
-    :mod:`divak.metrics.peers`), it also starts answering their scrapes.
     The application's instrumentation (:class:`divak.Recorder`) calls it
-    once, and again in a forked child; nothing else keeps the result.
+    once, on the IOLoop's thread (the first request), and again in a
+    forked child; nothing else keeps the result.  What decides:
+
+    * ``settings['metrics']`` (default :data:`True`; :data:`False` turns
+      metrics off), and ``OTEL_SDK_DISABLED``
+      (:func:`divak.settings.sdk_disabled`), which turns them off too;
+    * with ``settings['divak_global_provider']`` true (the default), an
+      SDK ``MeterProvider`` the process set globally before (your start-up
+      code, ``opentelemetry-instrument``) makes the instruments, so its
+      readers see them; divak does not add its scrape reader to a provider
+      it did not make, so :class:`divak.MetricsHandler` then answers 404
+      and says why;
+    * otherwise the application makes its own provider, with the scrape
+      reader when ``OTEL_METRICS_EXPORTER`` names ``prometheus`` (the
+      default), and the *reporters* added in code, else the exporters the
+      variable names (:func:`divak.metrics.otlp.readers_from_env`);
+    * ``settings['runtime_metrics']`` (default :data:`True`): the process
+      and runtime instruments and the IOLoop lag probe
+      (:mod:`divak.metrics.runtime`);
+    * ``settings['metrics_cardinality_limit']`` (default 2000).
+
+    When the process serves with sibling processes (see
+    :mod:`divak.metrics.peers`), it also starts answering their scrapes.
 
     :param settings: the application's settings
-    :param service_name: ``service.name`` of the metrics' resource
+    :param resource: the resource of the application's spans (its tracer
+        provider's, or the one of the provider it adopted): the metrics
+        and the spans share it
     :param reporters: OpenTelemetry ``MetricExporter`` objects to push to
     """
+    enabled = bool(settings.get("metrics", True))
+    reason = None if enabled else "settings['metrics'] is false"
+    if enabled and sdk_disabled():
+        enabled, reason = False, "OTEL_SDK_DISABLED is true"
+    provider: MeterProvider | None = None
+    scrape, readers = False, list[MetricReader]()
+    if enabled and settings.get("divak_global_provider", True):
+        current = otel_metrics.get_meter_provider()
+        if isinstance(current, MeterProvider):
+            provider = current
+            logger.info(
+                "divak's instruments are recorded by the global MeterProvider"
+                " the process set; MetricsHandler answers 404"
+            )
+    if enabled and provider is None:
+        scrape, readers = readers_from_env(push=not reporters)
+        if not scrape:
+            reason = "OTEL_METRICS_EXPORTER does not name prometheus"
     metrics = ApplicationMetrics(
-        service_name,
+        resource=resource,
         reporters=reporters,
+        readers=readers,
+        scrape=scrape,
         cardinality_limit=int(settings.get("metrics_cardinality_limit", 2000)),
-        enabled=bool(settings.get("metrics", True)),
+        enabled=enabled,
+        runtime=bool(settings.get("runtime_metrics", True)),
+        provider=provider,
+        not_scraped=reason,
     )
-    if metrics.enabled:
+    if metrics.reader is not None:
         peers.join(metrics)
     return metrics
+
+
+#: Why the instruments of an adopted global provider are not scraped here.
+_GLOBAL_PROVIDER_REASON = (
+    "the process set a global MeterProvider before divak started, and divak's"
+    " instruments are recorded by it (its readers export them); divak adds no"
+    " reader to a provider it did not make; set"
+    " settings['divak_global_provider'] = False for a provider of the"
+    " application's own"
+)
+
+#: The providers that have the runtime instruments, one set each.
+_RUNTIME_PROVIDERS: weakref.WeakSet[MeterProvider] = weakref.WeakSet()
+
+
+def _first_runtime_of(provider: MeterProvider | None) -> bool:
+    """:data:`True` the first time *provider* is asked, which then gets the
+    runtime instruments: applications sharing a provider add them once."""
+    if provider is None or provider in _RUNTIME_PROVIDERS:
+        return False
+    _RUNTIME_PROVIDERS.add(provider)
+    return True
+
+
+#: ``(pid, id)``: the ``service.instance.id`` this process adds to a
+#: resource that has none.
+_instance_id: tuple[int, str] | None = None
+
+
+def with_instance_id(resource: Resource) -> Resource:
+    """*resource*, with a ``service.instance.id`` when it has none.
+
+    Recent OpenTelemetry SDKs give every resource ``Resource.create``
+    makes the same ``service.instance.id`` per process, and *resource* is
+    then returned as it is; with an older SDK the id is made here, once
+    per process (again in a forked child), so all the applications of a
+    process report the same one, and forked children different ones.
+
+    :param resource: a resource, e.g. a tracer provider's
+    """
+    global _instance_id
+    if SERVICE_INSTANCE_ID in resource.attributes:
+        return resource
+    pid = os.getpid()
+    if _instance_id is None or _instance_id[0] != pid:
+        _instance_id = (pid, str(uuid.uuid4()))
+    return resource.merge(Resource({SERVICE_INSTANCE_ID: _instance_id[1]}))
 
 
 @typing.runtime_checkable

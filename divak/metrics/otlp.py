@@ -1,4 +1,18 @@
-"""Pushing metrics over OTLP/HTTP: :class:`OTLPMetricsReporter`."""
+"""Where metrics go besides scrapes: :class:`OTLPMetricsReporter`, the variables.
+
+* :class:`OTLPMetricsReporter` pushes over OTLP/HTTP, with the
+  temporality and histogram aggregation the ``OTEL_EXPORTER_OTLP_METRICS_*``
+  variables ask for (:func:`preferred_temporality`,
+  :func:`preferred_aggregation`).
+* :func:`periodic_reader` is the SDK reader that pushes to an exporter
+  every ``OTEL_METRIC_EXPORT_INTERVAL`` (:func:`export_interval`).
+* :func:`readers_from_env` reads ``OTEL_METRICS_EXPORTER``: whether
+  divak keeps the reader :class:`divak.MetricsHandler` answers scrapes
+  from (``prometheus``, the default), and the readers that push
+  (``otlp``, ``console``, and any name an installed package registers as
+  an ``opentelemetry_metrics_exporter`` entry point, as OpenTelemetry's
+  SDK resolves them).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +32,10 @@ from opentelemetry.sdk.metrics import (
 )
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    ConsoleMetricExporter,
     MetricExporter,
     MetricExportResult,
+    MetricReader,
     MetricsData,
     PeriodicExportingMetricReader,
 )
@@ -30,13 +46,23 @@ from opentelemetry.sdk.metrics.view import (
 )
 
 from divak.logs.ratelimit import describe_error
-from divak.settings import env_value, otlp_endpoint, warn_once
+from divak.settings import (
+    entry_point_factories,
+    env_value,
+    milliseconds_variable,
+    names_variable,
+    otlp_endpoint,
+    warn_once,
+)
 
 __all__ = [
     "OTLPMetricsReporter",
+    "export_interval",
+    "export_timeout",
     "periodic_reader",
     "preferred_aggregation",
     "preferred_temporality",
+    "readers_from_env",
 ]
 
 logger = logging.getLogger("divak.reporters")
@@ -156,6 +182,22 @@ def _quiet(logger_name: str) -> None:
             exporter_logger.addFilter(_EXPORTER_LOG)
 
 
+def export_interval() -> float:
+    """``OTEL_METRIC_EXPORT_INTERVAL``: seconds between two pushes (default 60).
+
+    The variable is in milliseconds, as the specification says.
+    """
+    return milliseconds_variable("OTEL_METRIC_EXPORT_INTERVAL", 60.0)
+
+
+def export_timeout() -> float:
+    """``OTEL_METRIC_EXPORT_TIMEOUT``: seconds one push may take (default 30).
+
+    The variable is in milliseconds, as the specification says.
+    """
+    return milliseconds_variable("OTEL_METRIC_EXPORT_TIMEOUT", 30.0)
+
+
 class OTLPMetricsReporter(MetricExporter):
     """Push the application's metrics to an OpenTelemetry Collector over OTLP/HTTP.
 
@@ -185,7 +227,8 @@ class OTLPMetricsReporter(MetricExporter):
         ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` /
         ``OTEL_EXPORTER_OTLP_ENDPOINT`` and falls back to
         ``http://localhost:4318/v1/metrics``
-    :param interval: seconds between pushes
+    :param interval: seconds between pushes; default
+        ``OTEL_METRIC_EXPORT_INTERVAL`` (:func:`export_interval`, 60 s)
     :param timeout: seconds per push, retries included
     :param complain_interval: seconds between failure log lines
     :raises ImportError: when ``opentelemetry-exporter-otlp-proto-http`` is
@@ -204,7 +247,7 @@ class OTLPMetricsReporter(MetricExporter):
         self,
         endpoint: str | None = None,
         *,
-        interval: float = 60.0,
+        interval: float | None = None,
         timeout: float = 10.0,
         complain_interval: float = 60.0,
     ) -> None:
@@ -227,7 +270,7 @@ class OTLPMetricsReporter(MetricExporter):
             preferred_temporality=temporality,
             preferred_aggregation=aggregation,
         )
-        self.interval = interval
+        self.interval = export_interval() if interval is None else interval
         self.timeout = timeout
         self.complain_interval = complain_interval
         self.exported = 0
@@ -286,16 +329,91 @@ class OTLPMetricsReporter(MetricExporter):
 
 
 def periodic_reader(reporter: MetricExporter) -> PeriodicExportingMetricReader:
-    """The SDK reader that pushes to *reporter* every ``reporter.interval`` seconds.
+    """The SDK reader that pushes to *reporter* periodically.
 
-    :param reporter: any ``MetricExporter``; its ``interval`` and
-        ``timeout`` attributes (seconds) are used when it has them,
-        else 60 s and 10 s
+    :param reporter: any ``MetricExporter``; an :class:`OTLPMetricsReporter`
+        is pushed to every ``reporter.interval`` seconds, each push bounded
+        by ``reporter.timeout``; any other every
+        ``OTEL_METRIC_EXPORT_INTERVAL``, bounded by
+        ``OTEL_METRIC_EXPORT_TIMEOUT`` (:func:`export_interval`,
+        :func:`export_timeout`)
     """
-    interval = float(getattr(reporter, "interval", 60.0))
-    timeout = float(getattr(reporter, "timeout", 10.0))
+    if isinstance(reporter, OTLPMetricsReporter):
+        interval, timeout = reporter.interval, reporter.timeout
+    else:
+        interval, timeout = export_interval(), export_timeout()
     return PeriodicExportingMetricReader(
         reporter,
         export_interval_millis=interval * 1000,
         export_timeout_millis=timeout * 1000,
     )
+
+
+#: The names of ``OTEL_METRICS_EXPORTER`` divak builds itself.
+_BUILT_IN = ("prometheus", "otlp", "console")
+
+
+def readers_from_env(push: bool = True) -> tuple[bool, list[MetricReader]]:
+    """``OTEL_METRICS_EXPORTER``: where an application's metrics go.
+
+    A comma-separated list, default ``prometheus``:
+
+    * ``prometheus``: divak keeps the reader :class:`divak.MetricsHandler`
+      answers scrapes from;
+    * ``otlp``: an :class:`OTLPMetricsReporter` (``otlp`` extra), to the
+      endpoint of ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` /
+      ``OTEL_EXPORTER_OTLP_ENDPOINT``;
+    * ``console``: the SDK's ``ConsoleMetricExporter`` (standard output);
+    * ``none``: none of them;
+    * any other name is looked up, as OpenTelemetry's SDK does, among the
+      ``opentelemetry_metrics_exporter`` entry points of the installed
+      packages (an exporter is pushed to periodically, a reader is used
+      as it is).
+
+    Exporters push every ``OTEL_METRIC_EXPORT_INTERVAL``.  An unknown
+    name, or ``otlp`` without its package, is logged once as a WARNING and
+    skipped.
+
+    :param push: build the readers that push; :data:`False` when the
+        application added its reporters in code (code wins)
+    :returns: whether scrapes are answered, and the readers that push
+    """
+    value = env_value("OTEL_METRICS_EXPORTER") or "prometheus"
+    factories: dict[str, typing.Callable[[], typing.Any]] = {
+        "prometheus": lambda: None,
+        "otlp": OTLPMetricsReporter,
+        "console": ConsoleMetricExporter,
+    }
+    listed = {name.strip().lower() for name in value.split(",")} - {"", "none"}
+    if not listed <= factories.keys():
+        factories.update(
+            entry_point_factories("opentelemetry_metrics_exporter", exclude=_BUILT_IN)
+        )
+    names = names_variable("OTEL_METRICS_EXPORTER", value, factories)
+    readers: list[MetricReader] = []
+    for name in names:
+        if name == "prometheus" or not push:
+            continue
+        try:
+            built = factories[name]()
+        except ImportError as error:
+            warn_once(
+                "metrics-exporter-import:" + name,
+                "cannot export metrics with %r: %s (install divak[otlp])",
+                name,
+                error,
+            )
+            continue
+        if isinstance(built, MetricReader):
+            readers.append(built)
+        elif isinstance(built, MetricExporter):
+            readers.append(periodic_reader(built))
+        elif built is not None:
+            warn_once(
+                "metrics-exporter-kind:" + name,
+                "ignoring %r in OTEL_METRICS_EXPORTER: %r is neither a metric "
+                "exporter nor a reader",
+                name,
+                built,
+            )
+    return "prometheus" in names, readers

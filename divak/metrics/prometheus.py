@@ -8,10 +8,14 @@ so the Prometheus text format and OpenMetrics are written by
 ``prometheus_client``.
 
 Why not ``opentelemetry-exporter-prometheus``: its reader translates only
-the local process's data and drops the SDK's exemplars.  The names follow
-the same OpenTelemetry-to-Prometheus rules: dots become underscores, the
+the local process's data and drops the SDK's exemplars.  The answer
+follows the same OpenTelemetry-to-Prometheus rules (the specification's
+"Prometheus and OpenMetrics Compatibility"): dots become underscores, the
 unit ``s`` adds ``_seconds``, counters end in ``_total``, up-down counters
-are gauges.
+are gauges; every sample carries the ``otel_scope_name`` and
+``otel_scope_version`` labels of the instrumentation scope it was recorded
+in, and the resource's attributes are the labels of one ``target_info``
+metric (an OpenMetrics info metric; a gauge of value 1 in the text format).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from tornado import web
 from divak.context import Probe
 from divak.metrics import peers
 from divak.metrics.instruments import ApplicationMetrics, MetricsSource
-from divak.metrics.snapshot import Snapshot, merge
+from divak.metrics.snapshot import RESOURCE, Snapshot, merge
 from divak.metrics.thread import paced
 
 __all__ = [
@@ -94,7 +98,18 @@ def to_families(total: Snapshot) -> list[Metric]:
     families: list[Metric] = []
     label_names: dict[str, str] = {}
     bucket_names: dict[tuple[float, ...], list[str]] = {}
+    resource = total.get(RESOURCE)
+    if resource is not None and resource["attributes"]:
+        target = Metric("target", "Target metadata", "info")
+        target.add_sample(
+            "target_info",
+            {_label_name(k): v for k, v in sorted(resource["attributes"].items())},
+            1.0,
+        )
+        families.append(target)
     for name in sorted(total):
+        if name == RESOURCE:
+            continue
         metric = total[name]
         full_name, unit = prometheus_name(name, metric["unit"])
         kind = metric["kind"]
@@ -237,13 +252,24 @@ class MetricsHandler(Probe, web.RequestHandler):
       ``application/openmetrics-text`` (as Prometheus does); the encoding
       is ``prometheus_client``'s; an ``Accept`` header it cannot make sense
       of gets the text format;
+    * ``target_info`` carries the attributes of the metrics' resource (the
+      one the application's spans and logs have), and every sample the
+      ``otel_scope_name`` and ``otel_scope_version`` labels;
     * the work of a scrape runs on the application's metrics thread, not
       on the IOLoop;
     * histogram buckets carry the trace id and span id of a sampled
       request that fell into them as an OpenMetrics exemplar;
     * when the service runs in several processes (``number_of_procs``),
       the answer is the sum over all of them, whichever process the scrape
-      reached (:mod:`divak.metrics.peers`).
+      reached (:mod:`divak.metrics.peers`);
+    * ``404 Not Found``, with the reason as plain text, when the
+      application's metrics are not kept for scrapes (see
+      :attr:`ApplicationMetrics.not_scraped
+      <divak.metrics.ApplicationMetrics.not_scraped>`: metrics off,
+      ``OTEL_SDK_DISABLED``, ``OTEL_METRICS_EXPORTER`` without
+      ``prometheus``, or instruments recorded by the process's global
+      ``MeterProvider``): a Prometheus target that is misconfigured shows
+      as down, with the reason in its scrape error.
     """
 
     async def get(self) -> None:
@@ -257,6 +283,12 @@ class MetricsHandler(Probe, web.RequestHandler):
         encoder, content_type = choose_format(self.request.headers.get("Accept", ""))
         if isinstance(self.application, MetricsSource):
             metrics = self.application.divak_metrics
+            if metrics.not_scraped is not None:
+                self.set_status(404)
+                self.set_header("Content-Type", "text/plain; charset=utf-8")
+                self.set_header("Cache-Control", "no-store")
+                self.finish(f"no metrics to scrape here: {metrics.not_scraped}\n")
+                return
             siblings = await peers.gather(metrics)
             body = await metrics.run_off_loop(exposition, metrics, siblings, encoder)
         else:

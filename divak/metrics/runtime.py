@@ -5,19 +5,19 @@ process metrics of OpenTelemetry's semantic conventions, observed only when
 the metrics are collected (a scrape, a push), so they cost nothing per
 request:
 
-=======================================  ==============  =======================
-instrument                               unit            attributes
-=======================================  ==============  =======================
-``process.cpu.time``                     ``s``           ``cpu.mode``
-                                                         (``user``, ``system``)
-``process.memory.usage`` (resident)      ``By``
-``process.memory.virtual``               ``By``
-``process.unix.file_descriptor.count``   ``{file_descriptor}``
-``process.thread.count``                 ``{thread}``
-``cpython.gc.collections``               ``{collection}``  ``cpython.gc.generation``
-``cpython.gc.collected_objects``         ``{object}``    ``cpython.gc.generation``
-``cpython.gc.uncollectable_objects``     ``{object}``    ``cpython.gc.generation``
-=======================================  ==============  =======================
+======================================  =====================  =========================
+instrument                              unit                   attributes
+======================================  =====================  =========================
+``process.cpu.time``                    ``s``                  ``cpu.mode`` (``user``,
+                                                               ``system``)
+``process.memory.usage`` (resident)     ``By``
+``process.memory.virtual``              ``By``
+``process.unix.file_descriptor.count``  ``{file_descriptor}``
+``process.thread.count``                ``{thread}``
+``cpython.gc.collections``              ``{collection}``       ``cpython.gc.generation``
+``cpython.gc.collected_objects``        ``{object}``           ``cpython.gc.generation``
+``cpython.gc.uncollectable_objects``    ``{object}``           ``cpython.gc.generation``
+======================================  =====================  =========================
 
 and divak's own ``divak.ioloop.lag`` (histogram, seconds): how late a
 callback the IOLoop was asked to run at a given time actually ran.  A
@@ -25,6 +25,9 @@ handler that blocks the IOLoop (synchronous I/O, a long computation)
 delays every other request by that much; this is the signal that shows it.
 A probe is scheduled every *interval* seconds on the IOLoop that starts
 it (:meth:`RuntimeMetrics.start`); each run records its lateness.
+:class:`~divak.metrics.ApplicationMetrics` adds these instruments to every
+application's provider (``settings['runtime_metrics']``, default on) and
+starts the probe on the application's IOLoop.
 
 Memory and descriptor counts are read from ``/proc/self`` (Linux); where
 it does not exist those instruments report nothing.

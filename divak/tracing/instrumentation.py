@@ -28,6 +28,7 @@ from divak import propagation, redaction, semconv
 from divak.debug import RequestStats
 from divak.export.queue import SpanQueue
 from divak.export.reporters import warn_if_spans_go_to_log
+from divak.logs.export import export_logs
 from divak.metrics.instruments import ApplicationMetrics, new_application_metrics
 from divak.tracing import headers
 from divak.tracing.excluded import excluded_url_patterns, excluded_urls, trace_probes
@@ -209,14 +210,15 @@ class Instrumentation:
     def metrics(self) -> ApplicationMetrics:
         """The application's :class:`~divak.metrics.instruments.ApplicationMetrics`.
 
-        Made on first use, after the provider (for the service name), and
-        again in a forked child.
+        Made on first use, after the provider (whose resource the metrics
+        share), and again in a forked child.
         """
         current = self._metrics
         if current is None or current.forked:
             current = self._metrics = new_application_metrics(
-                self.settings, self.service_name, self.metrics_reporters
+                self.settings, self.provider.resource, self.metrics_reporters
             )
+            export_logs(current.resource)  # OTEL_LOGS_EXPORTER, once per process
         return current
 
     def add_metrics_reporter(self, reporter: MetricExporter) -> None:
