@@ -471,3 +471,20 @@ def test_exemplars_are_seen_by_every_scraper() -> None:
             assert TRACE_ID in trace_ids(families)
 
     run(main())
+
+
+def test_scope_labels_can_be_left_out() -> None:
+    async def main() -> None:
+        app = Application(metrics_scope_labels=False)
+        port = listen(app)
+        assert (await fetch(port, "/items/1")).code == 200
+        families = await scrape(port)
+        counts = counts_by_route_status(families)
+        assert counts[("/items/{item_id}", "200")] == 1
+        assert "target_info" in families  # the resource is still there
+        labels = {
+            label for f in families.values() for s in f.samples for label in s.labels
+        }
+        assert "otel_scope_name" not in labels and "otel_scope_version" not in labels
+
+    run(main())

@@ -8,7 +8,9 @@ to a point.  Summing snapshots of several processes is :func:`merge`.
 
 * Each point's attributes include the instrumentation scope it was
   recorded in, as ``otel.scope.name`` and ``otel.scope.version`` (the
-  Prometheus exporters of OpenTelemetry label every sample with them).
+  Prometheus exporters of OpenTelemetry label every sample with them),
+  unless the application turned them off
+  (``settings['metrics_scope_labels']``).
 * The entry :data:`RESOURCE` holds the attributes of the metrics'
   resource (``{"kind": "resource", "attributes": {name: text}}``), which
   :class:`divak.MetricsHandler` answers as ``target_info``; a sum keeps
@@ -109,6 +111,8 @@ class Collectable(typing.Protocol):
     final_snapshot: Snapshot | None
     #: The exemplars kept between collections.
     exemplars: Exemplars
+    #: Whether points carry their scope's attributes.
+    scope_labels: bool
 
     def collect(self) -> MetricsData | None:
         """The current cumulative state, or :data:`None` without a reader."""
@@ -121,17 +125,20 @@ def snapshot(metrics: Collectable) -> Snapshot:
         return final
     exemplars = metrics.exemplars
     with exemplars.lock:
-        return from_metrics_data(metrics.collect(), exemplars)
+        return from_metrics_data(metrics.collect(), exemplars, metrics.scope_labels)
 
 
 def from_metrics_data(
-    data: MetricsData | None, exemplars: Exemplars | None = None
+    data: MetricsData | None,
+    exemplars: Exemplars | None = None,
+    scope_labels: bool = True,
 ) -> Snapshot:
     """Turn the SDK's ``MetricsData`` into a snapshot.
 
     :param data: what a reader collected, or :data:`None`
     :param exemplars: where the exemplars of earlier collections are kept
         (and this one's are added); :data:`None`: this collection's only
+    :param scope_labels: add the scope's name and version to every point
     """
     result: Snapshot = {}
     if data is None:
@@ -145,10 +152,11 @@ def from_metrics_data(
             }
         for scope_metrics in resource_metrics.scope_metrics:
             scope = scope_metrics.scope
-            scope_pairs = [
-                (SCOPE_NAME, scope.name),
-                (SCOPE_VERSION, scope.version or ""),
-            ]
+            scope_pairs = (
+                [(SCOPE_NAME, scope.name), (SCOPE_VERSION, scope.version or "")]
+                if scope_labels
+                else []
+            )
             for metric in scope_metrics.metrics:
                 kind = _kind(metric.data)
                 if kind is None:
