@@ -14,6 +14,7 @@ import functools
 import importlib
 import inspect
 import json
+import logging
 import pathlib
 import socket
 import warnings
@@ -40,6 +41,8 @@ WATCHED = {
         "test_opentelemetry_has_the_suppress_instrumentation_key"
     ),
     ("divak.semconv", "_reason"): "test_request_handler_keeps_its_reason",
+    ("divak.logs.export", "_logs"): "test_opentelemetry_logs_keeps_its_names",
+    ("divak.logs.export", "_log_exporter"): "test_opentelemetry_logs_keeps_its_names",
 }
 
 #: Names that start with an underscore but are documented, public API.
@@ -267,3 +270,29 @@ def test_level_2_trace_state_implements_every_public_method() -> None:
     assert methods - {"__init__"} - set(own) == set()
     assert dict(state.items()) == {"1vendor": "x", "foo@": "y"}
     assert state.to_header() == "1vendor=x,foo@=y"
+
+
+def test_opentelemetry_logs_keeps_its_names() -> None:
+    # divak.logs.export: OpenTelemetry Python's logs signal lives in
+    # private-named modules (opentelemetry._logs, opentelemetry.sdk._logs,
+    # the OTLP exporter's _log_exporter); there is no public name for it.
+    from opentelemetry import _logs
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import (
+        BatchLogRecordProcessor,
+        ConsoleLogRecordExporter,
+    )
+
+    assert callable(_logs.get_logger_provider) and callable(_logs.set_logger_provider)
+    provider = LoggerProvider(shutdown_on_exit=False)
+    provider.add_log_record_processor(
+        BatchLogRecordProcessor(ConsoleLogRecordExporter())
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert isinstance(LoggingHandler(logger_provider=provider), logging.Handler)
+    provider.shutdown()
+    exporter = pytest.importorskip(
+        "opentelemetry.exporter.otlp.proto.http._log_exporter"
+    )
+    assert isinstance(exporter.OTLPLogExporter, type)

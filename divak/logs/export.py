@@ -22,6 +22,8 @@ import os
 import typing
 import warnings
 
+# OpenTelemetry Python's logs signal has only private-named modules
+# (watched by tests/test_private_names.py).
 from opentelemetry import _logs as otel_logs
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs import LoggingHandler as OTelLoggingHandler
@@ -51,6 +53,8 @@ _BUILT_IN = ("otlp", "console")
 
 
 def _otlp_exporter() -> typing.Any:
+    # The otlp extra is optional: imported when asked for.  The exporter's
+    # module name is private (watched by tests/test_private_names.py).
     from opentelemetry.exporter.otlp.proto.http._log_exporter import (
         OTLPLogExporter,
     )
