@@ -740,7 +740,7 @@ _fork_hook = False
 
 def _watch_forks(metrics: ApplicationMetrics) -> None:
     global _fork_hook
-    if not _fork_hook and hasattr(os, "register_at_fork"):
+    if not _fork_hook:  # POSIX only, as divak
         os.register_at_fork(after_in_child=_after_fork_in_child)
         _fork_hook = True
     _ALIVE.add(metrics)

@@ -53,7 +53,7 @@ IOLOOP_LAG = "divak.ioloop.lag"
 LAG_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
 LAG_BUCKETS += (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # divak runs on POSIX systems only
 Observations = typing.Iterator[otel_metrics.Observation]
 
 
