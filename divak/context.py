@@ -14,6 +14,12 @@ pipeline may ask of it (the access log tells it that the response was
 sent); :attr:`RequestContext.lifecycle` is the way to it.  :class:`Probe`
 marks the handlers whose requests are probes (health checks, scrapes),
 which get no span by default.
+
+:class:`OperationRecords` keeps, for a request the sampler dropped, a
+minimal record of each ``record_operation`` block (name, times, span,
+exception), at most :data:`MAX_OPERATION_RECORDS`: what
+:mod:`divak.tracing.retention` needs to export them if the request turns
+out to fail or to be slow.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ if typing.TYPE_CHECKING:
     from tornado import httputil, web
 
 __all__ = [
+    "MAX_OPERATION_RECORDS",
+    "OperationRecord",
+    "OperationRecords",
     "REQUEST_CONTEXT_KEY",
     "Probe",
     "RequestContext",
@@ -39,6 +48,79 @@ __all__ = [
 #: Key under which the request's :class:`RequestContext` is stored in the
 #: OpenTelemetry context.
 REQUEST_CONTEXT_KEY = otel_context.create_key("divak.request")
+
+#: Operations of one unsampled request kept for retention, at most.
+MAX_OPERATION_RECORDS = 64
+
+
+class OperationRecord(typing.NamedTuple):
+    """One finished ``record_operation`` block of a request the sampler dropped.
+
+    Its span was not recording: this is what retention needs to export it
+    after all (see :mod:`divak.tracing.retention`).  Times are
+    nanoseconds since the epoch.
+    """
+
+    #: The operation's name.
+    name: str
+    #: The attributes it was opened with (not copied), or :data:`None`.
+    attributes: typing.Mapping[str, typing.Any] | None
+    #: Its (non-recording) span, which has its ids.
+    span: trace.Span
+    #: The context it was started under, whose span is its parent (the
+    #: SERVER span or an enclosing operation).
+    parent: otel_context.Context
+    #: When the block was entered.
+    start_time: int
+    #: When it was left.
+    end_time: int
+    #: The exception that left the block, else :data:`None`.
+    exception: BaseException | None
+
+
+class OperationRecords:
+    """The operations recorded for one unsampled request, bounded.
+
+    Recording is cheap (a tuple appended); iterating gives
+    :class:`OperationRecord` objects, in the order the blocks ended.
+
+    .. attribute:: dropped
+
+       Operations that ended once :data:`MAX_OPERATION_RECORDS` were kept
+       (:class:`int`).
+    """
+
+    __slots__ = ("_records", "dropped")
+
+    def __init__(self) -> None:
+        self._records: list[tuple[typing.Any, ...]] = []
+        self.dropped = 0
+
+    def add(
+        self,
+        name: str,
+        attributes: typing.Mapping[str, typing.Any] | None,
+        span: trace.Span,
+        parent: otel_context.Context,
+        start_time: int,
+        end_time: int,
+        exception: BaseException | None,
+    ) -> None:
+        """Keep a finished operation (the fields of :class:`OperationRecord`),
+        or count it once :data:`MAX_OPERATION_RECORDS` are kept."""
+        records = self._records
+        if len(records) < MAX_OPERATION_RECORDS:
+            records.append(
+                (name, attributes, span, parent, start_time, end_time, exception)
+            )
+        else:
+            self.dropped += 1
+
+    def __iter__(self) -> typing.Iterator[OperationRecord]:
+        return map(OperationRecord._make, self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
 
 
 class RequestLifecycle(typing.Protocol):
@@ -130,6 +212,18 @@ class RequestContext:
        The :class:`RequestLifecycle` that owns the request (its
        :class:`~divak.tracing.pipeline.RequestPipeline`) until it is done
        with it, then :data:`None`.
+
+    .. attribute:: exception
+
+       For an unsampled request, while retention may still export it: the
+       unexpected exception whose type is :attr:`exception_type`, else
+       :data:`None` (a sampled span records it at once).
+
+    .. attribute:: operations
+
+       For an unsampled request, while retention may still export it: its
+       :class:`OperationRecords`, made by its first ``record_operation``;
+       else :data:`None`.
     """
 
     __slots__ = (
@@ -143,6 +237,8 @@ class RequestContext:
         "exception_type",
         "ended",
         "lifecycle",
+        "exception",
+        "operations",
         "_log_ids",
         "__weakref__",
     )
@@ -164,6 +260,8 @@ class RequestContext:
         self.exception_type: str | None = None
         self.ended = False
         self.lifecycle: RequestLifecycle | None = None
+        self.exception: BaseException | None = None
+        self.operations: OperationRecords | None = None
         self._log_ids: dict[str, typing.Any] | None = None
 
     def set_span(self, span: trace.Span) -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "CLIENT_DURATION",
     "EVENTS",
     "OPERATION_DURATION",
+    "RETENTION_DROPPED",
     "SERVER_DURATION",
     "WEBSOCKET_CONNECTIONS",
     "WEBSOCKET_DURATION",
@@ -90,6 +91,8 @@ WEBSOCKET_DURATION_BUCKETS = (
     43200.0,
     86400.0,
 )
+#: Failed or slow unsampled requests not exported: over the retention rate.
+RETENTION_DROPPED = "divak.retention.dropped"
 #: Most histograms :meth:`HandlerMeasurements.record_value` creates.
 MAX_CUSTOM_INSTRUMENTS = 100
 #: The semantic conventions divak's instruments follow (the schema URL of
@@ -558,6 +561,30 @@ class ApplicationMetrics(HandlerMeasurements):
             return
         instruments.active.add(-1, series.attributes)
         instruments.duration.record(seconds, series.attributes, context)
+    # -- retention ------------------------------------------------------------
+    #: The ``divak.retention.dropped`` counter, made by its first count.
+    _retention_dropped: otel_metrics.Counter | None = None
+
+    def count_retention_dropped(self, reason: str) -> None:
+        """Count one request retention did not export (``divak.retention.dropped``).
+
+        A request the sampler dropped that retention would have exported
+        (see :mod:`divak.tracing.retention`) but for its rate limit.  The
+        counter is created by the first count.
+
+        :param reason: ``divak.retained``, ``"error"`` or ``"slow"``
+        """
+        if not self.enabled:
+            return
+        counter = self._retention_dropped
+        if counter is None:
+            counter = self._retention_dropped = self.meter.create_counter(
+                RETENTION_DROPPED,
+                "{request}",
+                "Failed or slow unsampled requests not exported: over the "
+                "retention rate limit.",
+            )
+        counter.add(1, {"divak.retained": reason[:16]})
 
     # -- client requests ----------------------------------------------------
     def client_request_finished(

@@ -3,8 +3,8 @@
 :class:`Instrumentation` is the composed object an application holds
 (:attr:`divak.Recorder.divak_instrumentation`), and the one place of its
 telemetry state: the service name, the reporters and their span queues,
-the propagators, the sampler, the route table, the OpenTelemetry
-``TracerProvider`` and the application's metrics.  Each request's
+the propagators, the sampler, the retention policy, the route table, the
+OpenTelemetry ``TracerProvider`` and the application's metrics.  Each request's
 :class:`~divak.tracing.pipeline.RequestPipeline` reads it; nothing copies
 it into the application or its settings.
 """
@@ -40,6 +40,7 @@ from divak.tracing.provider import (
     tracer_provider,
     turn_off_tornado_instrumentation,
 )
+from divak.tracing.retention import Retention, new_retention
 from divak.tracing.routes import RouteTable
 from divak.version import __version__
 
@@ -109,6 +110,9 @@ class Instrumentation:
         #: Whether requests to :class:`~divak.context.Probe` handlers are
         #: traced (:func:`~divak.tracing.excluded.trace_probes`).
         self.trace_probes = trace_probes(self.settings)
+        #: The failed and slow unsampled requests exported anyway
+        #: (:mod:`divak.tracing.retention`); :data:`None` when none are.
+        self.retention: Retention | None = new_retention(self.settings)
         #: Characters kept of a value taken from the request
         #: (``settings['divak_max_request_attribute_length']``).
         self.max_request_attribute_length = int(

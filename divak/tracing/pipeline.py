@@ -85,7 +85,9 @@ count the upgrade request, which ended with the ``101``.
 .. rubric:: Unsampled and excluded requests
 
 They have no span to mark: their metrics are recorded when the response
-is finished, without waiting for the handler's task.
+is finished, without waiting for the handler's task.  At that moment an
+unsampled request that failed or was slow may be exported anyway
+(see :mod:`divak.tracing.retention`).
 """
 
 from __future__ import annotations
@@ -211,22 +213,38 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
             )
             if span.is_recording():
                 span.set_attributes(
-                    semconv.server_attributes(
-                        request,
-                        known,
-                        route,
-                        xheaders=bool(instrumentation.settings.get("xheaders")),
-                        limit=instrumentation.max_request_attribute_length,
-                        redacted=instrumentation.redacted_params,
-                    )
+                    self._request_attributes(request, known, route, request_id)
                 )
-                if request_id:
-                    span.set_attribute("divak.request_id", request_id)
-                captured = instrumentation.captured_server
-                if captured.request:
-                    span.set_attributes(captured.request_attributes(request.headers))
         request_context.set_span(span)
         return request_context
+
+    def _request_attributes(
+        self,
+        request: httputil.HTTPServerRequest,
+        method: str,
+        route: str | None,
+        request_id: str | None,
+    ) -> dict[str, typing.Any]:
+        """The SERVER span's attributes taken from *request*.
+
+        Computed only for a span that records: a sampled request at its
+        start, a retained one at its end.
+        """
+        instrumentation = self.instrumentation
+        attributes = semconv.server_attributes(
+            request,
+            method,
+            route,
+            xheaders=bool(instrumentation.settings.get("xheaders")),
+            limit=instrumentation.max_request_attribute_length,
+            redacted=instrumentation.redacted_params,
+        )
+        if request_id:
+            attributes["divak.request_id"] = request_id
+        captured = instrumentation.captured_server
+        if captured.request:
+            attributes.update(captured.request_attributes(request.headers))
+        return attributes
 
     # -- Tornado's HTTPMessageDelegate ----------------------------------
     def _creating_handler_task(
@@ -302,6 +320,8 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
             return
         if request_context.ended or not request_context.span.is_recording():
             # Nothing to mark on an unsampled or untraced request: done now.
+            if not request_context.ended:
+                self._retain()
             request_context.ended = True
             self._record_metrics()
             self._release()
@@ -337,6 +357,8 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
         span = request_context.span
         if span.is_recording():
             span.record_exception(value)
+        elif self.instrumentation.retention is not None:
+            request_context.exception = value  # see _retain
 
     def client_disconnected(self) -> None:
         """The client closed the connection before the response was sent.
@@ -483,6 +505,64 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
                 error,
                 request.path,
             )
+
+    # -- retention (divak.tracing.retention) -----------------------------
+    def _retain(self) -> None:
+        """Export the unsampled request that just answered if it is retained.
+
+        Called once, when the response of a request the sampler dropped
+        was finished, before its metrics are recorded.  Cheap for a request
+        that is not retained: one comparison of its status, exception and
+        duration; the attributes and spans are made only for one that is.
+        """
+        request_context = self.context
+        instrumentation = self.instrumentation
+        retention = instrumentation.retention
+        request = self.request
+        if retention is None or request is None:
+            return
+        reason = retention.reason(
+            request_context.status_code, request_context.exception_type, request
+        )
+        if (
+            reason is not None
+            and request_context.span.get_span_context().is_valid
+            and retention.admit(reason, instrumentation.metrics)
+        ):
+            seconds = request.request_time()
+            end_time = time.time_ns()
+            method = request.method or "GET"
+            known = method if method in semconv.KNOWN_METHODS else "_OTHER"
+            route = request_context.route
+            attributes = self._request_attributes(
+                request, known, route, request_context.request_id
+            )
+            status_code = request_context.status_code
+            if status_code is not None:
+                attributes["http.response.status_code"] = status_code
+            error_type = request_context.exception_type
+            if error_type is None and status_code is not None and status_code >= 500:
+                error_type = str(status_code)
+            if error_type is not None:
+                attributes["error.type"] = error_type
+            spans = retention.spans(
+                request_context,
+                name=semconv.span_name(known, route),
+                attributes=attributes,
+                reason=reason,
+                start_time=end_time - int(seconds * 1e9),
+                end_time=end_time,
+                resource=instrumentation.provider.resource,
+            )
+            for queue in instrumentation.span_queues:
+                for span in spans:
+                    queue.on_end(span)
+        # Judged: the records are of no more use (an exception's traceback
+        # would keep the handler's frames alive).
+        if request_context.exception is not None:
+            request_context.exception = None
+        if request_context.operations is not None:
+            request_context.operations = None
 
     def _release(self) -> None:
         # Drop the references that would keep the request's objects alive

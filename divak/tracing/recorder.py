@@ -35,6 +35,7 @@ from divak.metrics.instruments import ApplicationMetrics
 from divak.tracing import headers
 from divak.tracing.instrumentation import Instrumentation
 from divak.tracing.pipeline import RequestPipeline, watch_uncaught_exceptions
+from divak.tracing.retention import RetentionPolicy, new_retention
 from divak.tracing.websocket import WebSocketConnections
 
 __all__ = ["Recorder"]
@@ -76,7 +77,9 @@ class Recorder(AccessLogger):
     * for a :class:`tornado.websocket.WebSocketHandler`, one span from the
       upgrade request until the connection closes, with its message
       counts and close code, its metrics and a second access line at the
-      close (see :doc:`websocket`; :attr:`divak_websockets`).
+      close (see :doc:`websocket`; :attr:`divak_websockets`);
+    * failed requests exported even when the sampler dropped them, slow
+      ones too when asked (:meth:`set_divak_retention`).
 
     The OpenTelemetry pipeline: the
     application builds its own SDK ``TracerProvider`` on first use (a
@@ -159,6 +162,49 @@ class Recorder(AccessLogger):
             ``TextMapPropagator``
         """
         self.divak_instrumentation.add_propagator(propagator)
+
+    def set_divak_retention(
+        self,
+        errors: bool = True,
+        slow: float | None = None,
+        max_per_second: float = 10.0,
+    ) -> None:
+        """Export failed and slow requests even when the sampler drops them.
+
+        A request the sampler did not sample is exported anyway, with its
+        ``record_operation`` spans and ``divak.retained`` = ``"error"`` or
+        ``"slow"``, when it ends with a 5xx status or an unexpected
+        exception (*errors*), or when its response took at least *slow*
+        seconds.  The decision is local, at the end of the request: the
+        headers it sent downstream said "not sampled" (see "Retention" in
+        :doc:`tracing` and :mod:`divak.tracing.retention`).  Sampled
+        requests are not affected.
+
+        Without a call, the settings ``divak_retention_errors``,
+        ``divak_retention_slow`` and ``divak_retention_max_per_second``
+        apply, else the environment variables ``DIVAK_RETENTION_ERRORS``,
+        ``DIVAK_RETENTION_SLOW`` and ``DIVAK_RETENTION_MAX_PER_SECOND``, else
+        the defaults of this method (errors kept, no slow threshold).  A
+        call wins over them, with all three arguments.
+
+        :param errors: keep failed requests
+        :param slow: keep requests that took at least this many seconds;
+            :data:`None` for no threshold
+        :param max_per_second: most requests retained per second (a token
+            bucket of as many); the others are counted in the
+            ``divak.retention.dropped`` counter and logged, one WARNING a
+            minute at most
+        :raises ValueError: for a negative *slow* or *max_per_second*
+        :raises RuntimeError: after tracing started (first request)
+        """
+        instrumentation = self.divak_instrumentation
+        instrumentation.check_not_started()
+        policy = RetentionPolicy(
+            bool(errors),
+            None if slow is None else float(slow),
+            float(max_per_second),
+        )
+        instrumentation.retention = new_retention(self.settings, policy)
 
     def add_divak_metrics_reporter(self, reporter: typing.Any) -> None:
         """Push the application's metrics to *reporter* periodically.

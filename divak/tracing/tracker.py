@@ -19,7 +19,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from tornado import httputil
 
-from divak.context import RequestContext, request_context_of
+from divak.context import OperationRecords, RequestContext, request_context_of
 
 if typing.TYPE_CHECKING:
     from divak.tracing.recorder import Recorder
@@ -114,14 +114,45 @@ class RequestTracker:
         :returns: the child span
         """
         instrumentation = self.application.divak_instrumentation
+        request_context = self.divak_context
+        context = request_context.current_context()
         started = time.perf_counter()
         try:
             with instrumentation.tracer.start_as_current_span(
-                name,
-                context=self.divak_context.current_context(),
-                attributes=attributes,
+                name, context=context, attributes=attributes
             ) as span:
-                yield span
+                if (
+                    span.is_recording()
+                    or instrumentation.retention is None
+                    or request_context.ended
+                    or request_context.span.is_recording()
+                ):
+                    yield span
+                    return
+                # An unsampled request that retention may export at its
+                # end: keep a minimal record of the operation.
+                start_time = time.time_ns()
+                failure: BaseException | None = None
+                try:
+                    yield span
+                except Exception as error:  # as OpenTelemetry's use_span
+                    failure = error
+                    raise
+                finally:
+                    if not request_context.ended:  # else judged already
+                        operations = request_context.operations
+                        if operations is None:
+                            operations = OperationRecords()
+                            request_context.operations = operations
+                        operations.add(
+                            name,
+                            attributes,
+                            span,
+                            context,
+                            start_time,
+                            time.time_ns(),
+                            failure,
+                        )
         finally:
             instrumentation.metrics.record_operation(
                 name, time.perf_counter() - started, otel_context.get_current()
