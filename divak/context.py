@@ -24,6 +24,7 @@ out to fail or to be slow.
 
 from __future__ import annotations
 
+import itertools
 import typing
 
 from opentelemetry import context as otel_context
@@ -117,7 +118,7 @@ class OperationRecords:
             self.dropped += 1
 
     def __iter__(self) -> typing.Iterator[OperationRecord]:
-        return map(OperationRecord._make, self._records)
+        return itertools.starmap(OperationRecord, self._records)
 
     def __len__(self) -> int:
         return len(self._records)
