@@ -23,11 +23,7 @@ from __future__ import annotations
 import re
 import typing
 
-from prometheus_client.exposition import (
-    CONTENT_TYPE_PLAIN_0_0_4,
-    choose_encoder,
-    generate_latest,
-)
+from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
@@ -38,6 +34,11 @@ from divak.metrics import peers
 from divak.metrics.instruments import ApplicationMetrics, MetricsSource
 from divak.metrics.snapshot import RESOURCE, Snapshot, merge
 from divak.metrics.thread import paced
+
+#: The ``Content-Type`` of the Prometheus text exposition format 0.0.4, what
+#: ``generate_latest`` writes (named here: older prometheus_client releases
+#: have no constant for it).
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 __all__ = [
     "MetricsHandler",
@@ -202,7 +203,7 @@ def choose_format(accept: str) -> tuple[Encoder, str]:
     try:
         return choose_encoder(",".join(ranges))
     except Exception:  # noqa: BLE001 - whatever else it trips on: the text format
-        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+        return generate_latest, TEXT_FORMAT
 
 
 def exposition(
