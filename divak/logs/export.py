@@ -27,10 +27,14 @@ import warnings
 from opentelemetry import _logs as otel_logs
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs import LoggingHandler as OTelLoggingHandler
-from opentelemetry.sdk._logs.export import (
-    BatchLogRecordProcessor,
-    ConsoleLogRecordExporter,
-)
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+try:  # the SDK's name since 1.33; ConsoleLogExporter before
+    from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
+except ImportError:  # pragma: no cover - exercised by the lowest-versions run
+    from opentelemetry.sdk._logs.export import (  # type: ignore[attr-defined,no-redef]
+        ConsoleLogExporter as ConsoleLogRecordExporter,
+    )
 from opentelemetry.sdk.resources import Resource
 
 from divak.settings import (
