@@ -11,8 +11,17 @@ Each variant runs as its own server process (``bench/server.py``) on
 load comes from ``wrk`` on another CPU when it is installed, else from a
 bounded Python client (``bench/client.py``) in its own process.  Variants
 are interleaved round by round and the table shows medians over rounds,
-with throughput as a ratio to plain Tornado measured in the same run.
-Spans go to a counting Zipkin endpoint in this process.
+with throughput as a ratio to plain Tornado, and CPU time per request as
+a difference to plain Tornado's, measured in the same round.  The CPU time
+is the server process's own (user + system, all its threads, from
+``/proc/PID/stat``) over the measured window, divided by the requests
+answered in it.  Spans go to a counting Zipkin endpoint in this process.
+
+The machine may be shared: for each measurement the table gives the share
+of both CPUs that other processes used meanwhile ("others %"), and the
+run prints the load average before and after.  ``--max-busy`` waits for a
+quieter machine before each measurement, and measures again when other
+processes used more than that share meanwhile.
 """
 
 from __future__ import annotations
@@ -48,6 +57,8 @@ DEFAULT_VARIANTS = [
     "divak-0.1%+m",
     "otel",
     "otel-0.1%",
+    "otel+m",
+    "otel-0.1%+m",
 ]
 
 
@@ -116,6 +127,72 @@ def wait_ready(port: int, process: subprocess.Popen[str]) -> None:
 
 
 LOAD_GENERATOR = "wrk" if shutil.which("wrk") else "python"
+
+
+# -- CPU time -------------------------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu(pid: int) -> float | None:
+    """Seconds of CPU (user + system, every thread) process *pid* used so far.
+
+    :data:`None` where ``/proc`` is not available.
+    """
+    try:
+        text = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name, in parentheses, may hold spaces: split after it.
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, all CPUs."""
+    try:
+        line = pathlib.Path("/proc/stat").read_text().splitlines()[0]
+    except OSError:
+        return None
+    values = [int(v) for v in line.split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    # guest time is already counted in user time
+    total = sum(values[:8])
+    return (total - idle) / _TICK, total / _TICK
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and its waited-for children (wrk)."""
+    import resource
+
+    seconds = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        seconds += usage.ru_utime + usage.ru_stime
+    return seconds
+
+
+def load_average() -> str:
+    try:
+        return " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def wait_until_quiet(max_busy: float, patience: float) -> float:
+    """Wait up to *patience* seconds for other processes to use less than
+    *max_busy* percent of the machine (measured over one second); return
+    the last share measured."""
+    deadline = time.monotonic() + patience
+    while True:
+        before = machine_cpu()
+        time.sleep(1.0)
+        after = machine_cpu()
+        if before is None or after is None:
+            return 0.0
+        busy = 100 * (after[0] - before[0]) / max(after[1] - before[1], 1e-9)
+        if busy < max_busy or time.monotonic() > deadline:
+            return busy
+        print(f"machine {busy:.0f}% busy, waiting", file=sys.stderr, flush=True)
 
 
 def load(port: int, duration: float, connections: int) -> dict[str, float]:
@@ -196,7 +273,20 @@ def run_variant(
     try:
         wait_ready(port, server)
         load(port, 1, connections)  # warm-up
+        cpu_before, machine_before = process_cpu(server.pid), machine_cpu()
+        own_before = own_cpu()
         result = load(port, duration, connections)
+        cpu_after, machine_after = process_cpu(server.pid), machine_cpu()
+        own = own_cpu() - own_before
+        if cpu_before is not None and cpu_after is not None and result["requests"]:
+            server_cpu = cpu_after - cpu_before
+            result["cpu_us"] = 1e6 * server_cpu / result["requests"]
+            if machine_before is not None and machine_after is not None:
+                busy = machine_after[0] - machine_before[0]
+                total = machine_after[1] - machine_before[1]
+                result["others_pct"] = max(
+                    0.0, 100 * (busy - server_cpu - own) / max(total, 1e-9)
+                )
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -267,56 +357,128 @@ def median(results: list[dict[str, typing.Any]], key: str) -> float:
     return statistics.median(r.get(key, 0) for r in results)
 
 
+def median_of(values: list[float], fmt: str) -> str:
+    return format(statistics.median(values), fmt) if values else "-"
+
+
+def measure(
+    variant: str, collector: Collector, args: argparse.Namespace, tmp: pathlib.Path
+) -> dict[str, typing.Any]:
+    """One measurement of *variant*; with ``--max-busy``, on a quiet machine.
+
+    With ``--max-busy`` it waits for a quiet machine first, and measures
+    again (up to ``--retries`` times) when other processes used more than
+    that share of the machine meanwhile.
+    """
+    for attempt in range(args.retries + 1):
+        if args.max_busy is not None:
+            wait_until_quiet(args.max_busy, args.patience)
+        figures = run_variant(
+            variant, collector.url, collector, args.duration, args.connections, tmp
+        )
+        figures["load_average"] = load_average()
+        figures["attempts"] = attempt + 1
+        others = figures.get("others_pct", 0.0)
+        if args.max_busy is None or others <= args.max_busy:
+            break
+        print(
+            f"{variant}: other processes used {others:.0f}% of the machine, "
+            f"{'measuring again' if attempt < args.retries else 'keeping it'}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return figures
+
+
+#: Columns of the comparison table.
+COLUMNS = [
+    "variant", "req/s", "ratio", "CPU µs/req", "Δ µs", "p50 ms", "p99 ms",
+    "p99/p50", "RSS MiB", "spans/served", "others %", "errors",
+]
+#: More columns with --gc: full collections during the run, the longest,
+#: and one more at the end, timed alone.
+GC_COLUMNS = ["full GCs", "max ms", "full GC ms"]
+
+
 def compare(args: argparse.Namespace) -> None:
     collector = Collector()
     variants = args.variants
     results: dict[str, list[dict[str, typing.Any]]] = {v: [] for v in variants}
     ratios: dict[str, list[float]] = {v: [] for v in variants}
+    deltas: dict[str, list[float]] = {v: [] for v in variants}
+    loads = [load_average()]
+    print(f"load average before: {loads[0]}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for number in range(args.rounds):
             for variant in variants:
-                figures = run_variant(
-                    variant, collector.url, collector, args.duration,
-                    args.connections, pathlib.Path(tmp),
-                )
+                figures = measure(variant, collector, args, pathlib.Path(tmp))
                 results[variant].append(figures)
                 print(
-                    f"round {number + 1} {variant:<11} {figures['rps']:8.0f} req/s"
-                    f"  p99 {figures['p99_ms']:.2f} ms",
+                    f"round {number + 1} {variant:<12} {figures['rps']:8.0f} req/s"
+                    f"  {figures.get('cpu_us', 0):6.1f} CPU µs/req"
+                    f"  p50 {figures['p50_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms"
+                    f"  others {figures.get('others_pct', 0):.0f}%"
+                    f"  load {figures['load_average']}",
                     file=sys.stderr,
                     flush=True,
                 )
             if "plain" in variants:
-                plain = results["plain"][-1]["rps"]
+                plain = results["plain"][-1]
                 for variant in variants:
-                    ratios[variant].append(results[variant][-1]["rps"] / plain)
+                    current = results[variant][-1]
+                    ratios[variant].append(current["rps"] / plain["rps"])
+                    if "cpu_us" in current and "cpu_us" in plain:
+                        deltas[variant].append(current["cpu_us"] - plain["cpu_us"])
+    loads.append(load_average())
     rows = []
     for variant in variants:
         runs = results[variant]
         served = sum(r["served"] for r in runs)
         spans = sum(r["spans"] for r in runs)
-        rows.append([
+        cpu = [r["cpu_us"] for r in runs if "cpu_us" in r]
+        others = [r["others_pct"] for r in runs if "others_pct" in r]
+        row = [
             variant,
             f"{median(runs, 'rps'):.0f}",
-            f"{statistics.median(ratios[variant]):.2f}" if ratios[variant] else "-",
+            median_of(ratios[variant], ".2f"),
+            median_of(cpu, ".0f"),
+            median_of(deltas[variant], "+.0f"),
             f"{median(runs, 'p50_ms'):.2f}",
             f"{median(runs, 'p99_ms'):.2f}",
+            median_of([r["p99_ms"] / r["p50_ms"] for r in runs if r["p50_ms"]], ".2f"),
             f"{median(runs, 'maxrss_kib') / 1024:.0f}",
             f"{spans}/{served}",
+            median_of(others, ".0f"),
             f"{sum(r['errors'] for r in runs)}",
-        ])
+        ]
+        if args.gc:
+            row += [
+                f"{median(runs, 'gc2_count'):.0f}",
+                f"{max(r.get('gc2_max_ms', 0) for r in runs):.1f}",
+                f"{median(runs, 'gc_full_ms'):.1f}",
+            ]
+        rows.append(row)
     print()
     print(f"{args.rounds} interleaved rounds of {args.duration:.0f} s, "
           f"{args.connections} connections, load from "
           f"{'wrk' if LOAD_GENERATOR == 'wrk' else 'bench/client.py'}")
-    print(f"Machine: {machine()}")
+    print(f"Machine: {machine()}; load average {loads[0]} before, {loads[1]} after")
     print(f"Versions: {versions()}")
+    print(f"Date: {time.strftime('%Y-%m-%d')}")
     print()
-    print(table(
-        ["variant", "req/s", "ratio", "p50 ms", "p99 ms", "RSS MiB",
-         "spans/served", "errors"],
-        rows,
-    ))
+    print(table(COLUMNS + (GC_COLUMNS if args.gc else []), rows))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({
+            "rounds": args.rounds,
+            "duration": args.duration,
+            "connections": args.connections,
+            "load_average": loads,
+            "machine": machine(),
+            "versions": versions(),
+            "results": results,
+            "ratios": ratios,
+            "deltas": deltas,
+        }, indent=1))
 
 
 def exporter(args: argparse.Namespace) -> None:
@@ -399,8 +561,36 @@ def main() -> None:
         "--client", choices=["wrk", "python"], default=LOAD_GENERATOR,
         help="load generator (default: wrk when installed)",
     )
+    parser.add_argument(
+        "--gc", action="store_true",
+        help="time the servers' garbage collections (adds three columns)",
+    )
+    parser.add_argument(
+        "--max-busy", type=float, default=None, metavar="PERCENT",
+        help="before each measurement, wait until other processes use less "
+        "than PERCENT of the machine",
+    )
+    parser.add_argument(
+        "--patience", type=float, default=120.0,
+        help="seconds to wait for a quiet machine at most (with --max-busy)",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=3,
+        help="with --max-busy: measurements made again when the machine was "
+        "busier than that meanwhile",
+    )
+    parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument(
+        "--settings", metavar="JSON",
+        help='more settings for the divak applications, e.g. \'{"gc_freeze": false}\'',
+    )
     args = parser.parse_args()
     LOAD_GENERATOR = args.client
+    if args.gc:
+        os.environ["BENCH_GC_PAUSES"] = "1"
+    if args.settings:
+        json.loads(args.settings)  # fail here rather than in every server
+        os.environ["BENCH_SETTINGS"] = args.settings
     if args.exporter:
         exporter(args)
     else:

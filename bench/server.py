@@ -4,19 +4,39 @@ Usage: ``python3 bench/server.py VARIANT PORT ZIPKIN_URL LOG_FILE``
 
 Serves a hello-world JSON handler on 127.0.0.1:PORT until SIGTERM, then
 flushes its spans and prints one JSON line on standard output with the
-number of requests served, the peak RSS in KiB and, for divak variants,
-the span counters of its reporter.  Every variant logs at INFO to
-LOG_FILE with the same handler and format.
+number of requests served, the peak RSS in KiB, for divak variants the
+span counters of its reporter and, for variants with metrics (``+m``),
+how many requests its ``http.server`` duration histogram counted.  Every
+variant logs at INFO to LOG_FILE with the same handler and format.
+
+Variants: ``plain``; ``divak``, ``otel`` (every trace sampled); the same
+with ``-0.1%`` (0.1 % of the traces); each of the four with ``+m``
+(metrics on: divak's default; OpenTelemetry's instrumentation with an SDK
+``MeterProvider`` and an in-memory reader, as divak has).
+
+Environment:
+
+``BENCH_SETTINGS``
+   JSON object of extra settings for the divak application, e.g.
+   ``{"gc_freeze": false}``.
+``BENCH_GC_PAUSES``
+   ``1``: time every garbage collection (``gc.callbacks``) and report the
+   count, total and longest pause of each generation; at the end, time
+   one more full collection and count the objects it walked and the
+   frozen ones it skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import os
 import resource
 import signal
 import sys
+import time
 import typing
 
 from tornado import httpserver, netutil, web
@@ -52,26 +72,45 @@ def plain_app() -> web.Application:
     return web.Application([(r"/", Hello)])
 
 
-def otel_app(zipkin: str, probability: float) -> tuple[web.Application, typing.Any]:
+def otel_app(
+    zipkin: str, probability: float, metrics: bool = False
+) -> tuple[web.Application, typing.Any, typing.Any]:
+    """OpenTelemetry's Tornado instrumentation; with *metrics*, an SDK
+    ``MeterProvider`` with an in-memory reader (as divak's scrape reader),
+    so the instrumentation records its ``http.server.*`` metrics.
+
+    :returns: the application, the tracer provider, the metric reader or
+        :data:`None`
+    """
     from opentelemetry import trace
     from opentelemetry.exporter.zipkin.json import ZipkinExporter
     from opentelemetry.instrumentation.tornado import TornadoInstrumentor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider, sampling
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    resource = Resource.create({SERVICE_NAME: "bench-otel"})
     provider = TracerProvider(
         sampler=sampling.ParentBased(sampling.TraceIdRatioBased(probability)),
-        resource=Resource.create({SERVICE_NAME: "bench-otel"}),
+        resource=resource,
     )
     provider.add_span_processor(BatchSpanProcessor(ZipkinExporter(endpoint=zipkin)))
     trace.set_tracer_provider(provider)
-    TornadoInstrumentor().instrument(tracer_provider=provider)
-    return plain_app(), provider
+    reader = None
+    options: dict[str, typing.Any] = {"tracer_provider": provider}
+    if metrics:
+        reader = InMemoryMetricReader()
+        options["meter_provider"] = MeterProvider(
+            metric_readers=[reader], resource=resource
+        )
+    TornadoInstrumentor().instrument(**options)
+    return plain_app(), provider, reader
 
 
 def divak_app(
-    zipkin: str, probability: float, metrics: bool = False
+    zipkin: str, probability: float, metrics: bool = False, **settings: typing.Any
 ) -> web.Application:
     """The divak variant; request metrics on with *metrics* (the default of
     a real application), off (``settings['metrics'] = False``) without."""
@@ -82,14 +121,48 @@ def divak_app(
 
     class Application(divak.ProbabilisticSampler, divak.Recorder, divak.Application):
         def __init__(self, **settings: typing.Any) -> None:
-            super().__init__([(r"/", Handler)], metrics=metrics, **settings)
+            super().__init__([(r"/", Handler)], **settings)
             self.set_divak_service("bench-divak")
             self.set_divak_sample_probability(probability)
             self.add_divak_reporter(divak.ZipkinReporter(zipkin))
             self.add_divak_propagator(divak.TraceContextPropagation())
             self.add_divak_propagator(divak.RequestIdPropagation())
 
-    return Application()
+    return Application(metrics=metrics, **settings)
+
+
+def histogram_count(data: typing.Any, names: typing.Collection[str]) -> int:
+    """Measurements the histograms called *names* counted in *data*, an
+    OpenTelemetry ``MetricsData`` (all attribute sets)."""
+    count = 0
+    for resource_metrics in data.resource_metrics if data is not None else ():
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if metric.name in names:
+                    count += sum(point.count for point in metric.data.data_points)
+    return count
+
+
+class GCPauses:
+    """Times every garbage collection through ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.pauses: list[list[float]] = [[], [], []]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self.started)
+
+    def figures(self) -> dict[str, typing.Any]:
+        out: dict[str, typing.Any] = {}
+        for generation, pauses in enumerate(self.pauses):
+            out[f"gc{generation}_count"] = len(pauses)
+            out[f"gc{generation}_total_ms"] = 1000 * sum(pauses)
+            out[f"gc{generation}_max_ms"] = 1000 * max(pauses, default=0.0)
+        return out
 
 
 def peak_rss_kib() -> int:
@@ -119,22 +192,38 @@ def stats(app: typing.Any) -> dict[str, typing.Any]:
     return out
 
 
+#: The histogram that counts every request, by whom.
+DURATIONS = ("http.server.request.duration", "http.server.duration")
+
+
 def main() -> None:
     variant, port, zipkin, log_file = sys.argv[1:5]
     configure_logging(log_file)
+    metrics = variant.endswith("+m")
     probability = 0.001 if variant.removesuffix("+m").endswith("0.1%") else 1.0
     sockets = netutil.bind_sockets(int(port), "127.0.0.1")
-    provider = None
+    provider = reader = None
+    counted: list[int] = []
+    pauses = None
+    if os.environ.get("BENCH_GC_PAUSES") == "1":
+        pauses = GCPauses()
+        gc.callbacks.append(pauses)
     if variant.startswith("divak"):
         import divak
 
-        app = divak_app(zipkin, probability, metrics=variant.endswith("+m"))
-        runner = divak.Runner(app)
+        settings = json.loads(os.environ.get("BENCH_SETTINGS") or "{}")
+        app = divak_app(zipkin, probability, metrics=metrics, **settings)
+
+        def count_metrics(app: typing.Any) -> None:
+            # A shutdown callback: the metrics stop after these.
+            counted.append(histogram_count(app.divak_metrics.collect(), DURATIONS))
+
+        runner = divak.Runner(app, shutdown=[count_metrics])
         runner.shutdown_limit = 10.0
         asyncio.run(runner.serve(sockets))
     else:
         if variant.startswith("otel"):
-            app, provider = otel_app(zipkin, probability)
+            app, provider, reader = otel_app(zipkin, probability, metrics)
         else:
             app = plain_app()
 
@@ -149,9 +238,22 @@ def main() -> None:
             await server.close_all_connections()
 
         asyncio.run(serve())
+        if reader is not None:
+            counted.append(histogram_count(reader.get_metrics_data(), DURATIONS))
         if provider is not None:
             provider.shutdown()
-    print(json.dumps(stats(app)), flush=True)
+    figures = stats(app)
+    if metrics:
+        figures["metered"] = counted[0] if counted else 0
+    if pauses is not None:
+        gc.callbacks.remove(pauses)
+        figures.update(pauses.figures())
+        started = time.perf_counter()
+        gc.collect()  # one more full collection, on the heap as it served
+        figures["gc_full_ms"] = 1000 * (time.perf_counter() - started)
+        figures["gc_tracked"] = len(gc.get_objects())
+        figures["gc_frozen"] = gc.get_freeze_count()
+    print(json.dumps(figures), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,18 +6,20 @@
     ``1`` adds a shutdown callback that never finishes.
 ``FAIL_BEFORE_RUN``
     ``1`` adds a ``before_run`` callback that raises.
-``NUMBER_OF_PROCS``, ``SHUTDOWN_LIMIT``, ``MAX_RESTARTS``
+``NUMBER_OF_PROCS``, ``SHUTDOWN_LIMIT``, ``MAX_RESTARTS``, ``GC_FREEZE``
     passed to :func:`divak.run` as settings.
 
 Routes: ``/slow?delay=SECONDS`` (asynchronous wait), ``/block?delay=SECONDS``
 (blocks the process, so another process accepts the next connection),
-``/env/NAME`` (a variable of the service's environment), ``/status``.
-Every response carries the serving process id.
+``/env/NAME`` (a variable of the service's environment), ``/gc`` (the
+objects the garbage collector froze and the ones a full collection walks),
+``/status``.  Every response carries the serving process id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -50,6 +52,15 @@ class EnvHandler(web.RequestHandler):
         self.write({"name": name, "value": os.environ.get(name), "pid": os.getpid()})
 
 
+class GCHandler(web.RequestHandler):
+    def get(self) -> None:
+        self.write({
+            "frozen": gc.get_freeze_count(),
+            "tracked": len(gc.get_objects()),
+            "pid": os.getpid(),
+        })
+
+
 class Application(divak.Recorder, divak.ProbabilisticSampler, divak.Application):
     def __init__(self, **settings: object) -> None:
         super().__init__(
@@ -57,6 +68,7 @@ class Application(divak.Recorder, divak.ProbabilisticSampler, divak.Application)
                 (r"/slow", SlowHandler),
                 (r"/block", BlockHandler),
                 (r"/env/(?P<name>\w+)", EnvHandler),
+                (r"/gc", GCHandler),
                 (r"/status", divak.StatusHandler),
             ],
             # The drain tests check the span of a /status answered while
@@ -100,4 +112,6 @@ if __name__ == "__main__":
         settings["shutdown_limit"] = float(os.environ["SHUTDOWN_LIMIT"])
     if os.environ.get("MAX_RESTARTS"):
         settings["max_restarts"] = int(os.environ["MAX_RESTARTS"])
+    if os.environ.get("GC_FREEZE"):
+        settings["gc_freeze"] = os.environ["GC_FREEZE"] == "1"
     divak.run(make_app, settings)
