@@ -17,6 +17,7 @@ import threading
 import typing
 
 import pytest
+from opentelemetry.sdk import version as sdk_version
 from prometheus_client.parser import text_string_to_metric_families
 from tornado import web
 
@@ -178,7 +179,11 @@ def test_otel_metrics_exporter_otlp_pushes_at_the_export_interval(receiver) -> N
     }
     assert "http.server.request.duration" in names
     scope = pushes[-1].resource_metrics[0].scope_metrics[0]
-    assert scope.scope.name == "divak" and scope.schema_url == SCHEMA_URL
+    assert scope.scope.name == "divak"
+    # The OTLP encoder of older SDKs (the lowest supported set) leaves the
+    # scope's schema URL out; the SDK divak pins sends it.
+    if sdk_version.__version__ >= "1.40":
+        assert scope.schema_url == SCHEMA_URL
 
 
 def test_otel_metrics_exporter_names_resolve_through_entry_points(receiver) -> None:

@@ -36,6 +36,7 @@ from opentelemetry.trace import SpanKind
 
 from divak import propagation
 from divak.export.reporters import reporters_from_env
+from divak.metrics.instruments import with_instance_id
 from divak.propagation.b3 import B3DebugMarker
 from divak.settings import env_value
 from divak.tracing.sampling import default_sampler
@@ -152,7 +153,9 @@ def tracer_provider(
         sampler = default_sampler()
     provider = TracerProvider(
         sampler=propagation.PropagatedSampler(sampler),
-        resource=Resource.create({SERVICE_NAME: service} if service else {}),
+        resource=with_instance_id(
+            Resource.create({SERVICE_NAME: service} if service else {})
+        ),
         id_generator=PresetTraceIds(),
         shutdown_on_exit=False,
         span_limits=SpanLimits(
