@@ -158,9 +158,7 @@ def tracer_provider(
         ),
         id_generator=PresetTraceIds(),
         shutdown_on_exit=False,
-        span_limits=SpanLimits(
-            max_span_attribute_length=settings.get("divak_max_attribute_length")
-        ),
+        span_limits=SpanLimits(max_span_attribute_length=_attribute_length(settings)),
     )
     _OWN_PROVIDERS.add(provider)
     if use_global and isinstance(current, trace.ProxyTracerProvider):
@@ -541,3 +539,21 @@ def turn_off_tornado_instrumentation() -> bool:
             "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=tornado to not load it"
         )
     return True
+
+
+#: Characters kept of a span attribute's value when neither
+#: ``settings['divak_max_attribute_length']`` nor OpenTelemetry's
+#: ``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT``/``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``
+#: says otherwise (the SDK's own default is no limit).
+DEFAULT_ATTRIBUTE_LENGTH = 4096
+
+
+def _attribute_length(settings: typing.Mapping[str, typing.Any]) -> int | None:
+    limit = settings.get("divak_max_attribute_length")
+    if limit is not None:
+        return int(limit)
+    if env_value("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT") or env_value(
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"
+    ):
+        return None  # the SDK reads the variable
+    return DEFAULT_ATTRIBUTE_LENGTH

@@ -19,6 +19,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from tornado import httputil
 
+from divak import semconv
 from divak.context import OperationRecords, RequestContext, request_context_of
 
 if typing.TYPE_CHECKING:
@@ -89,9 +90,10 @@ class RequestTracker:
     def set_divak_name(self, name: str) -> None:
         """Rename the request's span (default ``"{METHOD} {route}"``).
 
-        :param name: the new span name; keep it low-cardinality
+        :param name: the new span name; keep it low-cardinality (cut to
+            :data:`~divak.semconv.MAX_TEXT_LENGTH` characters)
         """
-        self.divak_context.span.update_name(name)
+        self.divak_context.span.update_name(semconv.bounded_text(name))
 
     @contextlib.contextmanager
     def record_operation(
@@ -109,10 +111,12 @@ class RequestTracker:
         (sampled or not; see :doc:`metrics`).
 
         :param name: the operation's name, e.g. ``"query-db"``; keep it
-            low-cardinality
+            low-cardinality (cut to :data:`~divak.semconv.MAX_TEXT_LENGTH`
+            characters, in the span name and in the metric alike)
         :param attributes: initial span attributes
         :returns: the child span
         """
+        name = semconv.bounded_text(name)
         instrumentation = self.application.divak_instrumentation
         request_context = self.divak_context
         context = request_context.current_context()
@@ -191,10 +195,12 @@ class RequestTracker:
         """Set an attribute on the innermost open operation, else the request span.
 
         :param name: attribute name; prefer OpenTelemetry semantic
-            convention names
+            convention names (cut to :data:`~divak.semconv.MAX_TEXT_LENGTH`
+            characters; values are bounded by the provider's span limits)
         :param value: a :class:`str`, :class:`bool`, :class:`int`,
             :class:`float` or a sequence of one of them
         """
+        name = semconv.bounded_text(name)
         request_context = self.divak_context
         span = trace.get_current_span()
         if (
