@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import pathlib
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -284,8 +286,9 @@ def profile_variant(
     log_dir: pathlib.Path, raw_dir: pathlib.Path | None = None,
 ) -> dict[str, typing.Any]:
     port = run.free_port()
-    log_file = log_dir / f"{variant}.log"
-    raw = (raw_dir or log_dir) / f"{variant}.raw"
+    stem = variant.replace("/", "_")
+    log_file = log_dir / f"{stem}.log"
+    raw = (raw_dir or log_dir) / f"{stem}.raw"
     env = {**os.environ, "PYTHONPATH": str(run.ROOT)}
     server = subprocess.Popen(
         [*run.pin(0), sys.executable, str(HERE / "server.py"), variant, str(port),
@@ -355,8 +358,12 @@ def report(
         "-" * len(result["variant"]),
         "",
         f"{cpu_us:.0f} CPU µs per request ({result['cpu_source']}); "
-        f"{total} samples of busy threads ({idle} of waiting ones left out) at "
-        f"{result['profiled_rps']:.0f} req/s while sampled.",
+        f"{total} samples of busy threads ({idle} of waiting ones left out)"
+        + (
+            f" at {result['profiled_rps']:.0f} req/s while sampled."
+            if result["profiled_rps"]
+            else "."
+        ),
         "",
     ]
     times = step_times(result)
@@ -389,8 +396,14 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=400, help="samples per second")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--top", type=int, default=15)
-    parser.add_argument("--output", help="write the report here too")
-    parser.add_argument("--raw-dir", help="keep py-spy's raw samples here")
+    parser.add_argument("--output", help="write the report here too (reST)")
+    parser.add_argument(
+        "--raw-dir", help="keep py-spy's samples and the figures here"
+    )
+    parser.add_argument(
+        "--from-raw", metavar="DIR",
+        help="measure nothing: report the samples an earlier --raw-dir kept",
+    )
     parser.add_argument(
         "--cpu-from", metavar="JSON",
         help="CPU µs per request from this bench/run.py --json output",
@@ -405,48 +418,69 @@ def main() -> None:
     )
     args = parser.parse_args()
     run.LOAD_GENERATOR = args.client
-    if shutil.which("py-spy") is None:
+    if args.from_raw is None and shutil.which("py-spy") is None:
         sys.exit("py-spy is not installed: pip install py-spy")
-    collector = run.Collector()
-    parts = [
-        f"Profiles: {args.duration:.0f} s per variant, py-spy at {args.rate} Hz, "
-        f"{args.connections} connections, load average {run.load_average()} at "
-        f"the start, {time.strftime('%Y-%m-%d')}",
-        f"Machine: {run.machine()}",
-        f"Versions: {run.versions()}",
-        "",
-    ]
     measured: dict[str, float] = {}
     if args.cpu_from:
-        import json
-        import statistics
-
         for variant, runs in json.loads(
             pathlib.Path(args.cpu_from).read_text()
         )["results"].items():
             measured[variant] = statistics.median(r["cpu_us"] for r in runs)
+    header = [
+        "Profiles",
+        "========",
+        "",
+        f"``bench/profiles.py``: {args.duration:.0f} s per variant, py-spy at "
+        f"{args.rate} Hz, {args.connections} connections, "
+        f"{time.strftime('%Y-%m-%d')}, load average {run.load_average()} at the "
+        "start.  Machine: " + run.machine() + ".  " + run.versions() + ".",
+        "",
+    ]
+    parts: list[str] = []
     plain: dict[str, float] | None = None
+    collector = None if args.from_raw else run.Collector()
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
-            if args.max_busy is not None:
-                run.wait_until_quiet(args.max_busy, 300)
-            result = profile_variant(
-                variant, collector.url, args.duration, args.rate, args.connections,
-                pathlib.Path(tmp), pathlib.Path(args.raw_dir) if args.raw_dir else None,
-            )
+            if collector is None:
+                result = stored(pathlib.Path(args.from_raw), variant)
+            else:
+                if args.max_busy is not None:
+                    run.wait_until_quiet(args.max_busy, 300)
+                raw_dir = pathlib.Path(args.raw_dir) if args.raw_dir else None
+                result = profile_variant(
+                    variant, collector.url, args.duration, args.rate,
+                    args.connections, pathlib.Path(tmp), raw_dir,
+                )
+                print(" ".join(result.pop("spy")), file=sys.stderr, flush=True)
+                if raw_dir is not None:
+                    figures = {k: v for k, v in result.items() if k != "samples"}
+                    stem = variant.replace("/", "_")
+                    (raw_dir / f"{stem}.json").write_text(json.dumps(figures))
             result["cpu_source"] = f"unsampled, at {result['rps']:.0f} req/s"
             if variant in measured:
                 result["cpu_us"] = measured[variant]
-                result["cpu_source"] = f"median of {args.cpu_from}"
+                result["cpu_source"] = "the median of the benchmark's rounds"
             text = report(result, args.top, plain)
             if variant == "plain":
                 plain = step_times(result)
             print(text, flush=True)
-            print(" ".join(result["spy"]), file=sys.stderr, flush=True)
             parts.append(text)
-    parts.insert(1, f"load average at the end: {run.load_average()}")
+    header[-2] += f"  Load average at the end: {run.load_average()}."
     if args.output:
-        pathlib.Path(args.output).write_text("\n".join(parts))
+        pathlib.Path(args.output).write_text("\n".join(header + parts))
+
+
+def stored(directory: pathlib.Path, variant: str) -> dict[str, typing.Any]:
+    """A variant's samples and figures as ``--raw-dir`` kept them."""
+    stem = variant.replace("/", "_")
+    figures_file = directory / f"{stem}.json"
+    figures: dict[str, typing.Any] = (
+        json.loads(figures_file.read_text())
+        if figures_file.exists()
+        else {"variant": variant, "cpu_us": 0.0, "rps": 0.0, "profiled_rps": 0.0}
+    )
+    figures["samples"] = parse_raw((directory / f"{stem}.raw").read_text())
+    return figures
 
 
 if __name__ == "__main__":

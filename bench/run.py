@@ -257,7 +257,9 @@ def run_variant(
 ) -> dict[str, typing.Any]:
     """Start *variant*, warm it up, measure, stop it; return the figures."""
     port = free_port()
-    handle, name = tempfile.mkstemp(prefix=f"{variant}-", suffix=".log", dir=log_dir)
+    handle, name = tempfile.mkstemp(
+        prefix=variant.replace("/", "_") + "-", suffix=".log", dir=log_dir
+    )
     os.close(handle)
     log_file = pathlib.Path(name)
     before = collector.received
@@ -275,7 +277,9 @@ def run_variant(
         load(port, 1, connections)  # warm-up
         cpu_before, machine_before = process_cpu(server.pid), machine_cpu()
         own_before = own_cpu()
+        window = time.monotonic()
         result = load(port, duration, connections)
+        window_end = time.monotonic()
         cpu_after, machine_after = process_cpu(server.pid), machine_cpu()
         own = own_cpu() - own_before
         if cpu_before is not None and cpu_after is not None and result["requests"]:
@@ -298,6 +302,14 @@ def run_variant(
     if not lines:
         raise RuntimeError(f"{variant} printed no figures: {stderr[-2000:]}")
     result.update(json.loads(lines[-1]))
+    # Full collections during the measured window only (not start-up's).
+    full = [
+        seconds
+        for generation, started, seconds in result.pop("gc_pauses", ())
+        if generation == 2 and window <= started <= window_end
+    ]
+    result["gc2_count"] = len(full)
+    result["gc2_max_ms"] = 1000 * max(full, default=0.0)
     time.sleep(0.3 + collector.delay)  # the last upload may still be on its way
     result["spans"] = collector.received - before
     text = log_file.read_text(errors="replace")
@@ -395,8 +407,8 @@ COLUMNS = [
     "variant", "req/s", "ratio", "CPU µs/req", "Δ µs", "p50 ms", "p99 ms",
     "p99/p50", "RSS MiB", "spans/served", "others %", "errors",
 ]
-#: More columns with --gc: full collections during the run, the longest,
-#: and one more at the end, timed alone.
+#: More columns with --gc: full collections during the measured window,
+#: the longest, and one more at the end, timed alone.
 GC_COLUMNS = ["full GCs", "max ms", "full GC ms"]
 
 

@@ -12,7 +12,10 @@ variant logs at INFO to LOG_FILE with the same handler and format.
 Variants: ``plain``; ``divak``, ``otel`` (every trace sampled); the same
 with ``-0.1%`` (0.1 % of the traces); each of the four with ``+m``
 (metrics on: divak's default; OpenTelemetry's instrumentation with an SDK
-``MeterProvider`` and an in-memory reader, as divak has).
+``MeterProvider`` and an in-memory reader, as divak has).  A divak
+variant takes options after slashes: ``/nofreeze`` (``settings['gc_freeze']
+= False``), ``/b64`` (64 spans per upload, ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``),
+e.g. ``divak+m/b512/nofreeze``.
 
 Environment:
 
@@ -20,10 +23,10 @@ Environment:
    JSON object of extra settings for the divak application, e.g.
    ``{"gc_freeze": false}``.
 ``BENCH_GC_PAUSES``
-   ``1``: time every garbage collection (``gc.callbacks``) and report the
-   count, total and longest pause of each generation; at the end, time
-   one more full collection and count the objects it walked and the
-   frozen ones it skipped.
+   ``1``: time every garbage collection (``gc.callbacks``) and report each
+   one (generation, start on the machine's monotonic clock, duration); at
+   the end, time one more full collection and count the objects it walked
+   and the frozen ones it skipped.
 """
 
 from __future__ import annotations
@@ -144,25 +147,28 @@ def histogram_count(data: typing.Any, names: typing.Collection[str]) -> int:
 
 
 class GCPauses:
-    """Times every garbage collection through ``gc.callbacks``."""
+    """Times every garbage collection through ``gc.callbacks``.
+
+    Each pause is kept with its start on :func:`time.monotonic`'s clock,
+    which other processes of the machine share: the driver keeps the ones
+    of its measured window.
+    """
 
     def __init__(self) -> None:
         self.started = 0.0
-        self.pauses: list[list[float]] = [[], [], []]
+        self.pauses: list[tuple[int, float, float]] = []
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self.started = time.perf_counter()
+            self.started = time.monotonic()
         else:
-            self.pauses[info["generation"]].append(time.perf_counter() - self.started)
+            self.pauses.append(
+                (info["generation"], self.started, time.monotonic() - self.started)
+            )
 
     def figures(self) -> dict[str, typing.Any]:
-        out: dict[str, typing.Any] = {}
-        for generation, pauses in enumerate(self.pauses):
-            out[f"gc{generation}_count"] = len(pauses)
-            out[f"gc{generation}_total_ms"] = 1000 * sum(pauses)
-            out[f"gc{generation}_max_ms"] = 1000 * max(pauses, default=0.0)
-        return out
+        """``gc_pauses``: (generation, start, seconds) of every collection."""
+        return {"gc_pauses": self.pauses}
 
 
 def peak_rss_kib() -> int:
@@ -197,8 +203,17 @@ DURATIONS = ("http.server.request.duration", "http.server.duration")
 
 
 def main() -> None:
-    variant, port, zipkin, log_file = sys.argv[1:5]
+    name, port, zipkin, log_file = sys.argv[1:5]
     configure_logging(log_file)
+    variant, *options = name.split("/")
+    settings = json.loads(os.environ.get("BENCH_SETTINGS") or "{}")
+    for option in options:
+        if option == "nofreeze":
+            settings["gc_freeze"] = False
+        elif option.startswith("b") and option[1:].isdigit():
+            os.environ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] = option[1:]
+        else:
+            raise SystemExit(f"unknown variant option {option!r}")
     metrics = variant.endswith("+m")
     probability = 0.001 if variant.removesuffix("+m").endswith("0.1%") else 1.0
     sockets = netutil.bind_sockets(int(port), "127.0.0.1")
@@ -211,7 +226,6 @@ def main() -> None:
     if variant.startswith("divak"):
         import divak
 
-        settings = json.loads(os.environ.get("BENCH_SETTINGS") or "{}")
         app = divak_app(zipkin, probability, metrics=metrics, **settings)
 
         def count_metrics(app: typing.Any) -> None:
