@@ -246,6 +246,39 @@ class PropagatedSampler(sampling.Sampler):
 
     def __init__(self, delegate: sampling.Sampler) -> None:
         self.delegate = delegate
+        #: The last "sample" decision :meth:`decide` took, for the SDK's
+        #: ``start_span`` call that follows it: ``(parent context, trace
+        #: id, result)``, or :data:`None`.
+        self._decided: tuple[Context | None, int, sampling.SamplingResult] | None = (
+            None
+        )
+
+    def decide(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: trace.SpanKind | None = None,
+    ) -> sampling.SamplingResult:
+        """Decide for a span about to start; a "sample" is not decided again.
+
+        The same decision as :meth:`should_sample`.  When it is to sample,
+        the decision is kept for the SDK's ``Tracer.start_span`` that starts
+        the span next, with the same *parent_context* object and
+        *trace_id*: that call takes it (with the attributes it passes)
+        instead of asking the wrapped sampler again, so a request is
+        sampled by one decision.  Any other call finds nothing kept, or a
+        decision for another span, and decides as usual.
+
+        :param parent_context: the context the span starts under
+        :param trace_id: the span's trace id (the parent's, or the new one)
+        :param name: the span's name
+        :param kind: the span's kind
+        """
+        result = self.should_sample(parent_context, trace_id, name, kind)
+        if result.decision.is_sampled():
+            self._decided = (parent_context, trace_id, result)
+        return result
 
     def should_sample(
         self,
@@ -258,6 +291,13 @@ class PropagatedSampler(sampling.Sampler):
         trace_state: trace.TraceState | None = None,
     ) -> sampling.SamplingResult:
         """Decide for a new span; see the class documentation."""
+        decided = self._decided
+        if decided is not None:
+            self._decided = None
+            if decided[0] is parent_context and decided[1] == trace_id:
+                return sampling.SamplingResult(
+                    decided[2].decision, attributes, decided[2].trace_state
+                )
         if parent_context is not None:
             if get_value(B3_DEBUG_KEY, parent_context):
                 # Debug forces sampling of every span of the trace.

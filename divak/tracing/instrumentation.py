@@ -20,6 +20,7 @@ from opentelemetry import trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import SERVICE_NAME
+from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SpanExporter
 from tornado import web
@@ -79,6 +80,11 @@ class Instrumentation:
         self._own_provider = False
         self._span_owner: SpanOwner | None = None
         self._tracer: trace.Tracer | None = None
+        #: Whether :func:`~divak.tracing.provider.unsampled_span` takes the
+        #: request's one sampling decision (a provider divak made, whose
+        #: sampler is a :class:`~divak.propagation.PropagatedSampler`): a
+        #: request it does not drop is sampled.  Set with the tracer.
+        self.samples_ahead = False
         self._metrics: ApplicationMetrics | None = None
         #: The debug page's statistics, when the page is served
         #: (:meth:`divak.Recorder.set_divak_debug_page`); :data:`None` costs
@@ -206,7 +212,10 @@ class Instrumentation:
         span_reporters = application_reporters(self.reporters, self._own_provider)
         self.span_queues = [SpanQueue(reporter) for reporter in span_reporters]
         self._span_owner = join(sdk_provider, self.span_queues)
-        self._tracer = sdk_provider.get_tracer("divak", __version__)
+        self._tracer = tracer = sdk_provider.get_tracer("divak", __version__)
+        self.samples_ahead = isinstance(tracer, sdk_trace.Tracer) and isinstance(
+            tracer.sampler, propagation.PropagatedSampler
+        )
         self._provider = sdk_provider
         turn_off_tornado_instrumentation()
 

@@ -205,16 +205,26 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
         name = semconv.span_name(known, route)
         span: trace.Span | None = unsampled_span(tracer, name, parent)
         if span is None:
-            span = tracer.start_span(
-                name,
-                context=parent,
-                kind=SpanKind.SERVER,
-                start_time=time.time_ns() - int(request.request_time() * 1e9),
-            )
-            if span.is_recording():
-                span.set_attributes(
-                    self._request_attributes(request, known, route, request_id)
+            start_time = time.time_ns() - int(request.request_time() * 1e9)
+            if instrumentation.samples_ahead:
+                # Sampled: the SDK's span, with its attributes, in one call.
+                span = tracer.start_span(
+                    name,
+                    context=parent,
+                    kind=SpanKind.SERVER,
+                    attributes=self._request_attributes(
+                        request, known, route, request_id
+                    ),
+                    start_time=start_time,
                 )
+            else:  # the provider's own sampler decides
+                span = tracer.start_span(
+                    name, context=parent, kind=SpanKind.SERVER, start_time=start_time
+                )
+                if span.is_recording():
+                    span.set_attributes(
+                        self._request_attributes(request, known, route, request_id)
+                    )
         request_context.set_span(span)
         return request_context
 

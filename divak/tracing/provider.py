@@ -455,7 +455,9 @@ def unsampled_span(
     (the provider's own sampler and id generator, the parent's trace id,
     sampled flag off, the W3C Level 2 random flag as the SDK sets it), for
     a fraction of the cost.  :data:`None` when the trace is sampled (the
-    SDK then starts the span, with the trace id decided on), when the
+    SDK then starts the span, with the trace id decided on, and, in a
+    provider divak made, with the decision taken here: see
+    :meth:`~divak.propagation.PropagatedSampler.decide`), when the
     tracer is not the SDK's (``OTEL_SDK_DISABLED``), and for a new trace
     in a provider divak did not make.
 
@@ -474,7 +476,12 @@ def unsampled_span(
         trace_id = ids.generate_trace_id()
     else:  # a provider of the user's: its ids, its way
         return None
-    result = tracer.sampler.should_sample(parent, trace_id, name, SpanKind.SERVER)
+    sampler = tracer.sampler
+    if isinstance(sampler, propagation.PropagatedSampler):
+        # A "sample" is kept for the SDK's start_span: one decision.
+        result = sampler.decide(parent, trace_id, name, SpanKind.SERVER)
+    else:
+        result = sampler.should_sample(parent, trace_id, name, SpanKind.SERVER)
     if result.decision.is_recording():
         if isinstance(ids, PresetTraceIds) and new_trace:
             ids.preset(trace_id)

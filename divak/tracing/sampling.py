@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import typing
 
+from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import sampling
 
 from divak.settings import env_value, warn_once
@@ -17,7 +19,12 @@ from divak.settings import env_value, warn_once
 if typing.TYPE_CHECKING:
     from divak.tracing.instrumentation import Instrumentation
 
-__all__ = ["ProbabilisticSampler", "default_sampler", "sampler_from_env"]
+__all__ = [
+    "ParentBasedRatio",
+    "ProbabilisticSampler",
+    "default_sampler",
+    "sampler_from_env",
+]
 
 #: The sampler names of ``OTEL_TRACES_SAMPLER`` divak knows, each with the
 #: OpenTelemetry SDK sampler it stands for (a function of the ratio).
@@ -27,9 +34,63 @@ _SAMPLERS: dict[str, typing.Callable[[float], sampling.Sampler]] = {
     "traceidratio": sampling.TraceIdRatioBased,
     "parentbased_always_on": lambda _: sampling.ParentBased(sampling.ALWAYS_ON),
     "parentbased_always_off": lambda _: sampling.ParentBased(sampling.ALWAYS_OFF),
-    "parentbased_traceidratio": sampling.ParentBasedTraceIdRatio,
+    "parentbased_traceidratio": lambda ratio: ParentBasedRatio(ratio),
 }
 _DEFAULT_SAMPLER = "parentbased_always_on"
+
+
+class ParentBasedRatio(sampling.ParentBasedTraceIdRatio):
+    """OpenTelemetry's ``ParentBased(TraceIdRatioBased(rate))``, decided inline.
+
+    The SDK's :class:`~opentelemetry.sdk.trace.sampling.ParentBasedTraceIdRatio`
+    (a subclass of it: same description, same delegates), with its
+    decision taken in one call instead of through the SDK's chain of
+    delegate samplers, for every request of a service that samples a
+    share of its traces.  The decisions are the SDK's, case by case:
+
+    * no valid parent: sampled when the trace id's lower 64 bits are below
+      the ratio's bound (:class:`~opentelemetry.sdk.trace.sampling.TraceIdRatioBased`),
+      no trace state;
+    * a valid parent, remote or local: its sampled flag decides (the
+      default delegates, ``ALWAYS_ON`` and ``ALWAYS_OFF``), and its trace
+      state is kept.
+
+    A dropped span gets no attributes, a sampled one the attributes it was
+    asked with, as the SDK's samplers do.
+
+    :param rate: the share of new traces to sample, from ``0.0`` to ``1.0``
+    :raises ValueError: when *rate* is outside ``[0, 1]`` (the SDK's check)
+    """
+
+    def __init__(self, rate: float) -> None:
+        super().__init__(rate)
+        root = sampling.TraceIdRatioBased(rate)
+        self._ratio_bound = root.bound
+        self._trace_id_limit = root.TRACE_ID_LIMIT
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: trace.SpanKind | None = None,
+        attributes: typing.Any = None,
+        links: typing.Any = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> sampling.SamplingResult:
+        """Decide for a new span; see the class documentation."""
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if parent.is_valid:
+            sampled = parent.trace_flags.sampled
+            state: trace.TraceState | None = parent.trace_state
+        else:
+            sampled = trace_id & self._trace_id_limit < self._ratio_bound
+            state = None
+        if sampled:
+            return sampling.SamplingResult(
+                sampling.Decision.RECORD_AND_SAMPLE, attributes, state
+            )
+        return sampling.SamplingResult(sampling.Decision.DROP, None, state)
 
 
 def default_sampler() -> sampling.Sampler:
@@ -93,7 +154,8 @@ class ProbabilisticSampler:
       ``__init__``; the probability set in code wins over
       ``OTEL_TRACES_SAMPLER``.
 
-    The sampler is OpenTelemetry's ``ParentBased(TraceIdRatioBased(p))``:
+    The sampler is OpenTelemetry's ``ParentBased(TraceIdRatioBased(p))``
+    (:class:`ParentBasedRatio`, which decides as the SDK's does, inline):
     an upstream sampling decision (W3C ``sampled`` flag, B3 sampled or
     debug) always wins, and a new trace is sampled from its trace id, so
     every service configured with the same probability takes the same
@@ -120,6 +182,4 @@ class ProbabilisticSampler:
         instrumentation = self.divak_instrumentation
         if instrumentation.started:
             raise RuntimeError("the sampler cannot change once tracing started")
-        instrumentation.sampler = sampling.ParentBased(
-            sampling.TraceIdRatioBased(probability)
-        )
+        instrumentation.sampler = ParentBasedRatio(probability)
