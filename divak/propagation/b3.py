@@ -126,6 +126,19 @@ class ZipkinPropagation(textmap.TextMapPropagator):
         ``X-B3-*`` headers
     """
 
+    #: The headers :meth:`extract` reads, both formats: without any of them
+    #: it returns the context it was given.
+    EXTRACTED_HEADERS = frozenset(
+        {
+            "b3",
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-b3-parentspanid",
+            "x-b3-sampled",
+            "x-b3-flags",
+        }
+    )
+
     SINGLE_HEADER = "b3"
     TRACE_ID_HEADER = "x-b3-traceid"
     SPAN_ID_HEADER = "x-b3-spanid"

@@ -42,6 +42,10 @@ class BaggagePropagation(W3CBaggagePropagator):
         bytes
     """
 
+    #: The header :meth:`extract` reads: without it, it returns the context
+    #: it was given.
+    EXTRACTED_HEADERS = frozenset({"baggage"})
+
     def __init__(self, max_members: int = 64, max_length: int = 8192) -> None:
         self.max_members = max_members
         self.max_length = max_length

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import typing
+from collections.abc import Mapping
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -23,6 +24,14 @@ __all__ = ["Propagation", "propagators_from_env"]
 
 logger = logging.getLogger("divak.propagation")
 
+#: divak's propagators that extract nothing when none of the headers they
+#: read (their ``EXTRACTED_HEADERS``) is there.
+_SKIPPED_WITHOUT_HEADERS = (
+    TraceContextPropagation,
+    BaggagePropagation,
+    ZipkinPropagation,
+)
+
 
 class Propagation:
     """The propagators of one application, combined.
@@ -37,6 +46,22 @@ class Propagation:
             (p for p in self.propagators if isinstance(p, RequestIdPropagation)),
             None,
         )
+        # Each propagator, with the lower-case names of the headers it reads
+        # when it is one of divak's trace-context or baggage propagators
+        # (they extract nothing without one of them), else None (always run:
+        # a correlation id is made when its header is absent, and another
+        # library's propagator may read what it likes).
+        self._extractors: tuple[
+            tuple[textmap.TextMapPropagator, frozenset[str] | None], ...
+        ] = tuple(
+            (
+                propagator,
+                propagator.EXTRACTED_HEADERS
+                if isinstance(propagator, _SKIPPED_WITHOUT_HEADERS)
+                else None,
+            )
+            for propagator in self.propagators
+        )
         self._complain = RateLimitedLog(logger)
 
     def extract(self, carrier: typing.Any) -> Context:
@@ -44,12 +69,21 @@ class Propagation:
 
         The first valid trace context wins; the other values extracted by
         every propagator are kept.  A propagator that raises is logged at
-        DEBUG and skipped: bad input never fails a request.
+        DEBUG and skipped: bad input never fails a request.  With a mapping
+        of headers (:class:`tornado.httputil.HTTPHeaders`, a :class:`dict`),
+        divak's trace-context, B3 and baggage propagators whose headers
+        are all absent are not asked (they would find nothing).
         """
         context = Context()
         parent: trace.Span | None = None
         current: trace.Span = trace.INVALID_SPAN  # the span of *context*
-        for propagator in self.propagators:
+        present: set[str] | None = None
+        for propagator, reads in self._extractors:
+            if reads is not None and isinstance(carrier, Mapping):
+                if present is None:
+                    present = {str(name).lower() for name in carrier}
+                if reads.isdisjoint(present):
+                    continue
             try:
                 extracted = propagator.extract(carrier, context)
             except Exception:  # noqa: BLE001 - a header must never fail a request

@@ -153,6 +153,10 @@ class TraceContextPropagation(tracecontext.TraceContextTextMapPropagator):
     This is the propagator an application uses when none was added.
     """
 
+    #: The headers :meth:`extract` reads: without any of them it returns the
+    #: context it was given.
+    EXTRACTED_HEADERS = frozenset({"traceparent", "tracestate"})
+
     def extract(
         self,
         carrier: textmap.CarrierT,
