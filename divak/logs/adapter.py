@@ -15,10 +15,25 @@ __all__ = ["Logger", "LoggingHandler", "class_logger"]
 
 
 class _ClassLogger:
-    """Non-data descriptor: the per-class adapter, unless overridden."""
+    """Non-data descriptor: the per-class adapter, unless overridden.
 
-    def __get__(self, instance: object, owner: type) -> RequestLogger:
-        return class_logger(owner, None)
+    :param wrapped: the logger a class defined as its ``logger``, which
+        the class itself keeps showing; :data:`None` for the logger named
+        after the class
+    """
+
+    __slots__ = ("wrapped",)
+
+    def __init__(self, wrapped: logging.Logger | None = None) -> None:
+        self.wrapped = wrapped
+
+    def __get__(
+        self, instance: object, owner: type
+    ) -> RequestLogger | logging.Logger:
+        wrapped = self.wrapped
+        if instance is None and wrapped is not None:
+            return wrapped  # the class shows the logger it was given
+        return class_logger(owner, wrapped)
 
 
 class Logger:
@@ -29,7 +44,10 @@ class Logger:
     * mix it into a :class:`tornado.web.RequestHandler` subclass, before
       ``RequestHandler`` in the bases;
     * optionally give the class a ``logger`` attribute (a
-      :class:`logging.Logger`); it is wrapped instead of the default.
+      :class:`logging.Logger`); handlers get it wrapped instead of the
+      default (the class itself still shows the logger it was given).
+
+    Nothing is done per request: the adapter is made once per class.
 
     .. attribute:: logger
 
@@ -45,12 +63,12 @@ class Logger:
     _divak_loggers: typing.ClassVar[dict[type, RequestLogger]] = {}
     logger: typing.Any = _ClassLogger()
 
-    def prepare(self) -> typing.Awaitable[None] | None:
-        """Wrap a plain ``logger`` attribute; chain to ``super()``."""
-        current = self.logger
-        if not isinstance(current, logging.LoggerAdapter):
-            self.logger = class_logger(type(self), current)
-        return super().prepare()  # type: ignore[misc]
+    def __init_subclass__(cls, **kwargs: typing.Any) -> None:
+        """Wrap a plain ``logger`` the new class defines (once per class)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("logger")
+        if isinstance(own, logging.Logger):
+            cls.logger = _ClassLogger(own)
 
 
 def class_logger(
@@ -83,18 +101,7 @@ class LoggingHandler(Logger):
 
     To use it, mix it into a :class:`tornado.web.RequestHandler` subclass
     before ``RequestHandler`` (instead of :class:`divak.Logger`, not
-    together with it).  A plain ``logger`` attribute is wrapped in
-    :meth:`initialize`, so the adapter is in place before ``prepare``, for
-    errors raised before ``prepare`` too.
+    together with it).  A plain ``logger`` attribute is wrapped when the
+    class is made, so the adapter is in place from the handler's start,
+    for errors raised before ``prepare`` too.
     """
-
-    def initialize(self) -> None:
-        """Wrap a plain ``logger`` attribute; chain to ``super()``.
-
-        A handler whose own ``initialize`` takes the route's keyword
-        arguments calls ``super().initialize()`` without them.
-        """
-        current = self.logger
-        if not isinstance(current, logging.LoggerAdapter):
-            self.logger = class_logger(type(self), current)
-        super().initialize()  # type: ignore[misc]

@@ -18,9 +18,9 @@ import typing
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.resources import SERVICE_NAME
-from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SpanExporter
 from tornado import web
