@@ -230,3 +230,44 @@ def test_a_websocket_upgrade_keeps_its_span_until_the_connection_closes() -> Non
     assert (span.attributes or {})["http.response.status_code"] == 101
     assert (span.attributes or {})["divak.websocket.close_code"] == 1000
     assert span.status.status_code is StatusCode.UNSET
+
+
+def test_a_handler_streaming_the_body_runs_in_the_request_context() -> None:
+    """prepare, data_received and the method of a streaming handler all
+    see the request's SERVER span as the current span."""
+    from opentelemetry import trace
+
+    seen: list[tuple[str, int]] = []
+
+    def current() -> int:
+        return trace.get_current_span().get_span_context().span_id
+
+    @web.stream_request_body
+    class Upload(web.RequestHandler):
+        def prepare(self) -> None:
+            seen.append(("prepare", current()))
+
+        def data_received(self, chunk: bytes) -> None:
+            seen.append(("data", current()))
+
+        def put(self) -> None:
+            seen.append(("put", current()))
+            self.write("stored")
+
+    recorder = SpanRecorder()
+
+    async def scenario() -> bytes:
+        app = divak.Recorder([(r"/upload", Upload)])
+        app.add_divak_reporter(recorder)
+        port = listen(app)
+        response = await httpclient.AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{port}/upload", method="PUT", body=b"x" * 200_000
+        )
+        await flush(app)
+        return response.body
+
+    assert run(scenario()) == b"stored"
+    (span,) = recorder.named("PUT /upload")
+    steps = [step for step, _ in seen]
+    assert steps[0] == "prepare" and steps[-1] == "put" and "data" in steps
+    assert {span_id for _, span_id in seen} == {span.context.span_id}

@@ -22,7 +22,7 @@ import warnings
 import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from tornado import http1connection, httpclient, iostream, web
+from tornado import http1connection, httpclient, httputil, iostream, web
 
 import divak
 from divak import semconv
@@ -41,6 +41,9 @@ WATCHED = {
         "test_opentelemetry_has_the_suppress_instrumentation_key"
     ),
     ("divak.semconv", "_reason"): "test_request_handler_keeps_its_reason",
+    ("divak.tracing.pipeline", "_HandlerDelegate"): (
+        "test_tornado_handler_delegate_says_whether_it_streams"
+    ),
     ("divak.logs.export", "_logs"): "test_opentelemetry_logs_keeps_its_names",
     ("divak.logs.export", "_log_exporter"): "test_opentelemetry_logs_keeps_its_names",
 }
@@ -295,3 +298,31 @@ def test_opentelemetry_logs_keeps_its_names() -> None:
         "opentelemetry.exporter.otlp.proto.http._log_exporter"
     )
     assert isinstance(exporter.OTLPLogExporter, type)
+
+
+def test_tornado_handler_delegate_says_whether_it_streams() -> None:
+    # divak.tracing.pipeline needs the request's context around Tornado's
+    # headers_received only when the handler starts there (it streams the
+    # request body): the delegate Tornado's Application makes says which.
+    @web.stream_request_body
+    class Streaming(web.RequestHandler):
+        def data_received(self, chunk: bytes) -> None:
+            pass
+
+    class Whole(web.RequestHandler):
+        def get(self) -> None:
+            pass
+
+    app = web.Application([(r"/s", Streaming), (r"/w", Whole)])
+    start = httputil.RequestStartLine("GET", "/w", "HTTP/1.1")
+    request = httputil.HTTPServerRequest(
+        start_line=start, headers=httputil.HTTPHeaders({"Host": "127.0.0.1"})
+    )
+    streaming = app.get_handler_delegate(request, Streaming)
+    whole = app.get_handler_delegate(request, Whole)
+    assert isinstance(streaming, web._HandlerDelegate)
+    assert isinstance(whole, web._HandlerDelegate)
+    assert (streaming.stream_request_body, whole.stream_request_body) == (True, False)
+    # A delegate whose handler does not stream starts nothing on the headers.
+    assert whole.headers_received(start, request.headers) is None
+    assert "handler" not in vars(whole)

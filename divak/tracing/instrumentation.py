@@ -78,6 +78,7 @@ class Instrumentation:
         self._propagation: propagation.Propagation | None = None
         self._provider: TracerProvider | None = None
         self._own_provider = False
+        self._service_name: str | None = None
         self._span_owner: SpanOwner | None = None
         self._tracer: trace.Tracer | None = None
         #: Whether :func:`~divak.tracing.provider.unsampled_span` takes the
@@ -200,9 +201,15 @@ class Instrumentation:
 
         The provider's resource has it: :attr:`requested_service_name`,
         else ``OTEL_SERVICE_NAME``, else OpenTelemetry's default (or the
-        name of a provider the process already had).
+        name of a provider the process already had).  Read once: a
+        provider's resource does not change.
         """
-        return str(self.provider.resource.attributes.get(SERVICE_NAME, ""))
+        name = self._service_name
+        if name is None:
+            name = self._service_name = str(
+                self.provider.resource.attributes.get(SERVICE_NAME, "")
+            )
+        return name
 
     def _start(self) -> None:
         name = self.requested_service_name

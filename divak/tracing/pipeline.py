@@ -155,6 +155,7 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
         "request",
         "end_time",
         "websocket",
+        "streams_body",
     )
 
     def __init__(
@@ -172,6 +173,14 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
         self.end_time: int | None = None
         #: The WebSocket connection the request opened, until it closed.
         self.websocket: websocket.WebSocketConnection | None = None
+        #: Whether the handler may start when the headers arrive (it
+        #: streams the request body), or whether *delegate* is one divak
+        #: cannot tell about: only then does ``headers_received`` need the
+        #: request's context.  Tornado's own delegate says so in its
+        #: ``stream_request_body`` (a private class: there is no public way).
+        self.streams_body = not isinstance(
+            delegate, web._HandlerDelegate
+        ) or bool(delegate.stream_request_body)
         #: The request's :class:`~divak.context.RequestContext`.
         self.context = self._start(request, handler_class)
 
@@ -273,8 +282,13 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
     ) -> typing.Awaitable[None] | None:
-        """Tornado's delegate call, with the request's context current."""
-        # A handler that streams the request body starts here.
+        """Tornado's delegate call, with the request's context current.
+
+        Only a handler that streams the request body starts here; for any
+        other, Tornado's delegate does nothing that needs the context.
+        """
+        if not self.streams_body:
+            return self.delegate.headers_received(start_line, headers)
         return self._creating_handler_task(
             self.delegate.headers_received, start_line, headers
         )
