@@ -8,7 +8,7 @@ import logging
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
-from tornado import httpclient, web
+from tornado import httpclient, netutil, web
 
 import divak
 from divak.context import current_request_context
@@ -301,3 +301,63 @@ def test_the_queue_full_warning_carries_no_request_ids(
         app.divak_shutdown()
     (warning,) = [r for r in log_records if "is full" in r.getMessage()]
     assert warning.otelTraceID == "0" and warning.divak_request_id == ""
+
+
+class _Hooked(divak.Recorder, divak.Application):
+    """Tells the server of its requests and responses through its hooks."""
+
+
+class _Plain(divak.Application):
+    """Gets the server's own delegate and output transforms."""
+
+
+@pytest.mark.parametrize("app_class", [_Hooked, _Plain, web.Application])
+def test_a_drain_finishes_the_request_in_flight_and_closes_its_connection(
+    app_class: type[web.Application],
+) -> None:
+    """Whether or not the application is a Recorder: the server knows the
+    request in flight, answers it with ``Connection: close`` once draining,
+    sets its ``Server`` header (divak.Application) and closes the
+    connection after it."""
+    from divak.lifecycle.server import DrainingHTTPServer
+
+    started, release = asyncio.Event(), asyncio.Event()
+
+    class Slow(web.RequestHandler):
+        async def get(self) -> None:
+            started.set()
+            await release.wait()
+            self.write("done")
+
+    async def scenario() -> tuple[list[str], bytes, bytes]:
+        app = app_class([(r"/slow", Slow)], service="drained", version="1.0")
+        server = DrainingHTTPServer(app)
+        sockets = netutil.bind_sockets(0, "127.0.0.1")
+        server.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        await asyncio.wait_for(started.wait(), 10)
+        in_flight = [request.path for request in server.in_flight_requests()]
+        server.start_draining()
+        release.set()
+        answer = await asyncio.wait_for(reader.read(), 20)  # until closed
+        writer.close()
+        # A request on a new connection is refused once draining.
+        try:
+            _, late = await asyncio.open_connection("127.0.0.1", port)
+            late.close()
+            refused = b"accepted"
+        except OSError:
+            refused = b"refused"
+        await server.close_all_connections()
+        return in_flight, answer, refused
+
+    in_flight, answer, refused = run(scenario())
+    assert in_flight == ["/slow"]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == b"done"
+    assert b"\r\nConnection: close" in head
+    if app_class is not web.Application:
+        assert b"\r\nServer: drained/1.0" in head
+    assert refused == b"refused"

@@ -327,6 +327,20 @@ class _ServerHeader(web.OutputTransform):
         chunk: bytes,
         finishing: bool,
     ) -> tuple[int, httputil.HTTPHeaders, bytes]:
+        self.set_header(None, status_code, headers)
+        return status_code, headers, chunk
+
+    def set_header(
+        self,
+        request: httputil.HTTPServerRequest | None,
+        status_code: int,
+        headers: httputil.HTTPHeaders,
+    ) -> None:
+        """Set or remove the ``Server`` header in *headers*.
+
+        As a transform, or as a :class:`~divak.Recorder` application's
+        response hook (:attr:`~divak.Recorder.divak_response_hooks`).
+        """
         settings = self.settings
         value = settings.get("server_header")
         if self.default is not None and value == self.default[0]:
@@ -337,7 +351,6 @@ class _ServerHeader(web.OutputTransform):
             headers.pop("Server", None)
         else:
             headers["Server"] = value
-        return status_code, headers, chunk
 
 
 def _service_name(application: web.Application) -> str | None:
@@ -395,7 +408,11 @@ class Application(CallbackManager, AccessLogger):
     def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
         kwargs.setdefault("default_handler_class", NotFoundHandler)
         super().__init__(*args, **kwargs)
-        self.add_transform(_ServerHeader(self))  # type: ignore[arg-type]
+        server_header = _ServerHeader(self)
+        if isinstance(self, Recorder):  # one output transform per response
+            self.divak_response_hooks.append(server_header.set_header)
+        else:
+            self.add_transform(server_header)  # type: ignore[arg-type]
 
 
 class NotFoundHandler(ErrorLogger, ErrorWriter, web.RequestHandler):

@@ -33,6 +33,7 @@ from tornado import (
 )
 
 from divak.logs.ratelimit import safe_log
+from divak.tracing.recorder import Recorder
 
 __all__ = ["DrainingHTTPServer", "bind_sockets"]
 
@@ -250,9 +251,18 @@ class DrainingHTTPServer(httpserver.HTTPServer):
         **kwargs: typing.Any,
     ) -> None:
         super().initialize(*args, **kwargs)
-        if isinstance(self.request_callback, web.Application):
-            self.request_callback.add_transform(_CloseWhileDraining(self))  # type: ignore[arg-type]
-            self.request_callback.add_transform(_InFlightRequests(self))  # type: ignore[arg-type]
+        application = self.request_callback
+        #: Whether the application tells this server of each request and
+        #: lets it adjust each response through its hooks (a
+        #: :class:`divak.Recorder`): then no delegate and no output
+        #: transform of the server's own are added to a request.
+        self.hooked = isinstance(application, Recorder)
+        if isinstance(application, Recorder):
+            application.divak_request_hooks.append(self._request_arrived)
+            application.divak_response_hooks.append(self._response_headers)
+        elif isinstance(application, web.Application):
+            application.add_transform(_CloseWhileDraining(self))  # type: ignore[arg-type]
+            application.add_transform(_InFlightRequests(self))  # type: ignore[arg-type]
         self.connections: set[typing.Any] = set()
         self.busy: dict[typing.Any, httputil.HTTPServerRequest | None] = {}
         self.listening: list[socket.socket] = []
@@ -282,10 +292,13 @@ class DrainingHTTPServer(httpserver.HTTPServer):
         )
 
     def in_flight_requests(self) -> list[httputil.HTTPServerRequest]:
-        """The requests of busy connections whose handler has started.
+        """The requests of busy connections.
 
-        A busy connection whose request is still being read (a streamed
-        body), or was received before a drain and not read yet, has none.
+        With a :class:`divak.Recorder` application, every request whose
+        headers arrived; with another, those whose handler has started (a
+        request whose body is still being read has none yet).  A busy
+        connection whose request was received before a drain and not read
+        yet has none either.
         """
         return [request for request in self.busy.values() if request is not None]
 
@@ -413,7 +426,33 @@ class DrainingHTTPServer(httpserver.HTTPServer):
             else:
                 self._close(server_conn)
         delegate = super().start_request(server_conn, request_conn)
+        if self.hooked:  # the application calls _request_arrived
+            return delegate
         return _ActivityDelegate(self, server_conn, request_conn, delegate)
+
+    def _request_arrived(self, request: httputil.HTTPServerRequest) -> None:
+        # A hooked application's request hook: the headers of a request on
+        # one of this server's connections arrived (what _ActivityDelegate
+        # and _InFlightRequests note for another application).
+        connection = request.server_connection
+        if connection in self.connections:
+            self.busy[connection] = request
+            self.waiting.pop(connection, None)
+
+    def _response_headers(
+        self,
+        request: httputil.HTTPServerRequest,
+        status_code: int,
+        headers: httputil.HTTPHeaders,
+    ) -> None:
+        # A hooked application's response hook: _CloseWhileDraining's work.
+        if (
+            self.draining
+            and status_code != 101
+            and request.server_connection in self.connections
+            and not _has_pending_request(request.connection)
+        ):
+            headers["Connection"] = "close"
 
     def on_close(self, server_conn: object) -> None:
         self.connections.discard(server_conn)

@@ -43,6 +43,13 @@ __all__ = ["Recorder"]
 logger = logging.getLogger(__name__)
 
 
+#: ``hook(request, status_code, headers)``: see
+#: :attr:`Recorder.divak_response_hooks`.
+ResponseHook = typing.Callable[
+    [httputil.HTTPServerRequest, int, httputil.HTTPHeaders], None
+]
+
+
 class Recorder(AccessLogger):
     """Application mix-in that traces every request and exports the spans.
 
@@ -106,7 +113,24 @@ class Recorder(AccessLogger):
     :data:`False`; see :mod:`divak.tracing.websocket`).
     """
 
+    #: Functions ``hook(request, status_code, headers)`` that adjust the
+    #: headers of every response, called by the application's one divak
+    #: output transform before the first chunk is written (after the
+    #: correlation id is echoed).  :class:`divak.Application` and
+    #: :class:`divak.Runner`'s server add theirs here instead of output
+    #: transforms of their own: one transform per response.
+    divak_response_hooks: list[ResponseHook]
+    #: Functions ``hook(request)`` called when a request's headers arrived
+    #: and before it is routed (:meth:`find_handler`), every request:
+    #: :class:`divak.Runner`'s server notes there which connections are
+    #: busy, instead of wrapping Tornado's delegate in one of its own.
+    divak_request_hooks: list[typing.Callable[[httputil.HTTPServerRequest], None]]
+
     def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        # Before super().__init__: a divak.Application later in the bases
+        # adds its hook there.
+        self.divak_response_hooks = []
+        self.divak_request_hooks = []
         super().__init__(*args, **kwargs)
         install_log_ids()
         watch_uncaught_exceptions()
@@ -312,6 +336,14 @@ class Recorder(AccessLogger):
         self.divak_instrumentation.shutdown()
 
     # -- Tornado's hooks -------------------------------------------------
+    def find_handler(
+        self, request: httputil.HTTPServerRequest, **kwargs: typing.Any
+    ) -> typing.Any:
+        """Tornado's routing, after the :attr:`divak_request_hooks` ran."""
+        for hook in self.divak_request_hooks:
+            hook(request)
+        return super().find_handler(request, **kwargs)  # type: ignore[misc]
+
     def get_handler_delegate(
         self,
         request: httputil.HTTPServerRequest,
@@ -347,13 +379,17 @@ class Recorder(AccessLogger):
         instrumentation = self.divak_instrumentation
         request_context = request_context_of(request)
         captured = instrumentation.captured_server
-        if request_context is not None and (
-            instrumentation.echo_headers or captured.response
+        hooks = self.divak_response_hooks
+        if hooks or (
+            request_context is not None
+            and (instrumentation.echo_headers or captured.response)
         ):
             return _ResponseHeaders(
+                request,
                 request_context,
                 instrumentation.echo_headers,
                 captured if captured.response else None,
+                hooks,
             )
         return _IDENTITY
 
@@ -367,19 +403,24 @@ _IDENTITY = _Identity()
 
 
 class _ResponseHeaders(web.OutputTransform):
-    """Per request: echo the correlation id, record the listed response headers."""
+    """Per request: echo the correlation id, record the listed response
+    headers, run the application's response hooks."""
 
-    __slots__ = ("request_context", "echo", "captured")
+    __slots__ = ("request", "request_context", "echo", "captured", "hooks")
 
     def __init__(
         self,
-        request_context: RequestContext,
+        request: httputil.HTTPServerRequest,
+        request_context: RequestContext | None,
         echo: tuple[str, ...],
         captured: headers.CapturedHeaders | None,
+        hooks: list[ResponseHook],
     ) -> None:
+        self.request = request
         self.request_context = request_context
         self.echo = echo
         self.captured = captured
+        self.hooks = hooks
 
     def transform_first_chunk(
         self,
@@ -388,15 +429,21 @@ class _ResponseHeaders(web.OutputTransform):
         chunk: bytes,
         finishing: bool,
     ) -> tuple[int, httputil.HTTPHeaders, bytes]:
-        request_id = self.request_context.request_id
-        if request_id:
-            for name in self.echo:
-                if name not in response_headers:
-                    response_headers[name] = request_id
-        if self.captured is not None:
-            span = self.request_context.span
-            if span.is_recording():
-                span.set_attributes(self.captured.response_attributes(response_headers))
+        request_context = self.request_context
+        if request_context is not None:
+            request_id = request_context.request_id
+            if request_id:
+                for name in self.echo:
+                    if name not in response_headers:
+                        response_headers[name] = request_id
+            if self.captured is not None:
+                span = request_context.span
+                if span.is_recording():
+                    span.set_attributes(
+                        self.captured.response_attributes(response_headers)
+                    )
+        for hook in self.hooks:
+            hook(self.request, status_code, response_headers)
         return status_code, response_headers, chunk
 
 
