@@ -76,7 +76,6 @@ def serve_once(variant: str, zipkin: str, requests: int, connections: int) -> fl
     sys.path.insert(0, str(tree / "bench"))
     sys.path.insert(0, str(tree))
     import server  # bench/server.py
-
     from tornado import httpserver, iostream
 
     log = tempfile.NamedTemporaryFile(suffix=".log", delete=False)  # noqa: SIM115
