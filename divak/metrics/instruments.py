@@ -495,9 +495,9 @@ class ApplicationMetrics(HandlerMeasurements):
             sampled request's trace id becomes the sample's exemplar
         :param seconds: the request's duration; default: from its arrival
             until now
-        :param sampled: whether the request's span is sampled, when the
-            caller knows (it decides the exemplar); default: read from
-            *context*
+        :param sampled: whether the span of *context* is sampled (its
+            trace flags), when the caller knows: it decides the exemplar
+            without asking *context* again; default: read from *context*
 
         The attribute set of a method, route, status, error type, scheme
         and version seen before is found with one dictionary lookup, and
