@@ -89,19 +89,40 @@ def finish_all(app_metrics: ApplicationMetrics, inputs: list[Inputs]) -> None:
         )
 
 
-def points(reader: InMemoryMetricReader) -> dict[frozenset, dict[str, typing.Any]]:
-    """The duration points of *reader*, by attribute set, exemplars by
-    their value and span (their time is the recording's)."""
+def operations_and_clients(
+    app_metrics: ApplicationMetrics, inputs: list[Inputs]
+) -> None:
+    """The inputs as operations and outgoing requests too."""
+    for method, route, status, error, version, seconds, context in inputs:
+        app_metrics.record_operation(route or "none", seconds, CONTEXTS[context])
+        app_metrics.client_request_finished(
+            method,
+            route or "inventory",
+            8080,
+            status,
+            seconds,
+            error,
+            CONTEXTS[context],
+            version[5:],
+        )
+
+
+def histograms(
+    reader: InMemoryMetricReader,
+) -> dict[str, dict[frozenset, dict[str, typing.Any]]]:
+    """The points of every histogram of *reader*, by name and attribute
+    set, exemplars by their value and span (their time is the
+    recording's).  A collection takes the exemplars it hands out."""
     data = reader.get_metrics_data()
-    found: dict[frozenset, dict[str, typing.Any]] = {}
+    found: dict[str, dict[frozenset, dict[str, typing.Any]]] = {}
     assert data is not None
     for resource_metrics in data.resource_metrics:
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
-                if metric.name != metrics.SERVER_DURATION:
+                if metric.name not in HISTOGRAMS:
                     continue
-                for point in metric.data.data_points:
-                    found[frozenset(point.attributes.items())] = {
+                found[metric.name] = {
+                    frozenset(point.attributes.items()): {
                         "count": point.count,
                         "sum": point.sum,
                         "bucket_counts": list(point.bucket_counts),
@@ -113,7 +134,21 @@ def points(reader: InMemoryMetricReader) -> dict[frozenset, dict[str, typing.Any
                             for e in point.exemplars
                         ),
                     }
+                    for point in metric.data.data_points
+                }
     return found
+
+
+HISTOGRAMS = (
+    metrics.SERVER_DURATION,
+    metrics.CLIENT_DURATION,
+    metrics.OPERATION_DURATION,
+)
+
+
+def points(reader: InMemoryMetricReader) -> dict[frozenset, dict[str, typing.Any]]:
+    """The ``http.server.request.duration`` points of *reader*."""
+    return histograms(reader).get(metrics.SERVER_DURATION, {})
 
 
 def adopted(reader: InMemoryMetricReader, **kwargs: typing.Any) -> ApplicationMetrics:
@@ -149,12 +184,16 @@ def test_prebound_points_equal_the_sdk_points(
     try:
         assert own.owns_provider and own.reader is not None
         inputs = mixed_inputs(600)
-        finish_all(own, inputs)
-        finish_all(sdk, inputs)
+        for app_metrics in (own, sdk):
+            finish_all(app_metrics, inputs)
+            operations_and_clients(app_metrics, inputs)
 
-        expected = points(sdk_reader)
-        assert points(own.reader) == expected
-        assert points(second) == expected  # every reader's aggregation
+        everything = histograms(sdk_reader)
+        assert set(everything) == set(HISTOGRAMS)
+        assert histograms(own.reader) == everything
+        assert histograms(second) == everything  # every reader's aggregation
+        assert all(len(sets) > 3 for sets in everything.values())
+        expected = everything[metrics.SERVER_DURATION]
         # A mix of sets, the overflow set among them; every request counted.
         assert len(expected) == 13
         overflow = frozenset(metric_series.OVERFLOW_ATTRIBUTES.items())
@@ -174,9 +213,16 @@ def test_prebound_points_equal_the_sdk_points(
             for r in log_records
             if r.name == "divak.metrics" and "Histogram.record" in r.getMessage()
         ]
-        assert told == [
-            f"{metrics.SERVER_DURATION} is recorded through Histogram.record:"
+        assert sorted(told) == [
+            f"{name} is recorded through Histogram.record:"
             " the MeterProvider is not the application's own"
+            for name in sorted(
+                [
+                    metrics.CLIENT_DURATION,
+                    metrics.SERVER_DURATION,
+                    metrics.OPERATION_DURATION,
+                ]
+            )
         ]
     finally:
         own.shutdown()

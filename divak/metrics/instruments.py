@@ -113,7 +113,9 @@ class HandlerMeasurements:
 
     Needs from the class it is mixed into: ``enabled`` (:class:`bool`),
     ``meter`` (an OpenTelemetry ``Meter``), ``operation_duration`` and
-    ``events`` (the instruments), ``_custom`` (a :class:`dict` for the
+    ``events`` (the instruments), ``_operation_bound`` (the
+    :class:`~divak.metrics.bound.BoundHistogram` of
+    ``operation_duration``), ``_custom`` (a :class:`dict` for the
     histograms it creates) and ``_series_of(instrument)`` (the
     :class:`~divak.metrics.series.Series` of an instrument).
     """
@@ -123,6 +125,7 @@ class HandlerMeasurements:
         meter: otel_metrics.Meter
         operation_duration: otel_metrics.Histogram
         events: otel_metrics.Counter
+        _operation_bound: BoundHistogram
         _custom: dict[tuple[str, str], otel_metrics.Histogram | None]
 
         def _series_of(self, instrument: str) -> metric_series.Series: ...
@@ -146,7 +149,8 @@ class HandlerMeasurements:
         attributes = self._series_of(OPERATION_DURATION).bind(
             value, lambda: {"divak.operation.name": value}
         )
-        self.operation_duration.record(seconds, attributes, context)
+        bound = self._operation_bound
+        bound.record(bound.set_of(attributes), seconds, context)
 
     def count_event(
         self, name: str, value: int | float = 1, attributes: Attributes | None = None
@@ -413,6 +417,12 @@ class ApplicationMetrics(HandlerMeasurements):
         self.operation_duration = histogram(
             OPERATION_DURATION, "s", "Duration of operations handlers recorded."
         )
+        self._client_bound = BoundHistogram(
+            CLIENT_DURATION, self.client_duration, self.owns_provider
+        )
+        self._operation_bound = BoundHistogram(
+            OPERATION_DURATION, self.operation_duration, self.owns_provider
+        )
         self.events = meter.create_counter(
             EVENTS, "{event}", "Interesting events handlers counted."
         )
@@ -667,7 +677,8 @@ class ApplicationMetrics(HandlerMeasurements):
         attributes = self._series_of(CLIENT_DURATION).bind(
             key, lambda: metric_series.client_attributes(*key)
         )
-        self.client_duration.record(seconds, attributes, context)
+        bound = self._client_bound
+        bound.record(bound.set_of(attributes), seconds, context)
 
     def collect(self) -> MetricsData | None:
         """Read the current (cumulative) state from the scrape reader.
