@@ -33,14 +33,17 @@ instead, and one DEBUG line says why, when:
 * the provider is not the application's own (an adopted global provider
   may have views, readers or a meter configuration divak does not know);
 * the histogram is not an SDK histogram, an internal above is missing or
-  not as described (an ``AttributeError``, ``KeyError``... while binding),
-  or the exemplar filter is not one of the SDK's three;
+  not as described (any exception while binding), or the exemplar filter
+  is not one of the SDK's three;
 * a view filters the histogram's attributes;
 * binding did not find exactly one aggregation of the set in every view
   match (that set only).
 
 When the readers change after binding (a reader added or removed at run
-time), the next measurement of each set binds again.  A value the SDK
+time), the next measurement of each set binds again.  A meter disabled
+later through the SDK's experimental meter configurator (a private
+``MeterProvider`` method; divak's own providers have none) is not seen
+by sets already bound.  A value the SDK
 would refuse (negative, infinite, not a number) goes to
 ``Histogram.record``, which refuses it and says so.
 
@@ -274,7 +277,7 @@ class BoundHistogram:
                 for other in list(self._sets.values()):
                     other.aggregations = None
             bound.aggregations = self._find(bound.attributes, storages)
-        except (_Unbindable, AttributeError, KeyError, TypeError) as error:
+        except Exception as error:  # noqa: BLE001 - costs the binding, never a request
             self.bindable = False
             for other in list(self._sets.values()):
                 other.aggregations = None
