@@ -46,6 +46,33 @@ WATCHED = {
     ),
     ("divak.logs.export", "_logs"): "test_opentelemetry_logs_keeps_its_names",
     ("divak.logs.export", "_log_exporter"): "test_opentelemetry_logs_keeps_its_names",
+    ("divak.metrics.bound", "_measurement_consumer"): (
+        "test_opentelemetry_metrics_keeps_what_bound_recording_uses"
+    ),
+    ("divak.metrics.bound", "_reader_storages"): (
+        "test_opentelemetry_metrics_keeps_what_bound_recording_uses"
+    ),
+    ("divak.metrics.bound", "_sdk_config"): (
+        "test_opentelemetry_metrics_keeps_what_bound_recording_uses"
+    ),
+    ("divak.metrics.bound", "_instrument_view_instrument_matches"): (
+        "test_opentelemetry_metrics_keeps_what_bound_recording_uses"
+    ),
+    ("divak.metrics.bound", "_view"): (
+        "test_opentelemetry_metrics_keeps_what_bound_recording_uses"
+    ),
+    ("divak.metrics.bound", "_attribute_keys"): (
+        "test_opentelemetry_metrics_keeps_what_bound_recording_uses"
+    ),
+    ("divak.metrics.bound", "_attributes_aggregation"): (
+        "test_opentelemetry_metrics_keeps_what_bound_recording_uses"
+    ),
+    ("divak.metrics.bound", "_attributes"): (
+        "test_opentelemetry_metrics_keeps_what_bound_recording_uses"
+    ),
+    ("divak.metrics.bound", "_internal"): (
+        "test_opentelemetry_metrics_keeps_what_bound_recording_uses"
+    ),
 }
 
 #: Names that start with an underscore but are documented, public API.
@@ -326,3 +353,39 @@ def test_tornado_handler_delegate_says_whether_it_streams() -> None:
     # A delegate whose handler does not stream starts nothing on the headers.
     assert whole.headers_received(start, request.headers) is None
     assert "handler" not in vars(whole)
+
+
+def test_opentelemetry_metrics_keeps_what_bound_recording_uses() -> None:
+    # divak.metrics.bound records an attribute set's measurements straight
+    # into the SDK's aggregations of the set; when these internals change
+    # it records through Histogram.record instead, correct but slower.
+    from opentelemetry.sdk.metrics import MeterProvider, TraceBasedExemplarFilter
+    from opentelemetry.sdk.metrics._internal.measurement import Measurement
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from divak.metrics.bound import BoundHistogram
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    histogram = provider.get_meter("watch").create_histogram("watched")
+    attributes = {"http.route": "/a"}
+    histogram.record(0.5, attributes)
+    consumer = histogram._measurement_consumer
+    assert type(consumer._sdk_config.exemplar_filter) is TraceBasedExemplarFilter
+    [storage] = consumer._reader_storages.values()
+    [match] = storage._instrument_view_instrument_matches[histogram]
+    assert match._view._attribute_keys is None
+    [aggregation] = match._attributes_aggregation.values()
+    assert aggregation._attributes == attributes
+    measurement = Measurement(1.5, 0, histogram, otel_context.get_current(), None)
+    aggregation.aggregate(measurement, False)
+    bound = BoundHistogram("watched", histogram, owned=True)
+    bound_set = bound.set_of(attributes)
+    bound.record(bound_set, 2.0)  # the set's first measurement through divak
+    assert bound_set.aggregations == (aggregation,)
+    bound.record(bound_set, 3.0)
+    data = reader.get_metrics_data()
+    assert data is not None
+    [point] = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+    assert (point.count, point.sum) == (4, 7.0)
+    provider.shutdown()

@@ -5,7 +5,9 @@ Each application owns one OpenTelemetry SDK ``MeterProvider``
 the resource of its spans, the stable HTTP semantic-convention
 instruments, the process and runtime ones (:mod:`divak.metrics.runtime`)
 and divak's own; or uses the process's global SDK ``MeterProvider``.
-Attribute sets are built once and bounded (:mod:`divak.metrics.series`).
+Attribute sets are built once and bounded (:mod:`divak.metrics.series`),
+and recorded straight into the SDK's aggregations of each set
+(:mod:`divak.metrics.bound`).
 Scrapes are answered by :class:`MetricsHandler` (Prometheus text or
 OpenMetrics, :mod:`divak.metrics.prometheus`), summed over forked
 processes (:mod:`divak.metrics.peers`, through

@@ -36,6 +36,7 @@ from tornado import httputil
 
 from divak.metrics import peers
 from divak.metrics import series as metric_series
+from divak.metrics.bound import BoundHistogram, BoundSet
 from divak.metrics.otlp import periodic_reader, readers_from_env
 from divak.metrics.runtime import RuntimeMetrics
 from divak.metrics.snapshot import Exemplars
@@ -112,7 +113,9 @@ class HandlerMeasurements:
 
     Needs from the class it is mixed into: ``enabled`` (:class:`bool`),
     ``meter`` (an OpenTelemetry ``Meter``), ``operation_duration`` and
-    ``events`` (the instruments), ``_custom`` (a :class:`dict` for the
+    ``events`` (the instruments), ``_operation_bound`` (the
+    :class:`~divak.metrics.bound.BoundHistogram` of
+    ``operation_duration``), ``_custom`` (a :class:`dict` for the
     histograms it creates) and ``_series_of(instrument)`` (the
     :class:`~divak.metrics.series.Series` of an instrument).
     """
@@ -122,6 +125,7 @@ class HandlerMeasurements:
         meter: otel_metrics.Meter
         operation_duration: otel_metrics.Histogram
         events: otel_metrics.Counter
+        _operation_bound: BoundHistogram
         _custom: dict[tuple[str, str], otel_metrics.Histogram | None]
 
         def _series_of(self, instrument: str) -> metric_series.Series: ...
@@ -145,7 +149,8 @@ class HandlerMeasurements:
         attributes = self._series_of(OPERATION_DURATION).bind(
             value, lambda: {"divak.operation.name": value}
         )
-        self.operation_duration.record(seconds, attributes, context)
+        bound = self._operation_bound
+        bound.record(bound.set_of(attributes), seconds, context)
 
     def count_event(
         self, name: str, value: int | float = 1, attributes: Attributes | None = None
@@ -385,6 +390,15 @@ class ApplicationMetrics(HandlerMeasurements):
         self.server_duration = histogram(
             SERVER_DURATION, "s", "Duration of HTTP server requests."
         )
+        # Recorded straight into the SDK's aggregations of each attribute
+        # set (see divak.metrics.bound), found through the inputs as
+        # request_finished gets them: one dictionary lookup per request.
+        self._server_bound = BoundHistogram(
+            SERVER_DURATION, self.server_duration, self.owns_provider
+        )
+        self._server_sets: dict[tuple[typing.Any, ...], BoundSet] = {}
+        #: Most entries of ``_server_sets``: its keys are raw input.
+        self._server_sets_limit = 2 * cardinality_limit + 16
         # Counted in plain integers on the IOLoop, observed by the SDK when
         # it collects: two SDK measurements per request would cost more
         # than the whole request's other metrics.
@@ -402,6 +416,12 @@ class ApplicationMetrics(HandlerMeasurements):
         )
         self.operation_duration = histogram(
             OPERATION_DURATION, "s", "Duration of operations handlers recorded."
+        )
+        self._client_bound = BoundHistogram(
+            CLIENT_DURATION, self.client_duration, self.owns_provider
+        )
+        self._operation_bound = BoundHistogram(
+            OPERATION_DURATION, self.operation_duration, self.owns_provider
         )
         self.events = meter.create_counter(
             EVENTS, "{event}", "Interesting events handlers counted."
@@ -466,6 +486,7 @@ class ApplicationMetrics(HandlerMeasurements):
         error_type: str | None = None,
         context: otel_context.Context | None = None,
         seconds: float | None = None,
+        sampled: bool | None = None,
     ) -> None:
         """Record the duration of *request* and count it as no longer active.
 
@@ -484,28 +505,56 @@ class ApplicationMetrics(HandlerMeasurements):
             sampled request's trace id becomes the sample's exemplar
         :param seconds: the request's duration; default: from its arrival
             until now
+        :param sampled: whether the span of *context* is sampled (its
+            trace flags), when the caller knows: it decides the exemplar
+            without asking *context* again; default: read from *context*
+
+        The attribute set of a method, route, status, error type, scheme
+        and version seen before is found with one dictionary lookup, and
+        the duration goes straight into the SDK's aggregations of that set
+        (:class:`~divak.metrics.bound.BoundHistogram`).
         """
         active = request.__dict__.pop(_ACTIVE_ATTRIBUTE, None)
         if active is None:
             return
         active[1] -= 1
+        inputs = (
+            request.method,
+            route,
+            status_code,
+            error_type,
+            request.protocol,
+            request.version,
+        )
+        bound = self._server_sets.get(inputs)
+        if bound is None:
+            bound = self._server_set(inputs)
+        if seconds is None:
+            seconds = request.request_time()
+        self._server_bound.record(bound, seconds, context, sampled)
+
+    def _server_set(self, inputs: tuple[typing.Any, ...]) -> BoundSet:
+        """The bound attribute set of :meth:`request_finished`'s *inputs*,
+        remembered for them when the method is a known one and there is
+        room (a client's made-up methods never grow the cache)."""
+        method, route, status_code, error_type, scheme, version = inputs
         if error_type is None and status_code is not None and status_code >= 500:
             error_type = str(status_code)
         key = (
-            metric_series.method_attribute(request.method),
+            metric_series.method_attribute(method),
             metric_series.key_text(route),
             status_code,
             metric_series.key_text(error_type),
-            metric_series.key_text(request.protocol),
-            metric_series.key_text(request.version),
+            metric_series.key_text(scheme),
+            metric_series.key_text(version),
         )
-        series = self._series_of(SERVER_DURATION)
-        attributes = series.bound.get(key) or series.bind(
+        attributes = self._series_of(SERVER_DURATION).bind(
             key, lambda: metric_series.server_attributes(*key)
         )
-        if seconds is None:
-            seconds = request.request_time()
-        self.server_duration.record(seconds, attributes, context)
+        bound = self._server_bound.set_of(attributes)
+        if key[0] == method and len(self._server_sets) < self._server_sets_limit:
+            self._server_sets[inputs] = bound
+        return bound
 
     # -- WebSocket connections -----------------------------------------------
     #: The WebSocket instruments, made at the first connection.
@@ -628,7 +677,8 @@ class ApplicationMetrics(HandlerMeasurements):
         attributes = self._series_of(CLIENT_DURATION).bind(
             key, lambda: metric_series.client_attributes(*key)
         )
-        self.client_duration.record(seconds, attributes, context)
+        bound = self._client_bound
+        bound.record(bound.set_of(attributes), seconds, context)
 
     def collect(self) -> MetricsData | None:
         """Read the current (cumulative) state from the scrape reader.
