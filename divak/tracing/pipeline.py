@@ -403,6 +403,7 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
                 None,
                 CLIENT_DISCONNECTED,
                 request_context.context,
+                sampled=request_context.sampled,
             )
             self._record_for_debug_page(request, None, request.request_time(), True)
             self.request = None
@@ -502,6 +503,7 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
             request_context.exception_type,
             request_context.context,
             seconds,
+            sampled=request_context.sampled,
         )
         self._record_for_debug_page(
             request,
