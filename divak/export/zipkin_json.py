@@ -48,18 +48,12 @@ def dumps(encoded: typing.Any) -> bytes:
 
 
 #: Spans encoded between two pauses of :meth:`ZipkinV2Encoder.serialize`.
-#: Encoding holds the interpreter (the GIL): about 9 µs of CPU per server
-#: span with orjson (10 attributes; 16 µs with the json module), measured
-#: with ``bench/export_gil.py`` on a 2-core 2026 virtual machine, so a slice
-#: of 64 holds it for about 0.6 ms (1 ms with the json module) where a
-#: whole batch of 512 held it for 5 ms and more.
+#: Encoding holds the interpreter (the GIL): measured 9 µs of CPU per
+#: server span of 10 attributes with orjson (``bench/hotpath.py --only
+#: export``, a 2-core virtual machine, 2026-12; 14 µs while the machine was
+#: busy; the json module takes up to half as long again), so a slice of 64
+#: holds it for about 0.6 ms where a batch of 512 held it for 5 ms.
 SLICE_SPANS = 64
-
-#: Seconds the encoder sleeps between slices, with the interpreter released:
-#: long enough for a thread waiting for it (the IOLoop) to wake up and take
-#: it.  ``time.sleep(0)`` releases it too, but the encoder often takes it
-#: back before the waiting thread is awake.
-_PAUSE = 0.0001
 
 #: Zipkin's ``kind`` per OpenTelemetry span kind; INTERNAL spans have none.
 _KINDS = {
@@ -190,9 +184,10 @@ class ZipkinV2Encoder:
 
         The spans are encoded :data:`SLICE_SPANS` at a time, each slice
         serialised once by :func:`dumps`, and the pieces joined into one
-        list; between slices the calling thread sleeps a moment with the
-        interpreter released, so a large batch never holds the IOLoop up
-        for more than about a millisecond.  Call it off the IOLoop.
+        list; between slices the calling thread releases the interpreter
+        (``time.sleep(0)``), so that a large batch does not hold the IOLoop
+        up for more than about a millisecond at a time.  Call it off the
+        IOLoop.
 
         :param spans: finished spans
         :raises Exception: what reading a malformed span raises (a span
@@ -201,8 +196,8 @@ class ZipkinV2Encoder:
         """
         pieces: list[bytes] = []
         for start in range(0, len(spans), SLICE_SPANS):
-            if pieces:
-                time.sleep(_PAUSE)
+            if pieces:  # let a thread waiting for the interpreter run
+                time.sleep(0)
             piece = spans[start : start + SLICE_SPANS]
             encoded = dumps([self.encode_span(span) for span in piece])
             pieces.append(encoded[1:-1])  # without the brackets
