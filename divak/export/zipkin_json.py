@@ -124,8 +124,8 @@ class ZipkinV2Encoder:
     One pass per batch: each span is read once, from the public fields of
     :class:`~opentelemetry.sdk.trace.ReadableSpan`, into the dict Zipkin
     expects, and serialised once (:func:`dumps`), :data:`SLICE_SPANS` spans
-    at a time.  The fields
-    are the ones OpenTelemetry's Zipkin exporter writes: ``traceId``,
+    at a time.  The fields are the ones OpenTelemetry's Zipkin exporter
+    writes: ``traceId``,
     ``id``, ``parentId``, ``name``, ``timestamp`` and ``duration`` in
     microseconds, ``localEndpoint``, ``kind``, ``tags`` (the span's
     attributes, then the resource's, the instrumentation scope as
