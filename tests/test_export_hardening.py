@@ -246,6 +246,65 @@ def test_queue_is_bounded_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
         app.divak_shutdown()
 
 
+def _big_attribute(span: trace.Span, text: str) -> None:
+    span.set_attribute("payload", text)
+
+
+def _big_array(span: trace.Span, text: str) -> None:
+    span.set_attribute("payload", [text[:1000]] * (len(text) // 1000))
+
+
+def _big_event(span: trace.Span, text: str) -> None:
+    span.add_event("exception", {"exception.stacktrace": text})
+
+
+def _big_link(span: trace.Span, text: str) -> None:
+    context = trace.SpanContext(1, 2, is_remote=True)
+    span.add_link(context, {"payload": text})
+
+
+@pytest.mark.parametrize(
+    "fill", [_big_attribute, _big_array, _big_event, _big_link]
+)
+def test_queue_bytes_count_attributes_arrays_events_and_links(
+    fill: typing.Callable[[trace.Span, str], None],
+) -> None:
+    """20 kB spans, however they carry it, fill a 100 kB queue after five."""
+    release = threading.Event()
+
+    class Stuck(SpanExporter):  # a collector that is down
+        def export(self, spans: typing.Sequence[ReadableSpan]) -> SpanExportResult:
+            release.wait(30)
+            return SpanExportResult.SUCCESS
+
+    queue = SpanQueue(
+        Stuck(), max_batch_size=1, schedule_delay=0.01, max_queue_bytes=100_000
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(queue)
+    tracer = provider.get_tracer("test")
+    tracer.start_span("first").end()  # the batch the worker is stuck on
+    assert _wait_for(lambda: queue.pending_spans == 0)
+    for _ in range(20):
+        span = tracer.start_span("big")
+        fill(span, "x" * 20_000)
+        span.end()
+    assert 4 <= queue.pending_spans <= 5, queue.pending_spans
+    assert 80_000 <= queue.pending_bytes <= 100_000
+    assert queue.dropped_spans == 20 - queue.pending_spans
+    release.set()
+    provider.shutdown()
+
+
+def _wait_for(condition: typing.Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_flush_timeout_is_in_seconds() -> None:
     release = threading.Event()
 

@@ -9,6 +9,9 @@ and it validates against the Zipkin v2 schema.
 from __future__ import annotations
 
 import json
+import sys
+import threading
+import time
 import typing
 
 import pytest
@@ -157,3 +160,56 @@ def test_fast_json_gives_the_same_document(monkeypatch: pytest.MonkeyPatch) -> N
     assert isinstance(fast, bytes) and isinstance(standard, bytes)
     assert json.loads(fast) == json.loads(standard)
     assert len(json.loads(fast)) == len(spans)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize(
+    "count",
+    [0, 1, zipkin_json.SLICE_SPANS, zipkin_json.SLICE_SPANS + 1, 300],
+)
+def test_a_batch_encoded_in_slices_is_one_list_of_every_span_in_order(
+    monkeypatch: pytest.MonkeyPatch, count: int, fast: bool
+) -> None:
+    if fast:
+        pytest.importorskip("orjson")
+    else:
+        monkeypatch.setattr(zipkin_json, "_orjson", None)
+    shapes = spans_of_every_shape()
+    spans = [shapes[n % len(shapes)] for n in range(count)]
+    encoder = ZipkinV2Encoder(128)
+    document = json.loads(encoder.serialize(spans))
+    assert document == [encoder.encode_span(span) for span in spans]
+    validate_spans(document)
+
+
+def test_another_thread_runs_while_a_large_batch_is_encoded() -> None:
+    """The encoder lets the interpreter go between slices, not only when
+    the interpreter's switch interval forces it (here: never).  The body
+    stays under 1 MB, above which joining bytes lets it go, too."""
+    shapes = spans_of_every_shape()
+    spans = [shapes[n % len(shapes)] for n in range(16 * zipkin_json.SLICE_SPANS)]
+    encoder = ZipkinV2Encoder()
+    encoding = threading.Event()
+    done = threading.Event()
+    ran: list[int] = []  # times the other thread ran during the encoding
+
+    def other() -> None:  # the IOLoop, waiting to run
+        while not done.is_set():
+            if encoding.is_set():
+                ran.append(1)
+            time.sleep(0.0001)
+
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(30.0)
+    thread = threading.Thread(target=other)
+    try:
+        thread.start()
+        encoding.set()
+        body = encoder.serialize(spans)
+        encoding.clear()
+    finally:
+        done.set()
+        sys.setswitchinterval(switch_interval)
+        thread.join(30)
+    assert len(body) < 1_000_000
+    assert ran  # 15 pauses: it ran in one at least

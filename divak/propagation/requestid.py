@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import typing
 
 from opentelemetry.context import Context, set_value
@@ -15,18 +16,58 @@ from divak.propagation._common import REQUEST_ID_KEY, get_request_id
 logger = logging.getLogger(__name__)
 
 
+#: Random bytes drawn from :func:`os.urandom` per refill of a thread's ids:
+#: 256 ids per system call instead of one.
+_POOL_BYTES = 4096
+
+#: The variant nibble (RFC 9562, section 4.1): its two high bits are ``10``,
+#: its two low bits stay random.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+class _IdPool(threading.local):
+    """One thread's ids not handed out yet."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+
+_pool = _IdPool()
+
+
+def _forget_ids() -> None:
+    # A forked child must never hand out the ids its parent will.
+    global _pool
+    _pool = _IdPool()
+
+
+os.register_at_fork(after_in_child=_forget_ids)
+
+
+def _fresh_ids() -> list[str]:
+    """256 new ids from 4 KiB of :func:`os.urandom`, 16 bytes each."""
+    text = os.urandom(_POOL_BYTES).hex()
+    return [
+        f"{text[at:at + 8]}-{text[at + 8:at + 12]}-4{text[at + 13:at + 16]}"
+        f"-{_VARIANT[text[at + 16]]}{text[at + 17:at + 20]}-{text[at + 20:at + 32]}"
+        for at in range(0, len(text), 32)
+    ]
+
+
 def new_request_id() -> str:
     """A new random correlation id: a UUID version 4 in its canonical text form.
 
     122 random bits from :func:`os.urandom` (unguessable), formatted as
     RFC 9562 says (``xxxxxxxx-xxxx-4xxx-[89ab]xxx-xxxxxxxxxxxx``); the same
-    ids as ``str(uuid.uuid4())`` at a fifth of the cost.
+    ids as ``str(uuid.uuid4())`` at a fraction of the cost.  The random
+    bytes are drawn 4 KiB (256 ids) at a time, per thread; each id is
+    handed out once, and a forked child discards the ids its parent had
+    left.  Thread-safe.
     """
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    ids = _pool.ids
+    if not ids:
+        ids = _pool.ids = _fresh_ids()
+    return ids.pop()
 
 
 def _valid_request_id(value: str, max_length: int) -> bool:
