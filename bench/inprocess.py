@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import http.server
 import json
 import multiprocessing
@@ -70,6 +71,37 @@ async def _client(stream: typing.Any, count: int) -> None:
         await stream.read_bytes(length)
 
 
+def _ladder(server: typing.Any, zipkin: str, step: int) -> typing.Any:
+    """divak's pieces added one at a time, at 0.1 % sampling (``ladderN``):
+
+    0. a :class:`divak.Application` (no Recorder), plain handler;
+    1. \+ :class:`divak.Recorder`, metrics off, no propagator added;
+    2. \+ ``RequestIdPropagation`` and ``TraceContextPropagation``;
+    3. \+ metrics (the application's default);
+    4. \+ the handler's ``Logger`` and ``RequestTracker`` mix-ins (the
+       ``divak-0.1%+m`` variant).
+    """
+    import divak
+
+    handler: type = server.Hello
+    if step >= 4:
+        handler = type("Handler", (divak.Logger, divak.RequestTracker, server.Hello), {})
+    if step == 0:
+        return divak.Application([(r"/", handler)])
+
+    class Application(divak.ProbabilisticSampler, divak.Recorder, divak.Application):
+        def __init__(self, **settings: typing.Any) -> None:
+            super().__init__([(r"/", handler)], **settings)
+            self.set_divak_service("bench-divak")
+            self.set_divak_sample_probability(0.001)
+            self.add_divak_reporter(divak.ZipkinReporter(zipkin))
+            if step >= 2:
+                self.add_divak_propagator(divak.TraceContextPropagation())
+                self.add_divak_propagator(divak.RequestIdPropagation())
+
+    return Application(metrics=step >= 3)
+
+
 def serve_once(variant: str, zipkin: str, requests: int, connections: int) -> float:
     """In this process: CPU µs per request of *variant* (after a warm-up)."""
     tree = pathlib.Path(os.environ.get("PYTHONPATH") or HERE.parent)
@@ -89,6 +121,11 @@ def serve_once(variant: str, zipkin: str, requests: int, connections: int) -> fl
     elif base.startswith("otel"):
         app = server.otel_app(zipkin, probability, metrics)[0]
         http_server = httpserver.HTTPServer(app, xheaders=True)
+    elif base.startswith("ladder"):
+        app = _ladder(server, zipkin, int(base[len("ladder"):]))
+        from divak.lifecycle.server import DrainingHTTPServer
+
+        http_server = DrainingHTTPServer(app, xheaders=True)
     else:
         from divak.lifecycle.server import DrainingHTTPServer
 
@@ -106,6 +143,11 @@ def serve_once(variant: str, zipkin: str, requests: int, connections: int) -> fl
             client.close()
 
     asyncio.run(run(min(2000, requests)))  # warm-up
+    if os.environ.get("BENCH_GC") == "off":
+        gc.disable()
+    elif os.environ.get("BENCH_GC") == "freeze":
+        gc.collect()
+        gc.freeze()
     started = time.process_time()
     asyncio.run(run(requests))
     elapsed = time.process_time() - started

@@ -147,3 +147,54 @@ def test_a_sampled_request_is_decided_once() -> None:
         assert span.attributes["http.request.method"] == "GET"
     assert f"{servers[1].context.trace_id:032x}" == TRACE
     assert f"{servers[1].parent.span_id:016x}" == SPAN
+
+
+def test_a_ratio_sampler_decides_each_request_by_its_trace_id(
+    log_records: list[typing.Any],
+) -> None:
+    """ProbabilisticSampler: a new trace is sampled when its id's lower 64
+    bits are below the ratio's bound, an upstream decision is followed, and
+    what was sampled (and only that) is exported."""
+    recorder = SpanRecorder()
+
+    class App(divak.ProbabilisticSampler, divak.Recorder):
+        def __init__(self) -> None:
+            super().__init__([("/", Hello)])
+            self.add_divak_reporter(recorder)
+            self.set_divak_sample_probability(0.5)
+
+    upstream = {
+        f"{index:032x}": f"00-{index:032x}-{SPAN}-0{index % 2}"
+        for index in range(0x1000, 0x1010)
+    }
+
+    async def scenario() -> None:
+        app = App()
+        port = listen(app)
+        client = httpclient.AsyncHTTPClient()
+        for _ in range(40):
+            await client.fetch(f"http://127.0.0.1:{port}/")
+        for traceparent in upstream.values():
+            await client.fetch(
+                f"http://127.0.0.1:{port}/", headers={"traceparent": traceparent}
+            )
+        await flush(app)
+
+    run(scenario())
+    lines = [r for r in log_records if r.name == "tornado.access"]
+    assert len(lines) == 56
+    decided = {r.otelTraceID: r.otelTraceSampled for r in lines}
+    assert len(decided) == 56
+    bound = 1 << 63
+    for trace_id, sampled in decided.items():
+        if trace_id in upstream:
+            assert sampled is (upstream[trace_id].endswith("-01")), trace_id
+        else:
+            assert sampled is ((int(trace_id, 16) & (2**64 - 1)) < bound), trace_id
+    exported = {
+        f"{span.context.trace_id:032x}"
+        for span in recorder.spans
+        if span.kind is trace.SpanKind.SERVER
+    }
+    assert exported == {t for t, sampled in decided.items() if sampled}
+    assert 0 < len(exported) < 56

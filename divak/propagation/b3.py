@@ -293,6 +293,31 @@ class PropagatedSampler(sampling.Sampler):
             self._decided = (parent_context, trace_id, result)
         return result
 
+    def keep(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        result: sampling.SamplingResult,
+    ) -> None:
+        """Keep *result*, a "sample" decided for this sampler elsewhere, for
+        the SDK's next ``start_span`` (as :meth:`decide` does).
+
+        :param parent_context: the context the span starts under
+        :param trace_id: the span's trace id
+        :param result: the decision, the same :meth:`should_sample` takes
+        """
+        self._decided = (parent_context, trace_id, result)
+
+    @staticmethod
+    def b3_state(parent_context: Context) -> bool:
+        """Whether *parent_context* holds a B3 sampling state this sampler
+        acts on (debug, a lone decision, a deferred parent)."""
+        return bool(
+            parent_context.get(B3_DEBUG_KEY)
+            or parent_context.get(B3_DECISION_KEY) is not None
+            or parent_context.get(B3_DEFERRED_KEY)
+        )
+
     def should_sample(
         self,
         parent_context: Context | None,

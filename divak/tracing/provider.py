@@ -39,7 +39,7 @@ from divak.export.reporters import reporters_from_env
 from divak.metrics.instruments import with_instance_id
 from divak.propagation.b3 import B3DebugMarker
 from divak.settings import env_value
-from divak.tracing.sampling import default_sampler
+from divak.tracing.sampling import ParentBasedRatio, default_sampler
 
 __all__ = [
     "OWNER_KEY",
@@ -478,12 +478,26 @@ def unsampled_span(
         return None
     sampler = tracer.sampler
     if isinstance(sampler, propagation.PropagatedSampler):
-        # A "sample" is kept for the SDK's start_span: one decision.
-        result = sampler.decide(parent, trace_id, name, SpanKind.SERVER)
+        ratio = sampler.delegate
+        if isinstance(ratio, ParentBasedRatio) and not sampler.b3_state(parent):
+            # The common case, decided inline as the two samplers would.
+            if new_trace:
+                sampled = ratio.samples(trace_id)
+                state: trace.TraceState | None = None
+            else:
+                sampled = parent_context.trace_flags.sampled
+                state = parent_context.trace_state
+            if sampled:  # kept for the SDK's start_span: one decision
+                sampler.keep(parent, trace_id, _sampled(state))
+        else:
+            # A "sample" is kept for the SDK's start_span: one decision.
+            result = sampler.decide(parent, trace_id, name, SpanKind.SERVER)
+            sampled, state = result.decision.is_recording(), result.trace_state
     else:
         result = sampler.should_sample(parent, trace_id, name, SpanKind.SERVER)
-    if result.decision.is_recording():
-        if isinstance(ids, PresetTraceIds) and new_trace:
+        sampled, state = result.decision.is_recording(), result.trace_state
+    if sampled:
+        if new_trace and isinstance(ids, PresetTraceIds):
             ids.preset(trace_id)
         return None
     if new_trace:  # a PresetTraceIds id: random
@@ -496,9 +510,13 @@ def unsampled_span(
             ids.generate_span_id(),
             is_remote=False,
             trace_flags=_RANDOM_FLAGS if random_id else _DEFAULT_FLAGS,
-            trace_state=result.trace_state,
+            trace_state=state,
         )
     )
+
+
+def _sampled(state: trace.TraceState | None) -> sampling.SamplingResult:
+    return sampling.SamplingResult(sampling.Decision.RECORD_AND_SAMPLE, None, state)
 
 
 _tornado_turned_off = False

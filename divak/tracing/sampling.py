@@ -92,6 +92,13 @@ class ParentBasedRatio(sampling.ParentBasedTraceIdRatio):
             )
         return sampling.SamplingResult(sampling.Decision.DROP, None, state)
 
+    def samples(self, trace_id: int) -> bool:
+        """Whether a new trace (no valid parent) with *trace_id* is sampled.
+
+        :param trace_id: the new trace's id
+        """
+        return trace_id & self._trace_id_limit < self._ratio_bound
+
 
 def default_sampler() -> sampling.Sampler:
     """The sampler of an application that sets none in code.
