@@ -331,6 +331,8 @@ def test_a_drain_finishes_the_request_in_flight_and_closes_its_connection(
 
     async def scenario() -> tuple[list[str], bytes, bytes]:
         app = app_class([(r"/slow", Slow)], service="drained", version="1.0")
+        if isinstance(app, divak.Recorder):
+            app.add_divak_reporter(SpanRecorder())
         server = DrainingHTTPServer(app)
         sockets = netutil.bind_sockets(0, "127.0.0.1")
         server.add_sockets(sockets)
@@ -351,6 +353,8 @@ def test_a_drain_finishes_the_request_in_flight_and_closes_its_connection(
         except OSError:
             refused = b"refused"
         await server.close_all_connections()
+        if isinstance(app, divak.Recorder):
+            app.divak_shutdown()
         return in_flight, answer, refused
 
     in_flight, answer, refused = run(scenario())

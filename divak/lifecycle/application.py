@@ -308,6 +308,11 @@ class _ServerHeader(web.OutputTransform):
         #: The default written into the settings, or :data:`None` when the
         #: application was given a ``server_header`` setting.
         self.default: tuple[str | None] | None = None
+        # The last (service, version) the default followed, and its header.
+        self._last: tuple[tuple[str | None, typing.Any], str | None] = (
+            ("", None),
+            None,
+        )
         if "server_header" not in self.settings:
             value = _server_header(
                 self.settings.get("service"), self.settings.get("version")
@@ -344,9 +349,11 @@ class _ServerHeader(web.OutputTransform):
         settings = self.settings
         value = settings.get("server_header")
         if self.default is not None and value == self.default[0]:
-            value = _server_header(
-                _service_name(self.application), settings.get("version")
-            )
+            key = (_service_name(self.application), settings.get("version"))
+            last = self._last
+            if last[0] != key:
+                last = self._last = (key, _server_header(*key))
+            value = last[1]
         if value is None:
             headers.pop("Server", None)
         else:

@@ -99,6 +99,7 @@ import sys
 import time
 import typing
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado import httputil, log, web
@@ -269,13 +270,21 @@ class RequestPipeline(httputil.HTTPMessageDelegate):
     def _creating_handler_task(
         self, method: typing.Callable[..., _T], *args: typing.Any
     ) -> _T:
-        # Tornado creates the handler's task inside these calls.
+        # Tornado creates the handler's task inside these calls: it copies
+        # the current context, the request's, and the pipeline mark.
+        context = self.context.context
+        attached = (
+            otel_context.attach(context)
+            if context is not None and otel_context.get_current() is not context
+            else None
+        )
         token = _HANDLER_TASK_OF.set(self)
         try:
-            with activated(self.context):
-                return method(*args)
+            return method(*args)
         finally:
             _HANDLER_TASK_OF.reset(token)
+            if attached is not None:
+                otel_context.detach(attached)
 
     def headers_received(
         self,
