@@ -75,17 +75,18 @@ def _ladder(server: typing.Any, zipkin: str, step: int) -> typing.Any:
     """divak's pieces added one at a time, at 0.1 % sampling (``ladderN``):
 
     0. a :class:`divak.Application` (no Recorder), plain handler;
-    1. \+ :class:`divak.Recorder`, metrics off, no propagator added;
-    2. \+ ``RequestIdPropagation`` and ``TraceContextPropagation``;
-    3. \+ metrics (the application's default);
-    4. \+ the handler's ``Logger`` and ``RequestTracker`` mix-ins (the
+    1. plus :class:`divak.Recorder`, metrics off, no propagator added;
+    2. plus ``RequestIdPropagation`` and ``TraceContextPropagation``;
+    3. plus metrics (the application's default);
+    4. plus the handler's ``Logger`` and ``RequestTracker`` mix-ins (the
        ``divak-0.1%+m`` variant).
     """
     import divak
 
     handler: type = server.Hello
     if step >= 4:
-        handler = type("Handler", (divak.Logger, divak.RequestTracker, server.Hello), {})
+        bases = (divak.Logger, divak.RequestTracker, server.Hello)
+        handler = type("Handler", bases, {})
     if step == 0:
         return divak.Application([(r"/", handler)])
 
