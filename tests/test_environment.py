@@ -436,7 +436,7 @@ def test_batch_settings_read_the_bsp_variables(monkeypatch):
     settings = batch_settings()
     assert settings == BatchSettings(
         max_queue_size=64,
-        max_export_batch_size=512,  # the default, the value is invalid
+        max_export_batch_size=64,  # divak's default, the value is invalid
         schedule_delay=0.25,
         export_timeout=1.5,
     )
