@@ -15,6 +15,7 @@ with ``-0.1%`` (0.1 % of the traces); each of the four with ``+m``
 ``MeterProvider`` and an in-memory reader, as divak has).  A divak
 variant takes options after slashes: ``/nofreeze`` (``settings['gc_freeze']
 = False``), ``/b64`` (64 spans per upload, ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``),
+``/gc7000`` (the garbage collector's first threshold, :func:`gc.set_threshold`),
 e.g. ``divak+m/b512/nofreeze``.
 
 Environment:
@@ -212,6 +213,8 @@ def main() -> None:
             settings["gc_freeze"] = False
         elif option.startswith("b") and option[1:].isdigit():
             os.environ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] = option[1:]
+        elif option.startswith("gc") and option[2:].isdigit():
+            gc.set_threshold(int(option[2:]), *gc.get_threshold()[1:])
         else:
             raise SystemExit(f"unknown variant option {option!r}")
     metrics = variant.endswith("+m")
