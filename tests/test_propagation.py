@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import typing
 
 import pytest
 from opentelemetry import baggage, trace
@@ -644,3 +645,40 @@ def test_sampler_description():
     sampler = propagation.PropagatedSampler(sampling.ALWAYS_ON)
     assert "AlwaysOnSampler" in sampler.get_description()
     asyncio.get_event_loop_policy()  # keep asyncio imported for helpers
+
+
+@pytest.mark.parametrize("kind", ["HTTPHeaders", "dict"])
+def test_headers_are_found_whatever_their_case(kind: str) -> None:
+    """A propagator whose headers are all absent is not asked; one whose
+    header came in any case (HTTPHeaders) or in lower case (a dict) is."""
+    combined = propagation.Propagation(
+        [
+            divak.TraceContextPropagation(),
+            divak.ZipkinPropagation(),
+            divak.BaggagePropagation(),
+        ]
+    )
+    cases = [
+        ({"TRACEPARENT": TP}, TRACE),
+        (
+            {"X-b3-TRACEID": B3_TRACE, "x-B3-spanid": B3_SPAN, "X-B3-SAMPLED": "1"},
+            B3_TRACE,
+        ),
+        ({"B3": f"{B3_TRACE}-{B3_SPAN}-1"}, B3_TRACE),
+    ]
+    for names, trace_id in cases:
+        if kind == "dict":
+            names = {name.lower(): value for name, value in names.items()}
+        carrier: typing.Any = (
+            httputil.HTTPHeaders(names) if kind == "HTTPHeaders" else dict(names)
+        )
+        context = combined.extract(carrier)
+        assert trace.format_trace_id(remote(context).trace_id) == trace_id, names
+    name = "BAGGAGE" if kind == "HTTPHeaders" else "baggage"
+    baggage_carrier = {name: "user=alice"}
+    carrier = (
+        httputil.HTTPHeaders(baggage_carrier)
+        if kind == "HTTPHeaders"
+        else baggage_carrier
+    )
+    assert baggage.get_all(combined.extract(carrier)) == {"user": "alice"}

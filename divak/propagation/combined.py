@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators import textmap
+from tornado import httputil
 
 from divak.logs.ratelimit import RateLimitedLog, describe_error, safe_log
 from divak.propagation.b3 import ZipkinPropagation
@@ -56,7 +57,7 @@ class Propagation:
         ] = tuple(
             (
                 propagator,
-                propagator.EXTRACTED_HEADERS
+                _both_cases(propagator.EXTRACTED_HEADERS)
                 if isinstance(propagator, _SKIPPED_WITHOUT_HEADERS)
                 else None,
             )
@@ -77,12 +78,12 @@ class Propagation:
         context = Context()
         parent: trace.Span | None = None
         current: trace.Span = trace.INVALID_SPAN  # the span of *context*
-        present: set[str] | None = None
+        present: typing.AbstractSet[str] | None = None
         for propagator, reads in self._extractors:
-            if reads is not None and isinstance(carrier, Mapping):
+            if reads is not None:
                 if present is None:
-                    present = {str(name).lower() for name in carrier}
-                if reads.isdisjoint(present):
+                    present = _header_names(carrier)
+                if present is not _UNKNOWN and reads.isdisjoint(present):
                     continue
             try:
                 extracted = propagator.extract(carrier, context)
@@ -132,6 +133,35 @@ class Propagation:
                     describe_error(error),
                     exc_info=True,
                 )
+
+
+#: What :func:`_header_names` answers for a carrier it cannot list.
+_UNKNOWN: frozenset[str] = frozenset()
+
+
+def _both_cases(names: typing.AbstractSet[str]) -> frozenset[str]:
+    """*names* (lower case) and as Tornado's ``HTTPHeaders`` spells them
+    (``Http-Header-Case``: ``x-b3-traceid`` is ``X-B3-Traceid``)."""
+    normalized = {
+        "-".join(word.capitalize() for word in name.split("-")) for name in names
+    }
+    return frozenset(names) | normalized
+
+
+def _header_names(carrier: typing.Any) -> typing.AbstractSet[str]:
+    """The header names of *carrier*, to compare with :func:`_both_cases`.
+
+    Tornado's ``HTTPHeaders`` lists its names in ``Http-Header-Case``, and
+    finds them in any case; any other mapping's names are lowered (the
+    propagators ask for lower-case names, which a case-insensitive
+    mapping finds in any case).  :data:`_UNKNOWN` for a carrier that is
+    not a mapping: every propagator is asked.
+    """
+    if type(carrier) is httputil.HTTPHeaders:
+        return set(carrier)
+    if isinstance(carrier, Mapping):
+        return {str(name).lower() for name in carrier}
+    return _UNKNOWN
 
 
 #: ``OTEL_PROPAGATORS`` names and divak's propagator for each.
