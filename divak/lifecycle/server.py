@@ -257,7 +257,7 @@ class DrainingHTTPServer(httpserver.HTTPServer):
         #: :class:`divak.Recorder`): then no delegate and no output
         #: transform of the server's own are added to a request.
         self.hooked = isinstance(application, Recorder)
-        if isinstance(application, Recorder):
+        if isinstance(application, Recorder):  # (narrows the type too)
             application.divak_request_hooks.append(self._request_arrived)
             application.divak_response_hooks.append(self._response_headers)
         elif isinstance(application, web.Application):

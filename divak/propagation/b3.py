@@ -290,7 +290,7 @@ class PropagatedSampler(sampling.Sampler):
         """
         result = self.should_sample(parent_context, trace_id, name, kind)
         if result.decision.is_sampled():
-            self._decided = (parent_context, trace_id, result)
+            self.keep(parent_context, trace_id, result)
         return result
 
     def keep(

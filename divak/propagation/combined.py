@@ -47,9 +47,10 @@ class Propagation:
             (p for p in self.propagators if isinstance(p, RequestIdPropagation)),
             None,
         )
-        # Each propagator, with the lower-case names of the headers it reads
-        # when it is one of divak's trace-context or baggage propagators
-        # (they extract nothing without one of them), else None (always run:
+        # Each propagator, with the names of the headers it reads (in lower
+        # case and in Tornado's case) when it is one of divak's trace-context,
+        # B3 or baggage propagators (they extract nothing without one of
+        # them), else None (always run:
         # a correlation id is made when its header is absent, and another
         # library's propagator may read what it likes).
         self._extractors: tuple[

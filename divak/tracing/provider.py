@@ -480,13 +480,8 @@ def unsampled_span(
     if isinstance(sampler, propagation.PropagatedSampler):
         ratio = sampler.delegate
         if isinstance(ratio, ParentBasedRatio) and not sampler.b3_state(parent):
-            # The common case, decided inline as the two samplers would.
-            if new_trace:
-                sampled = ratio.samples(trace_id)
-                state: trace.TraceState | None = None
-            else:
-                sampled = parent_context.trace_flags.sampled
-                state = parent_context.trace_state
+            # The common case, decided without the samplers' result objects.
+            sampled, state = ratio.decision(parent_context, trace_id)
             if sampled:  # kept for the SDK's start_span: one decision
                 sampler.keep(parent, trace_id, _sampled(state))
         else:

@@ -79,25 +79,28 @@ class ParentBasedRatio(sampling.ParentBasedTraceIdRatio):
         trace_state: trace.TraceState | None = None,
     ) -> sampling.SamplingResult:
         """Decide for a new span; see the class documentation."""
-        parent = trace.get_current_span(parent_context).get_span_context()
-        if parent.is_valid:
-            sampled = parent.trace_flags.sampled
-            state: trace.TraceState | None = parent.trace_state
-        else:
-            sampled = trace_id & self._trace_id_limit < self._ratio_bound
-            state = None
+        sampled, state = self.decision(
+            trace.get_current_span(parent_context).get_span_context(), trace_id
+        )
         if sampled:
             return sampling.SamplingResult(
                 sampling.Decision.RECORD_AND_SAMPLE, attributes, state
             )
         return sampling.SamplingResult(sampling.Decision.DROP, None, state)
 
-    def samples(self, trace_id: int) -> bool:
-        """Whether a new trace (no valid parent) with *trace_id* is sampled.
+    def decision(
+        self, parent: trace.SpanContext, trace_id: int
+    ) -> tuple[bool, trace.TraceState | None]:
+        """Whether a span under *parent* with *trace_id* is sampled, and the
+        trace state it carries: :meth:`should_sample`'s answer, without a
+        ``SamplingResult``.
 
-        :param trace_id: the new trace's id
+        :param parent: the parent's span context (invalid for a new trace)
+        :param trace_id: the span's trace id
         """
-        return trace_id & self._trace_id_limit < self._ratio_bound
+        if parent.is_valid:
+            return bool(parent.trace_flags.sampled), parent.trace_state
+        return trace_id & self._trace_id_limit < self._ratio_bound, None
 
 
 def default_sampler() -> sampling.Sampler:
